@@ -1,0 +1,365 @@
+//! Const-generic kernels called by generated models.
+//!
+//! Every size is a const generic parameter that the generated code fixes to
+//! the spec's constants, so each call is monomorphised for its shapes and
+//! every loop bound is known to the compiler. Matrices are nested arrays:
+//! `[[S; I]; O]` is a row-major `[O, I]` weight, `[[S; D]; T]` holds one
+//! `D`-vector per sequence position.
+//!
+//! Naming: `x` inputs, `w` weights `[out, in]`, `y` outputs; `_acc`
+//! variants add into their output instead of overwriting it.
+
+// Index loops are kept where they read like the formulas.
+#![allow(clippy::needless_range_loop)]
+
+use crate::Scalar;
+
+/// Dot product of two `N`-vectors, summed in 8 independent lanes so it
+/// vectorises (the summation order differs from a left fold).
+#[inline(always)]
+pub fn dot<S: Scalar, const N: usize>(a: &[S; N], b: &[S; N]) -> S {
+    dot_slice(a, b)
+}
+
+/// Dot product of two equal-length slices (8 lanes; see [`dot`]).
+#[inline(always)]
+pub fn dot_slice<S: Scalar>(a: &[S], b: &[S]) -> S {
+    debug_assert_eq!(a.len(), b.len());
+    let mut lanes = [S::ZERO; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for j in 0..8 {
+            lanes[j] += x[j] * y[j];
+        }
+    }
+    let mut tail = S::ZERO;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail += *x * *y;
+    }
+    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7])) + tail
+}
+
+/// `y += a * x` over equal-length slices.
+#[inline(always)]
+pub fn axpy<S: Scalar>(a: S, x: &[S], y: &mut [S]) {
+    debug_assert_eq!(x.len(), y.len());
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += a * *xi;
+    }
+}
+
+/// `y = W x` for one vector: `W` is `[O, I]`.
+#[inline]
+pub fn matvec<S: Scalar, const O: usize, const I: usize>(w: &[[S; I]; O], x: &[S; I], y: &mut [S; O]) {
+    for (yo, wo) in y.iter_mut().zip(w) {
+        *yo = dot(wo, x);
+    }
+}
+
+/// `Y = X W^T`: every position `t` of `x` `[T, I]` mapped by `w` `[O, I]` into `y` `[T, O]`.
+#[inline]
+pub fn linear<S: Scalar, const T: usize, const O: usize, const I: usize>(
+    x: &[[S; I]; T],
+    w: &[[S; I]; O],
+    y: &mut [[S; O]; T],
+) {
+    for (xt, yt) in x.iter().zip(y.iter_mut()) {
+        matvec(w, xt, yt);
+    }
+}
+
+/// Backward of [`linear`] to its input: `dX (+)= dY W`, i.e.
+/// `dx[t][i] += sum_o dy[t][o] w[o][i]`.
+#[inline]
+pub fn linear_backward_input_acc<S: Scalar, const T: usize, const O: usize, const I: usize>(
+    dy: &[[S; O]; T],
+    w: &[[S; I]; O],
+    dx: &mut [[S; I]; T],
+) {
+    for (dyt, dxt) in dy.iter().zip(dx.iter_mut()) {
+        for (dyo, wo) in dyt.iter().zip(w) {
+            axpy(*dyo, wo, dxt);
+        }
+    }
+}
+
+/// Backward of [`linear`] to its weight: `dW += dY^T X`, i.e.
+/// `dw[o][i] += sum_t dy[t][o] x[t][i]`.
+#[inline]
+pub fn linear_backward_weight_acc<S: Scalar, const T: usize, const O: usize, const I: usize>(
+    dy: &[[S; O]; T],
+    x: &[[S; I]; T],
+    dw: &mut [[S; I]; O],
+) {
+    for (dyt, xt) in dy.iter().zip(x) {
+        for (dyo, dwo) in dyt.iter().zip(dw.iter_mut()) {
+            axpy(*dyo, xt, dwo);
+        }
+    }
+}
+
+/// Copies embedding rows: `y[t] = table[tokens[t]]`.
+///
+/// # Panics
+/// If a token is `>= V`.
+#[inline]
+pub fn embed<S: Scalar, const T: usize, const V: usize, const D: usize>(
+    table: &[[S; D]; V],
+    tokens: &[u32],
+    y: &mut [[S; D]; T],
+) {
+    for (yt, &tok) in y.iter_mut().zip(tokens) {
+        *yt = table[check_token::<V>(tok)];
+    }
+}
+
+/// Backward of [`embed`]: `dtable[tokens[t]] += dy[t]`.
+#[inline]
+pub fn embed_backward_acc<S: Scalar, const T: usize, const V: usize, const D: usize>(
+    dy: &[[S; D]; T],
+    tokens: &[u32],
+    dtable: &mut [[S; D]; V],
+) {
+    for (dyt, &tok) in dy.iter().zip(tokens) {
+        let row = &mut dtable[check_token::<V>(tok)];
+        for (r, g) in row.iter_mut().zip(dyt) {
+            *r += *g;
+        }
+    }
+}
+
+/// Returns `tok` as an index, panicking with a clear message when it is not below `V`.
+#[inline(always)]
+pub fn check_token<const V: usize>(tok: u32) -> usize {
+    let i = tok as usize;
+    assert!(i < V, "token {tok} is out of range for a vocabulary of {V}");
+    i
+}
+
+/// Sliding-window causal attention for one query position.
+///
+/// `n` keys are visible (`1 <= n <= W`); `key(i)` and `value(i)` return the
+/// key and value `i` steps back (`i = 0` is the query's own position). Per
+/// head `h` (columns `h*HD .. (h+1)*HD`): scores `q.k / sqrt(HD)`, a softmax
+/// over the `n` keys written to `p[h][..n]`, and `out = sum_i p_i v_i`.
+#[inline]
+pub fn attend_row<'a, S: Scalar, const D: usize, const H: usize, const HD: usize, const W: usize>(
+    q: &[S; D],
+    n: usize,
+    key: impl Fn(usize) -> &'a [S; D],
+    value: impl Fn(usize) -> &'a [S; D],
+    p: &mut [[S; W]; H],
+    out: &mut [S; D],
+) {
+    const { assert!(H * HD == D, "heads * head_dim must equal d_model") };
+    debug_assert!(n >= 1 && n <= W);
+    let scale = S::ONE / S::from_usize(HD).sqrt();
+    for (h, ph) in p.iter_mut().enumerate() {
+        let cols = h * HD..(h + 1) * HD;
+        let qh = &q[cols.clone()];
+        let mut mx = S::from_f64(f64::NEG_INFINITY);
+        for (i, pi) in ph.iter_mut().enumerate().take(n) {
+            let s = dot_slice(qh, &key(i)[cols.clone()]) * scale;
+            *pi = s;
+            mx = mx.max(s);
+        }
+        let mut sum = S::ZERO;
+        for pi in ph.iter_mut().take(n) {
+            *pi = (*pi - mx).exp();
+            sum += *pi;
+        }
+        let inv = S::ONE / sum;
+        let oh = &mut out[cols.clone()];
+        oh.fill(S::ZERO);
+        for (i, pi) in ph.iter_mut().enumerate().take(n) {
+            *pi *= inv;
+            axpy(*pi, &value(i)[cols.clone()], oh);
+        }
+        for pi in ph.iter_mut().skip(n) {
+            *pi = S::ZERO;
+        }
+    }
+}
+
+/// Sliding-window causal attention over a whole sequence: row `t` attends to
+/// positions `max(0, t - W + 1) ..= t`. Probabilities are kept in `p` for the
+/// backward pass (`p[t][h][i]` belongs to position `t - i`).
+#[inline]
+pub fn attention<S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize>(
+    q: &[[S; D]; T],
+    k: &[[S; D]; T],
+    v: &[[S; D]; T],
+    p: &mut [[[S; W]; H]; T],
+    out: &mut [[S; D]; T],
+) {
+    for t in 0..T {
+        let n = (t + 1).min(W);
+        attend_row::<S, D, H, HD, W>(&q[t], n, |i| &k[t - i], |i| &v[t - i], &mut p[t], &mut out[t]);
+    }
+}
+
+/// Backward of [`attention`]: from `da` (gradient of the output) adds the
+/// gradients of `q`, `k` and `v` into `dq`, `dk`, `dv`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn attention_backward_acc<
+    S: Scalar,
+    const T: usize,
+    const D: usize,
+    const H: usize,
+    const HD: usize,
+    const W: usize,
+>(
+    q: &[[S; D]; T],
+    k: &[[S; D]; T],
+    v: &[[S; D]; T],
+    p: &[[[S; W]; H]; T],
+    da: &[[S; D]; T],
+    dq: &mut [[S; D]; T],
+    dk: &mut [[S; D]; T],
+    dv: &mut [[S; D]; T],
+) {
+    const { assert!(H * HD == D, "heads * head_dim must equal d_model") };
+    let scale = S::ONE / S::from_usize(HD).sqrt();
+    let mut dp = [S::ZERO; W];
+    for t in 0..T {
+        let n = (t + 1).min(W);
+        for h in 0..H {
+            let cols = h * HD..(h + 1) * HD;
+            let ph = &p[t][h];
+            let dah = &da[t][cols.clone()];
+            let mut sum = S::ZERO;
+            for i in 0..n {
+                let tau = t - i;
+                dp[i] = dot_slice(dah, &v[tau][cols.clone()]);
+                sum += ph[i] * dp[i];
+                axpy(ph[i], dah, &mut dv[tau][cols.clone()]);
+            }
+            for i in 0..n {
+                let tau = t - i;
+                let ds = ph[i] * (dp[i] - sum) * scale;
+                axpy(ds, &k[tau][cols.clone()], &mut dq[t][cols.clone()]);
+                axpy(ds, &q[t][cols.clone()], &mut dk[tau][cols.clone()]);
+            }
+        }
+    }
+}
+
+/// Log-sum-exp of a row, computed stably.
+#[inline]
+pub fn log_sum_exp<S: Scalar>(x: &[S]) -> S {
+    let mut mx = S::from_f64(f64::NEG_INFINITY);
+    for &v in x {
+        mx = mx.max(v);
+    }
+    let mut sum = S::ZERO;
+    for &v in x {
+        sum += (v - mx).exp();
+    }
+    mx + sum.ln()
+}
+
+/// `-log softmax(logits)[target]`: the loss (surprise) of one token, in nats.
+///
+/// # Panics
+/// If `target >= V`.
+#[inline]
+pub fn cross_entropy<S: Scalar, const V: usize>(logits: &[S; V], target: u32) -> S {
+    log_sum_exp(logits) - logits[check_token::<V>(target)]
+}
+
+/// Mean cross-entropy over a sequence and its gradient with respect to the
+/// logits: `dlogits[t] = (softmax(logits[t]) - onehot(targets[t])) / T`.
+#[inline]
+pub fn cross_entropy_backward<S: Scalar, const T: usize, const V: usize>(
+    logits: &[[S; V]; T],
+    targets: &[u32],
+    dlogits: &mut [[S; V]; T],
+) -> S {
+    let inv_t = S::ONE / S::from_usize(T);
+    let mut loss = S::ZERO;
+    for ((lt, dt), &y) in logits.iter().zip(dlogits.iter_mut()).zip(targets) {
+        let y = check_token::<V>(y);
+        let lse = log_sum_exp(lt);
+        loss += lse - lt[y];
+        for (d, &l) in dt.iter_mut().zip(lt) {
+            *d = (l - lse).exp() * inv_t;
+        }
+        dt[y] -= inv_t;
+    }
+    loss * inv_t
+}
+
+/// Mean cross-entropy over a sequence (forward only).
+#[inline]
+pub fn mean_cross_entropy<S: Scalar, const T: usize, const V: usize>(logits: &[[S; V]; T], targets: &[u32]) -> S {
+    let mut loss = S::ZERO;
+    for (lt, &y) in logits.iter().zip(targets) {
+        loss += cross_entropy(lt, y);
+    }
+    loss / S::from_usize(T)
+}
+
+/// Sets every element of a nested array (or any slice of arrays) to zero.
+#[inline]
+pub fn zero<S: Scalar, const N: usize>(rows: &mut [[S; N]]) {
+    for r in rows {
+        r.fill(S::ZERO);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_matches_plain_sum() {
+        let a: [f64; 13] = core::array::from_fn(|i| i as f64 * 0.5 - 2.0);
+        let b: [f64; 13] = core::array::from_fn(|i| 1.0 / (i as f64 + 1.0));
+        let plain: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - plain).abs() < 1e-12);
+    }
+
+    #[test]
+    fn linear_and_its_backward_agree_with_hand_values() {
+        // W = [[1, 2], [3, 4], [5, 6]] maps x = [1, -1] to [-1, -1, -1].
+        let w = [[1.0f64, 2.0], [3.0, 4.0], [5.0, 6.0]];
+        let x = [[1.0, -1.0]];
+        let mut y = [[0.0; 3]];
+        linear(&x, &w, &mut y);
+        assert_eq!(y, [[-1.0, -1.0, -1.0]]);
+        let dy = [[1.0, 0.0, 2.0]];
+        let mut dx = [[0.0; 2]];
+        linear_backward_input_acc(&dy, &w, &mut dx);
+        assert_eq!(dx, [[11.0, 14.0]]);
+        let mut dw = [[0.0; 2]; 3];
+        linear_backward_weight_acc(&dy, &x, &mut dw);
+        assert_eq!(dw, [[1.0, -1.0], [0.0, 0.0], [2.0, -2.0]]);
+    }
+
+    #[test]
+    fn cross_entropy_of_uniform_logits_is_ln_v() {
+        let l = [[0.0f64; 4]; 2];
+        let mut d = [[0.0; 4]; 2];
+        let loss = cross_entropy_backward(&l, &[1, 3], &mut d);
+        assert!((loss - 4f64.ln()).abs() < 1e-15);
+        assert!((d[0][1] - (0.25 - 1.0) / 2.0).abs() < 1e-15);
+        assert!((d[0][0] - 0.125).abs() < 1e-15);
+    }
+
+    #[test]
+    fn attention_with_equal_scores_averages_values() {
+        // Zero queries give equal scores: the output is the mean of the visible values.
+        let q = [[0.0f64; 2]; 3];
+        let k = [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
+        let v = [[1.0, 10.0], [2.0, 20.0], [4.0, 40.0]];
+        let mut p = [[[0.0; 2]; 1]; 3];
+        let mut out = [[0.0; 2]; 3];
+        attention::<f64, 3, 2, 1, 2, 2>(&q, &k, &v, &mut p, &mut out);
+        assert_eq!(out[0], [1.0, 10.0]);
+        assert_eq!(out[1], [1.5, 15.0]);
+        assert_eq!(out[2], [3.0, 30.0]);
+        assert_eq!(p[0][0], [1.0, 0.0]);
+    }
+}

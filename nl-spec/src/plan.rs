@@ -1,0 +1,261 @@
+//! The plan: what the generator, the runtime tools and the docs read.
+//!
+//! # Tensors
+//!
+//! In struct and checkpoint order: `embed` `[V, d]`, `attn.wq`, `attn.wk`,
+//! `attn.wv`, `attn.wo` `[d, d]`, `unembed` `[V, d]`, then per memory level
+//! `l`: `mem.{l}.wk`, `mem.{l}.wv`, `mem.{l}.wq` `[d, d]`, `mem.{l}.w_alpha`
+//! `[2d]`, `mem.{l}.b_alpha` `[1]`, `mem.{l}.w_theta` `[2d]`,
+//! `mem.{l}.b_theta` `[1]`, and for `titans` `mem.{l}.w_eta` `[2d]`,
+//! `mem.{l}.b_eta` `[1]`. Weights are `[out, in]`, row-major.
+//!
+//! # Initialisation
+//!
+//! Deterministic from a seed: tensor `i` draws from its own SplitMix64-seeded
+//! xoshiro256++ stream (seed mixed with `i`), so adding a tensor never
+//! changes another's values. `embed` ~ N(0, 1); every `[out, in]` weight
+//! ~ U(-1/sqrt(in), 1/sqrt(in)); gate weights are 0; gate biases are the
+//! spec's `b_alpha`, `b_theta`, `b_eta`.
+//!
+//! # FLOPs per token
+//!
+//! A multiply-add counts 2. Counted: every matrix product and dot product;
+//! not counted: softmax, exponentials, norms and other elementwise work.
+//! With `avg_w = sum_{t=1..T} min(t, W) / T` (the mean attention span over a
+//! training sequence):
+//!
+//! - attention: `4 * 2 d^2` (projections q, k, v, o) `+ 2 * 2 d avg_w`
+//!   (scores and weighted sum over all heads);
+//! - unembedding: `2 d V`;
+//! - per memory level: `3 * 2 d^2` (projections) `+ 2 * 2 * 2d * gates`
+//!   (gate dot products, `gates` = 2, or 3 for titans) `+ 2 d^2` (read
+//!   `M q`) `+ 2 d^2` (accumulate `theta (Mk - v) k^T` into G) `+ 2 d^2`
+//!   (`M k`; not for hebbian) `+ (2 d^2 [+ 2 d^2 titans]) / p` (the fire);
+//! - forward + backward = 3 x forward (the backward of a product costs two
+//!   products);
+//! - a streaming step is the forward with `avg_w = W` (a full window).
+
+use crate::spec::{Composition, Rule, Spec};
+
+/// How a tensor is initialised (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// Standard normal entries.
+    Normal,
+    /// Uniform in `[-bound, bound]`.
+    Uniform {
+        /// Half-width.
+        bound: f64,
+    },
+    /// Every entry equal to the value.
+    Const(f64),
+}
+
+/// One parameter tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorPlan {
+    /// Checkpoint name, e.g. `mem.0.wk`.
+    pub name: String,
+    /// Field name in the generated `Params` struct, e.g. `mem0_wk`.
+    pub field: String,
+    /// Shape, outermost first.
+    pub shape: Vec<usize>,
+    /// Offset in elements in the flat parameter vector.
+    pub offset: usize,
+    /// Number of elements.
+    pub len: usize,
+    /// Initialisation.
+    pub init: Init,
+}
+
+/// The memory branch of the plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryPlan {
+    /// Update rule.
+    pub rule: Rule,
+    /// Whether keys and queries are normalised.
+    pub normalize_keys: bool,
+    /// Period of each level.
+    pub periods: Vec<usize>,
+}
+
+/// FLOP counts per token (formulas in the module docs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Flops {
+    /// Forward, per token of a training sequence.
+    pub forward: u64,
+    /// Forward + backward, per token of a training sequence.
+    pub train: u64,
+    /// One streaming step with a full window.
+    pub step: u64,
+}
+
+/// Everything the generator needs, with every size a constant.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Module name.
+    pub name: String,
+    /// `d_model`.
+    pub d: usize,
+    /// `heads`.
+    pub heads: usize,
+    /// `d / heads`.
+    pub head_dim: usize,
+    /// `vocab`.
+    pub vocab: usize,
+    /// `seq_len`.
+    pub seq_len: usize,
+    /// `window`.
+    pub window: usize,
+    /// Composition of the memory and attention branches.
+    pub composition: Composition,
+    /// Memory branch, if any.
+    pub memory: Option<MemoryPlan>,
+    /// Every tensor in struct order.
+    pub tensors: Vec<TensorPlan>,
+    /// Total parameters.
+    pub param_count: usize,
+    /// Bytes of the parameters in f32.
+    pub bytes_f32: usize,
+    /// FLOPs per token.
+    pub flops: Flops,
+}
+
+impl Plan {
+    /// Builds the plan of a validated spec.
+    pub fn new(spec: &Spec) -> Plan {
+        let d = spec.d_model;
+        let v = spec.vocab;
+        let w_bound = 1.0 / (d as f64).sqrt();
+        let mut tensors: Vec<TensorPlan> = Vec::new();
+        let mut push = |name: String, shape: Vec<usize>, init: Init| {
+            let offset = tensors.last().map_or(0, |t| t.offset + t.len);
+            let len = shape.iter().product();
+            let field = name.replace('.', "_").replace("mem_", "mem");
+            tensors.push(TensorPlan { name, field, shape, offset, len, init });
+        };
+        push("embed".into(), vec![v, d], Init::Normal);
+        for w in ["wq", "wk", "wv", "wo"] {
+            push(format!("attn.{w}"), vec![d, d], Init::Uniform { bound: w_bound });
+        }
+        push("unembed".into(), vec![v, d], Init::Uniform { bound: w_bound });
+        if let Some(m) = &spec.memory {
+            for l in 0..m.periods.len() {
+                for w in ["wk", "wv", "wq"] {
+                    push(format!("mem.{l}.{w}"), vec![d, d], Init::Uniform { bound: w_bound });
+                }
+                let mut gates = vec![("alpha", m.b_alpha), ("theta", m.b_theta)];
+                if m.rule == Rule::Titans {
+                    gates.push(("eta", m.b_eta));
+                }
+                for (g, b) in gates {
+                    push(format!("mem.{l}.w_{g}"), vec![2 * d], Init::Const(0.0));
+                    push(format!("mem.{l}.b_{g}"), vec![1], Init::Const(b));
+                }
+            }
+        }
+        let param_count = tensors.last().map_or(0, |t| t.offset + t.len);
+        debug_assert_eq!(param_count, spec.param_count());
+        let memory = spec.memory.as_ref().map(|m| MemoryPlan {
+            rule: m.rule,
+            normalize_keys: m.normalize_keys,
+            periods: m.periods.clone(),
+        });
+        let flops = flops(spec);
+        Plan {
+            name: spec.name.clone(),
+            d,
+            heads: spec.heads,
+            head_dim: d / spec.heads,
+            vocab: v,
+            seq_len: spec.seq_len,
+            window: spec.window,
+            composition: spec.composition,
+            memory,
+            tensors,
+            param_count,
+            bytes_f32: param_count * 4,
+            flops,
+        }
+    }
+
+    /// Number of memory levels.
+    pub fn levels(&self) -> usize {
+        self.memory.as_ref().map_or(0, |m| m.periods.len())
+    }
+
+    /// The tensor with checkpoint name `name`.
+    pub fn tensor(&self, name: &str) -> Option<&TensorPlan> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+}
+
+fn flops(spec: &Spec) -> Flops {
+    let d = spec.d_model as f64;
+    let t = spec.seq_len;
+    let w = spec.window;
+    let avg_w = (1..=t).map(|i| i.min(w) as f64).sum::<f64>() / t as f64;
+    let memory = match &spec.memory {
+        None => 0.0,
+        Some(m) => m
+            .periods
+            .iter()
+            .map(|&p| {
+                let gates = if m.rule == Rule::Titans { 3.0 } else { 2.0 };
+                let mk = if m.rule == Rule::Hebbian { 0.0 } else { 2.0 * d * d };
+                let fire = if m.rule == Rule::Titans { 4.0 * d * d } else { 2.0 * d * d };
+                6.0 * d * d + 2.0 * 2.0 * 2.0 * d * gates + 2.0 * d * d + 2.0 * d * d + mk + fire / p as f64
+            })
+            .sum(),
+    };
+    let base = 8.0 * d * d + 2.0 * d * spec.vocab as f64 + memory;
+    let forward = base + 4.0 * d * avg_w;
+    let step = base + 4.0 * d * w as f64;
+    Flops { forward: forward.round() as u64, train: (3.0 * forward).round() as u64, step: step.round() as u64 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn micro_plan_matches_hand_counts() {
+        let spec = Spec::parse("d_model = 64\nheads = 4\nvocab = 256\nseq_len = 32\nwindow = 16\n", "micro").unwrap();
+        let p = Plan::new(&spec);
+        assert_eq!(p.param_count, 49_152);
+        assert_eq!(p.bytes_f32, 196_608);
+        let names: Vec<&str> = p.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["embed", "attn.wq", "attn.wk", "attn.wv", "attn.wo", "unembed"]);
+        assert_eq!(p.tensor("unembed").unwrap().offset, 256 * 64 + 4 * 64 * 64);
+        // avg_w = (1 + 2 + ... + 16 + 16 * 16) / 32 = (136 + 256) / 32 = 12.25
+        let fwd = 8 * 64 * 64 + 2 * 64 * 256 + (4.0 * 64.0 * 12.25) as u64;
+        assert_eq!(p.flops.forward, fwd);
+        assert_eq!(p.flops.train, 3 * fwd);
+        assert_eq!(p.flops.step, 8 * 64 * 64 + 2 * 64 * 256 + 4 * 64 * 16);
+    }
+
+    #[test]
+    fn memory_tensors_in_order() {
+        let src = "d_model = 4\nheads = 2\nvocab = 3\nseq_len = 5\n[memory]\nrule = \"titans\"\n[[memory.levels]]\nperiod = 1\n[[memory.levels]]\nperiod = 2\n";
+        let p = Plan::new(&Spec::parse(src, "m").unwrap());
+        let names: Vec<&str> = p.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            &names[6..15],
+            [
+                "mem.0.wk",
+                "mem.0.wv",
+                "mem.0.wq",
+                "mem.0.w_alpha",
+                "mem.0.b_alpha",
+                "mem.0.w_theta",
+                "mem.0.b_theta",
+                "mem.0.w_eta",
+                "mem.0.b_eta"
+            ]
+        );
+        assert_eq!(p.tensors[6].field, "mem0_wk");
+        assert_eq!(p.tensor("mem.1.b_eta").unwrap().field, "mem1_b_eta");
+        assert_eq!(p.param_count, 2 * 3 * 4 + 4 * 16 + 2 * (3 * 16 + 3 * (8 + 1)));
+        assert_eq!(p.tensor("mem.0.b_alpha").unwrap().init, Init::Const(-4.0));
+    }
+}

@@ -1,0 +1,482 @@
+//! The TOML model spec: schema, parsing and validation.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{key_at, SpecError};
+
+/// The inner-loop memory rule of a level (MODEL.md, step 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rule {
+    /// `M <- (1 - alpha) M - G`, surprise `(M k - v) k^T`.
+    Delta,
+    /// Delta surprise with momentum: `S <- eta S - G`, `M <- (1 - alpha) M + S`.
+    Titans,
+    /// `M <- (1 - alpha) M - G`, surprise `-v k^T`.
+    Hebbian,
+}
+
+impl Rule {
+    /// The spec word for this rule.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Delta => "delta",
+            Rule::Titans => "titans",
+            Rule::Hebbian => "hebbian",
+        }
+    }
+}
+
+/// How the memory branch joins the attention branch (MODEL.md, steps 3 and 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Composition {
+    /// Attention only: no memory branch.
+    None,
+    /// Memory as a gate: `o = a * sigmoid(y)`.
+    Mag,
+    /// Memory as a layer: attention reads `h = e + y`.
+    Mal,
+}
+
+impl Composition {
+    /// The spec word for this composition.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Composition::None => "none",
+            Composition::Mag => "mag",
+            Composition::Mal => "mal",
+        }
+    }
+}
+
+/// Bounds the validator enforces. Sizes outside them are rejected as absurd
+/// for a micro model (they would not fit the fixed-size, in-cache design).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest `d_model`.
+    pub max_d_model: usize,
+    /// Largest `vocab`.
+    pub max_vocab: usize,
+    /// Largest `seq_len`.
+    pub max_seq_len: usize,
+    /// Most memory levels.
+    pub max_levels: usize,
+    /// Largest `period`.
+    pub max_period: usize,
+    /// Most parameters in total.
+    pub max_params: usize,
+}
+
+/// The limits in force.
+pub const LIMITS: Limits = Limits {
+    max_d_model: 1024,
+    max_vocab: 65_536,
+    max_seq_len: 4096,
+    max_levels: 4,
+    max_period: 1 << 20,
+    max_params: 16 << 20,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    name: Option<Spanned<String>>,
+    d_model: Spanned<usize>,
+    heads: Spanned<usize>,
+    vocab: Spanned<usize>,
+    seq_len: Spanned<usize>,
+    window: Option<Spanned<usize>>,
+    memory: Option<Spanned<RawMemory>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMemory {
+    rule: Spanned<Rule>,
+    composition: Option<Spanned<Composition>>,
+    normalize_keys: Option<bool>,
+    b_alpha: Option<Spanned<f64>>,
+    b_theta: Option<Spanned<f64>>,
+    b_eta: Option<Spanned<f64>>,
+    levels: Option<Spanned<Vec<Spanned<RawLevel>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLevel {
+    period: Spanned<usize>,
+}
+
+/// The memory branch of a spec, validated, defaults applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemorySpec {
+    /// The update rule shared by all levels.
+    pub rule: Rule,
+    /// `normalize_keys` (default `true`).
+    pub normalize_keys: bool,
+    /// Initial forget-gate bias (default -4).
+    pub b_alpha: f64,
+    /// Initial inner-learning-rate bias (default -2).
+    pub b_theta: f64,
+    /// Initial momentum bias (default 2; `titans` only).
+    pub b_eta: f64,
+    /// Each level's period, fastest first as written.
+    pub periods: Vec<usize>,
+}
+
+/// A validated model spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spec {
+    /// Module name: the `name` key, or the file stem.
+    pub name: String,
+    /// `d_model`.
+    pub d_model: usize,
+    /// `heads`.
+    pub heads: usize,
+    /// `vocab`.
+    pub vocab: usize,
+    /// `seq_len`.
+    pub seq_len: usize,
+    /// `window` (default `seq_len`).
+    pub window: usize,
+    /// `memory.composition` (default `mag` with levels, `none` without).
+    pub composition: Composition,
+    /// The memory branch; `None` when the spec has no levels.
+    pub memory: Option<MemorySpec>,
+}
+
+const KEYWORDS: &[&str] = &[
+    "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum", "extern", "false", "fn",
+    "for", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub", "ref", "return", "self", "Self",
+    "static", "struct", "super", "trait", "true", "type", "unsafe", "use", "where", "while", "abstract", "become",
+    "box", "do", "final", "macro", "override", "priv", "typeof", "unsized", "virtual", "yield", "try", "gen",
+];
+
+fn is_module_ident(s: &str) -> bool {
+    let mut chars = s.chars();
+    let first_ok = matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_');
+    first_ok
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && s != "_"
+        && !KEYWORDS.contains(&s)
+}
+
+impl Spec {
+    /// Parses and validates TOML source. `default_name` is used when the
+    /// spec has no `name` key.
+    pub fn parse(source: &str, default_name: &str) -> Result<Spec, SpecError> {
+        let raw: RawSpec = toml::from_str(source).map_err(|e| {
+            let span = e.span();
+            let key = span.as_ref().map(|s| key_at(source, s.start)).unwrap_or_default();
+            SpecError::new(source, key, span, describe_toml_error(e.message()))
+        })?;
+        let err =
+            |key: &str, span: core::ops::Range<usize>, msg: String| Err(SpecError::new(source, key, Some(span), msg));
+        let lim = LIMITS;
+
+        let name = match &raw.name {
+            Some(n) => {
+                if !is_module_ident(n.get_ref()) {
+                    return err(
+                        "name",
+                        n.span(),
+                        format!(
+                            "`{}` is not a valid module name; allowed: a snake_case Rust identifier (lowercase letters, digits, `_`, not a keyword)",
+                            n.get_ref()
+                        ),
+                    );
+                }
+                n.get_ref().clone()
+            }
+            None => {
+                if !is_module_ident(default_name) {
+                    return Err(SpecError::new(
+                        source,
+                        "name",
+                        None,
+                        format!(
+                            "the file name `{default_name}` is not a valid module name; add a `name = \"...\"` key (a snake_case Rust identifier)"
+                        ),
+                    ));
+                }
+                default_name.to_string()
+            }
+        };
+
+        let d = *raw.d_model.get_ref();
+        if d == 0 || d > lim.max_d_model {
+            return err(
+                "d_model",
+                raw.d_model.span(),
+                format!("{d} is out of range; allowed: 1..={}", lim.max_d_model),
+            );
+        }
+        let heads = *raw.heads.get_ref();
+        if heads == 0 || heads > d {
+            return err("heads", raw.heads.span(), format!("{heads} is out of range; allowed: 1..=d_model ({d})"));
+        }
+        if !d.is_multiple_of(heads) {
+            let divisors: Vec<String> = (1..=d).filter(|h| d.is_multiple_of(*h)).map(|h| h.to_string()).collect();
+            return err(
+                "heads",
+                raw.heads.span(),
+                format!(
+                    "{heads} does not divide d_model = {d}; allowed: a divisor of d_model ({})",
+                    divisors.join(", ")
+                ),
+            );
+        }
+        let vocab = *raw.vocab.get_ref();
+        if vocab < 2 || vocab > lim.max_vocab {
+            return err("vocab", raw.vocab.span(), format!("{vocab} is out of range; allowed: 2..={}", lim.max_vocab));
+        }
+        let seq_len = *raw.seq_len.get_ref();
+        if seq_len == 0 || seq_len > lim.max_seq_len {
+            return err(
+                "seq_len",
+                raw.seq_len.span(),
+                format!("{seq_len} is out of range; allowed: 1..={}", lim.max_seq_len),
+            );
+        }
+        let window = match &raw.window {
+            Some(w) => {
+                let wv = *w.get_ref();
+                if wv == 0 || wv > seq_len {
+                    return err("window", w.span(), format!("{wv} is out of range; allowed: 1..=seq_len ({seq_len})"));
+                }
+                wv
+            }
+            None => seq_len,
+        };
+
+        let (composition, memory) = match &raw.memory {
+            None => (Composition::None, None),
+            Some(m) => {
+                let mem_span = m.span();
+                let m = m.get_ref();
+                let levels = match &m.levels {
+                    Some(l) => l,
+                    None => return err(
+                        "memory.levels",
+                        mem_span,
+                        format!(
+                            "missing: a [memory] table needs 1..={} [[memory.levels]] entries, each with a `period`",
+                            lim.max_levels
+                        ),
+                    ),
+                };
+                if levels.get_ref().is_empty() || levels.get_ref().len() > lim.max_levels {
+                    return err(
+                        "memory.levels",
+                        levels.span(),
+                        format!("{} levels; allowed: 1..={}", levels.get_ref().len(), lim.max_levels),
+                    );
+                }
+                let mut periods = Vec::new();
+                for (i, level) in levels.get_ref().iter().enumerate() {
+                    let p = &level.get_ref().period;
+                    let pv = *p.get_ref();
+                    if pv == 0 || pv > lim.max_period {
+                        return err(
+                            &format!("memory.levels[{i}].period"),
+                            p.span(),
+                            format!("{pv} is out of range; allowed: 1..={}", lim.max_period),
+                        );
+                    }
+                    periods.push(pv);
+                }
+                let composition = match &m.composition {
+                    Some(c) if *c.get_ref() == Composition::None => {
+                        return err(
+                            "memory.composition",
+                            c.span(),
+                            "\"none\" with memory levels would compute a memory nobody reads; allowed: \"mag\" or \"mal\" (or remove [memory])"
+                                .to_string(),
+                        )
+                    }
+                    Some(c) => *c.get_ref(),
+                    None => Composition::Mag,
+                };
+                let bias = |key: &str, v: &Option<Spanned<f64>>, default: f64| -> Result<f64, SpecError> {
+                    match v {
+                        Some(b) if !b.get_ref().is_finite() || b.get_ref().abs() > 30.0 => Err(SpecError::new(
+                            source,
+                            format!("memory.{key}"),
+                            Some(b.span()),
+                            format!("{} is out of range; allowed: a finite number in -30..=30", b.get_ref()),
+                        )),
+                        Some(b) => Ok(*b.get_ref()),
+                        None => Ok(default),
+                    }
+                };
+                let b_alpha = bias("b_alpha", &m.b_alpha, -4.0)?;
+                let b_theta = bias("b_theta", &m.b_theta, -2.0)?;
+                let b_eta = bias("b_eta", &m.b_eta, 2.0)?;
+                if let (Some(b), false) = (&m.b_eta, *m.rule.get_ref() == Rule::Titans) {
+                    return err(
+                        "memory.b_eta",
+                        b.span(),
+                        format!(
+                            "only the `titans` rule has a momentum gate, this spec's rule is `{}`; remove the key",
+                            m.rule.get_ref().as_str()
+                        ),
+                    );
+                }
+                (
+                    composition,
+                    Some(MemorySpec {
+                        rule: *m.rule.get_ref(),
+                        normalize_keys: m.normalize_keys.unwrap_or(true),
+                        b_alpha,
+                        b_theta,
+                        b_eta,
+                        periods,
+                    }),
+                )
+            }
+        };
+
+        let spec = Spec { name, d_model: d, heads, vocab, seq_len, window, composition, memory };
+        let params = spec.param_count();
+        if params > lim.max_params {
+            return Err(SpecError::new(
+                source,
+                "d_model",
+                Some(raw.d_model.span()),
+                format!(
+                    "the model would have {params} parameters; allowed: at most {} (a micro model)",
+                    lim.max_params
+                ),
+            ));
+        }
+        Ok(spec)
+    }
+
+    /// Number of memory levels (0 without a memory branch).
+    pub fn levels(&self) -> usize {
+        self.memory.as_ref().map_or(0, |m| m.periods.len())
+    }
+
+    /// Parameter count implied by the sizes (the plan lists the tensors).
+    pub fn param_count(&self) -> usize {
+        let d = self.d_model;
+        let base = 2 * self.vocab * d + 4 * d * d;
+        let per_level = match &self.memory {
+            None => 0,
+            Some(m) => 3 * d * d + 2 * (2 * d + 1) + if m.rule == Rule::Titans { 2 * d + 1 } else { 0 },
+        };
+        base + self.levels() * per_level
+    }
+}
+
+/// Rewrites serde's wording into the spec's vocabulary where it helps.
+fn describe_toml_error(message: &str) -> String {
+    let mut m = message.trim().to_string();
+    if m.starts_with("unknown field") {
+        m = m.replace("expected one of", "allowed keys:");
+    } else if m.starts_with("unknown variant") {
+        m = m.replace("expected one of", "allowed:");
+    } else if m.starts_with("invalid type") || m.starts_with("invalid value") {
+        m = m.replace("expected usize", "allowed: a positive integer").replace("expected f64", "allowed: a number");
+        m = m.replace("expected a boolean", "allowed: true or false");
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MICRO: &str = "d_model = 64\nheads = 4\nvocab = 256\nseq_len = 32\nwindow = 16\n";
+
+    fn parse_err(src: &str) -> SpecError {
+        Spec::parse(src, "m").expect_err("spec should be rejected")
+    }
+
+    #[test]
+    fn micro_parses_with_defaults() {
+        let s = Spec::parse(MICRO, "micro").unwrap();
+        assert_eq!((s.d_model, s.heads, s.vocab, s.seq_len, s.window), (64, 4, 256, 32, 16));
+        assert_eq!(s.composition, Composition::None);
+        assert_eq!(s.param_count(), 49_152);
+        let s = Spec::parse("d_model = 8\nheads = 2\nvocab = 5\nseq_len = 6\n", "x").unwrap();
+        assert_eq!(s.window, 6);
+    }
+
+    #[test]
+    fn memory_defaults_follow_model_md() {
+        let src = format!("{MICRO}[memory]\nrule = \"delta\"\n[[memory.levels]]\nperiod = 1\n");
+        let s = Spec::parse(&src, "m").unwrap();
+        assert_eq!(s.composition, Composition::Mag);
+        let m = s.memory.unwrap();
+        assert!(m.normalize_keys);
+        assert_eq!((m.b_alpha, m.b_theta, m.b_eta), (-4.0, -2.0, 2.0));
+        assert_eq!(m.periods, vec![1]);
+    }
+
+    #[test]
+    fn heads_must_divide_d_model() {
+        let e = parse_err("d_model = 64\nheads = 5\nvocab = 256\nseq_len = 32\n");
+        assert_eq!((e.key.as_str(), e.line, e.column), ("heads", 2, 9));
+        assert!(e.message.contains("does not divide"), "{e}");
+        assert!(e.message.contains("1, 2, 4, 8, 16, 32, 64"), "{e}");
+    }
+
+    #[test]
+    fn window_beyond_seq_len() {
+        let e = parse_err("d_model = 8\nheads = 2\nvocab = 5\nseq_len = 6\nwindow = 7\n");
+        assert_eq!((e.key.as_str(), e.line), ("window", 5));
+        assert!(e.message.contains("1..=seq_len (6)"));
+    }
+
+    #[test]
+    fn zero_and_absurd_sizes() {
+        let e = parse_err("d_model = 0\nheads = 1\nvocab = 5\nseq_len = 6\n");
+        assert_eq!((e.key.as_str(), e.line), ("d_model", 1));
+        let e = parse_err("d_model = 8\nheads = 1\nvocab = 5\nseq_len = 100000\n");
+        assert_eq!((e.key.as_str(), e.line), ("seq_len", 4));
+        let e = parse_err("d_model = 8\nheads = 1\nvocab = 1\nseq_len = 6\n");
+        assert_eq!(e.key, "vocab");
+        let e = parse_err("d_model = 1024\nheads = 1\nvocab = 65536\nseq_len = 6\n");
+        assert!(e.message.contains("parameters"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_unknown_keys_and_variants_name_the_key() {
+        let e = parse_err("d_model = \"64\"\nheads = 1\nvocab = 5\nseq_len = 6\n");
+        assert_eq!((e.key.as_str(), e.line, e.column), ("d_model", 1, 11));
+        assert!(e.message.contains("invalid type"), "{e}");
+        let e = parse_err("d_model = 8\nheads = 1\nvocab = 5\nseq_len = 6\ndropout = 0.1\n");
+        assert_eq!((e.key.as_str(), e.line, e.column), ("dropout", 5, 1));
+        assert!(e.message.contains("allowed keys"), "{e}");
+        let e = parse_err("d_model = 8\nheads = 1\nvocab = 5\nseq_len = 6\n[memory]\nrule = \"lstm\"\n[[memory.levels]]\nperiod = 1\n");
+        assert_eq!((e.key.as_str(), e.line), ("memory.rule", 6));
+        assert!(e.message.contains("`delta`, `titans`, `hebbian`"), "{e}");
+        let e = parse_err("d_model = -8\nheads = 1\nvocab = 5\nseq_len = 6\n");
+        assert_eq!(e.key, "d_model");
+    }
+
+    #[test]
+    fn level_errors_point_at_the_level() {
+        let src = format!(
+            "{MICRO}[memory]\nrule = \"delta\"\n[[memory.levels]]\nperiod = 1\n[[memory.levels]]\nperiod = 0\n"
+        );
+        let e = parse_err(&src);
+        assert_eq!((e.key.as_str(), e.line), ("memory.levels[1].period", 11));
+        let src = format!("{MICRO}[memory]\nrule = \"delta\"\ncomposition = \"none\"\n[[memory.levels]]\nperiod = 1\n");
+        assert_eq!(parse_err(&src).key, "memory.composition");
+        let src = format!("{MICRO}[memory]\nrule = \"delta\"\n");
+        assert_eq!(parse_err(&src).key, "memory.levels");
+    }
+
+    #[test]
+    fn names_must_be_identifiers() {
+        let e = parse_err(&format!("name = \"my-model\"\n{MICRO}"));
+        assert_eq!((e.key.as_str(), e.line), ("name", 1));
+        let e = Spec::parse(MICRO, "my-model").unwrap_err();
+        assert_eq!(e.key, "name");
+        assert!(Spec::parse(MICRO, "fn").is_err());
+    }
+}
