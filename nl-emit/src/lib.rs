@@ -200,6 +200,7 @@ fn emit_params(plan: &Plan) -> TokenStream {
 
 fn emit_workspace(plan: &Plan) -> TokenStream {
     let mem_fields = memory::workspace_fields(plan);
+    let mem_methods = memory::workspace_methods(plan);
     quote! {
         /// Scratch for one training sequence: activations kept for the
         /// backward pass and the backward's own buffers. Build it zeroed
@@ -253,6 +254,7 @@ fn emit_workspace(plan: &Plan) -> TokenStream {
             pub fn logits(&self) -> &[S] {
                 self.logits.as_flattened()
             }
+            #mem_methods
         }
     }
 }

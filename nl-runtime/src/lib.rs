@@ -21,6 +21,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod kernels;
+pub mod memory;
 pub mod optim;
 pub mod rng;
 mod scalar;

@@ -37,7 +37,8 @@ impl SpecError {
     /// offending source line and a caret under the span.
     pub fn render(&self, file: &str, source: &str) -> String {
         let mut out = format!("{file}:{}:{}: {self}", self.line, self.column);
-        if let Some(text) = source.lines().nth(self.line - 1) {
+        // Without a span (e.g. a missing top-level key) there is no line to show.
+        if let Some(text) = self.span.as_ref().and_then(|_| source.lines().nth(self.line - 1)) {
             let width = self
                 .span
                 .as_ref()
@@ -88,9 +89,21 @@ pub(crate) fn key_at(source: &str, offset: usize) -> String {
     let line_end = source[offset..].find('\n').map_or(source.len(), |i| offset + i);
     let line = &source[line_start..line_end];
     let trimmed = line.trim_start();
-    // The line is itself a header.
+    // The line is itself a header; an array-of-tables header gets its index.
     if trimmed.starts_with('[') {
-        return trimmed.trim_matches(|c| c == '[' || c == ']' || c == ' ').to_string();
+        let header = trimmed.trim_end();
+        let name = header.trim_matches(|c| c == '[' || c == ']' || c == ' ').to_string();
+        if header.starts_with("[[") {
+            let index = source[..line_start]
+                .lines()
+                .filter(|l| {
+                    let t = l.trim();
+                    t.starts_with("[[") && t.trim_matches(|c| c == '[' || c == ']' || c == ' ') == name
+                })
+                .count();
+            return format!("{name}[{index}]");
+        }
+        return name;
     }
     let key = line.split('=').next().unwrap_or("").trim().trim_matches('"').to_string();
     // Find the table header above.
@@ -138,5 +151,7 @@ mod tests {
         assert_eq!(key_at(src, src.find("d =").unwrap()), "d");
         assert_eq!(key_at(src, src.find("\"x\"").unwrap()), "memory.rule");
         assert_eq!(key_at(src, src.rfind("0").unwrap()), "memory.levels[1].period");
+        assert_eq!(key_at(src, src.rfind("[[").unwrap()), "memory.levels[1]");
+        assert_eq!(key_at(src, src.find("[memory]").unwrap()), "memory");
     }
 }

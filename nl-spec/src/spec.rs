@@ -170,7 +170,11 @@ impl Spec {
         let raw: RawSpec = toml::from_str(source).map_err(|e| {
             let span = e.span();
             let key = span.as_ref().map(|s| key_at(source, s.start)).unwrap_or_default();
-            SpecError::new(source, key, span, describe_toml_error(e.message()))
+            if let Some(field) = missing_field(e.message()) {
+                return missing_key_error(source, &key, span, field);
+            }
+            let message = describe_toml_error(e.message(), &key);
+            SpecError::new(source, key, span, message)
         })?;
         let err =
             |key: &str, span: core::ops::Range<usize>, msg: String| Err(SpecError::new(source, key, Some(span), msg));
@@ -258,20 +262,31 @@ impl Spec {
                 let m = m.get_ref();
                 let levels = match &m.levels {
                     Some(l) => l,
-                    None => return err(
-                        "memory.levels",
-                        mem_span,
-                        format!(
+                    None => {
+                        return err(
+                            "memory.levels",
+                            mem_span,
+                            format!(
                             "missing: a [memory] table needs 1..={} [[memory.levels]] entries, each with a `period`",
                             lim.max_levels
                         ),
-                    ),
+                        )
+                    }
                 };
-                if levels.get_ref().is_empty() || levels.get_ref().len() > lim.max_levels {
+                let n = levels.get_ref().len();
+                if n == 0 {
                     return err(
                         "memory.levels",
                         levels.span(),
-                        format!("{} levels; allowed: 1..={}", levels.get_ref().len(), lim.max_levels),
+                        format!("no levels; allowed: 1..={} [[memory.levels]] entries", lim.max_levels),
+                    );
+                }
+                if n > lim.max_levels {
+                    // Point at the first level too many.
+                    return err(
+                        &format!("memory.levels[{}]", lim.max_levels),
+                        levels.get_ref()[lim.max_levels].span(),
+                        format!("{n} levels; allowed: at most {} [[memory.levels]] entries", lim.max_levels),
                     );
                 }
                 let mut periods = Vec::new();
@@ -319,7 +334,7 @@ impl Spec {
                         "memory.b_eta",
                         b.span(),
                         format!(
-                            "only the `titans` rule has a momentum gate, this spec's rule is `{}`; remove the key",
+                            "the momentum bias is allowed only with rule = \"titans\" (this spec's rule is \"{}\", which has no momentum gate); remove the key or use rule = \"titans\"",
                             m.rule.get_ref().as_str()
                         ),
                     );
@@ -371,16 +386,51 @@ impl Spec {
     }
 }
 
+/// The field name of serde's "missing field `x`" message.
+fn missing_field(message: &str) -> Option<&str> {
+    message.trim().strip_prefix("missing field `")?.split('`').next()
+}
+
+/// A required key is absent. toml points at the table that lacks it (an
+/// empty span at 0 for the top level), so the key path is that table's
+/// path plus the field, and the message says what the table requires.
+fn missing_key_error(source: &str, table: &str, span: Option<core::ops::Range<usize>>, field: &str) -> SpecError {
+    if span.as_ref().is_none_or(|s| s.is_empty()) {
+        let msg = "missing required key; the spec requires `d_model`, `heads`, `vocab` and `seq_len`";
+        return SpecError::new(source, field, None, msg);
+    }
+    let msg = if table.starts_with("memory.levels") {
+        format!("missing required key; each [[memory.levels]] requires `period` (1..={})", LIMITS.max_period)
+    } else if table == "memory" {
+        "missing required key; [memory] requires `rule` (\"delta\", \"titans\" or \"hebbian\") and at least one [[memory.levels]]"
+            .to_string()
+    } else {
+        format!("missing required key `{field}`")
+    };
+    SpecError::new(source, format!("{table}.{field}"), span, msg)
+}
+
 /// Rewrites serde's wording into the spec's vocabulary where it helps.
-fn describe_toml_error(message: &str) -> String {
+fn describe_toml_error(message: &str, key: &str) -> String {
     let mut m = message.trim().to_string();
     if m.starts_with("unknown field") {
-        m = m.replace("expected one of", "allowed keys:");
+        m = m.replace("expected one of", "allowed keys:").replace("expected `", "allowed keys: `");
     } else if m.starts_with("unknown variant") {
-        m = m.replace("expected one of", "allowed:");
+        m = m.replace("expected one of", "allowed:").replace("expected `", "allowed: `");
     } else if m.starts_with("invalid type") || m.starts_with("invalid value") {
         m = m.replace("expected usize", "allowed: a positive integer").replace("expected f64", "allowed: a number");
         m = m.replace("expected a boolean", "allowed: true or false");
+        m = m.replace("expected struct RawMemory", "allowed: a [memory] table");
+        m = m.replace("expected struct RawLevel", "allowed: a [[memory.levels]] table with a `period`");
+        m = m.replace("expected a sequence", "allowed: [[memory.levels]] tables");
+        m = m.replace("expected a string", "allowed: a string");
+    } else if m == "wanted string or table" {
+        // An enum key given a non-string value.
+        m = match key {
+            "memory.rule" => "invalid type, allowed: \"delta\", \"titans\" or \"hebbian\"".to_string(),
+            "memory.composition" => "invalid type, allowed: \"mag\", \"mal\" or \"none\"".to_string(),
+            _ => "invalid type, allowed: a string".to_string(),
+        };
     }
     m
 }
@@ -469,6 +519,36 @@ mod tests {
         assert_eq!(parse_err(&src).key, "memory.composition");
         let src = format!("{MICRO}[memory]\nrule = \"delta\"\n");
         assert_eq!(parse_err(&src).key, "memory.levels");
+    }
+
+    #[test]
+    fn missing_keys_name_the_key_and_what_is_required() {
+        let e = parse_err("d_model = 8\nvocab = 5\nseq_len = 6\n");
+        assert_eq!((e.key.as_str(), e.span.clone()), ("heads", None));
+        assert!(e.message.contains("requires `d_model`, `heads`, `vocab` and `seq_len`"), "{e}");
+        assert!(!e.render("f.toml", "d_model = 8\n").contains('|'), "no snippet without a span");
+        let e = parse_err(&format!("{MICRO}[memory]\n[[memory.levels]]\nperiod = 1\n"));
+        assert_eq!((e.key.as_str(), e.line), ("memory.rule", 6));
+        let e = parse_err(&format!("{MICRO}[memory]\nrule = \"delta\"\n[[memory.levels]]\n"));
+        assert_eq!((e.key.as_str(), e.line), ("memory.levels[0].period", 8));
+    }
+
+    #[test]
+    fn too_many_levels_points_at_the_first_extra_level() {
+        let levels = "[[memory.levels]]\nperiod = 1\n".repeat(5);
+        let e = parse_err(&format!("{MICRO}[memory]\nrule = \"delta\"\n{levels}"));
+        assert_eq!((e.key.as_str(), e.line), ("memory.levels[4]", 16));
+        assert!(e.message.contains("at most 4"), "{e}");
+    }
+
+    #[test]
+    fn internal_type_names_do_not_leak() {
+        let e = parse_err(&format!("{MICRO}memory = 3\n"));
+        assert!(e.message.contains("allowed: a [memory] table"), "{e}");
+        let e = parse_err(&format!("{MICRO}[memory]\nrule = 3\n[[memory.levels]]\nperiod = 1\n"));
+        assert!(e.message.contains("\"delta\", \"titans\" or \"hebbian\""), "{e}");
+        let e = parse_err(&format!("{MICRO}[memory]\nrule = \"delta\"\n[[memory.levels]]\nperiod = 1\nrate = 2\n"));
+        assert!(e.message.contains("allowed keys: `period`"), "{e}");
     }
 
     #[test]

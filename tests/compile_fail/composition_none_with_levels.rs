@@ -1,0 +1,16 @@
+nl::nl_model! { r#"
+name = "bad"
+d_model = 64
+heads = 4
+vocab = 256
+seq_len = 32
+
+[memory]
+rule = "delta"
+composition = "none"
+
+[[memory.levels]]
+period = 1
+"# }
+
+fn main() {}

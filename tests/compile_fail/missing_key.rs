@@ -1,0 +1,8 @@
+nl::nl_model! { r#"
+name = "bad"
+d_model = 64
+vocab = 256
+seq_len = 32
+"# }
+
+fn main() {}
