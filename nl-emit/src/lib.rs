@@ -179,12 +179,9 @@ fn emit_params(plan: &Plan) -> TokenStream {
         const _: () = assert!(::core::mem::size_of::<Params<f32>>() == PARAM_COUNT * 4);
         const _: () = assert!(::core::mem::size_of::<Params<f64>>() == PARAM_COUNT * 8);
 
-        // SAFETY: every field is an array of `S: Scalar` (f32 or f64), for
-        // which all-zero bytes are the value 0.0.
+        #[doc = " SAFETY: every field is an array of `S: Scalar` (f32 or f64), for which all-zero bytes are the value 0.0."]
         unsafe impl<S: Scalar> ::nl_runtime::Zeroable for Params<S> {}
-        // SAFETY: `#[repr(C)]` and every field is an array of `S`, so there is
-        // no padding (checked by the size assertions above) and the struct is
-        // `PARAM_COUNT` contiguous `S` values.
+        #[doc = " SAFETY: `#[repr(C)]` and every field is an array of `S`, so there is no padding (checked by the size assertions above) and the struct is `PARAM_COUNT` contiguous `S` values."]
         unsafe impl<S: Scalar> ::nl_runtime::ScalarStruct<S> for Params<S> {}
 
         impl<S: Scalar> Params<S> {
@@ -228,7 +225,7 @@ fn emit_workspace(plan: &Plan) -> TokenStream {
             pub logits: [[S; VOCAB]; SEQ],
             /// Gradient of the loss with respect to the logits.
             pub dlogits: [[S; VOCAB]; SEQ],
-            /// Gradient buffers, one per activation above.
+            /// Gradient of `z`.
             pub dz: [[S; D]; SEQ],
             /// Gradient of `o`.
             pub d_o: [[S; D]; SEQ],
@@ -245,8 +242,7 @@ fn emit_workspace(plan: &Plan) -> TokenStream {
             #mem_fields
         }
 
-        // SAFETY: every field is an array of `S: Scalar`, an integer, a bool,
-        // or an array of those; all-zero bytes are a valid value of each.
+        #[doc = " SAFETY: every field is `Zeroable` (arrays of `S: Scalar`, integers, bools, `nl_runtime::memory` state structs), so all-zero bytes are a valid `Workspace`."]
         unsafe impl<S: Scalar> ::nl_runtime::Zeroable for Workspace<S> {}
 
         impl<S: Scalar> Workspace<S> {
@@ -439,8 +435,7 @@ fn emit_stream(plan: &Plan) -> TokenStream {
             #mem_fields
         }
 
-        // SAFETY: every field is an array of `S: Scalar`, an integer, or an
-        // array of those; all-zero bytes are a valid value of each.
+        #[doc = " SAFETY: every field is `Zeroable` (arrays of `S: Scalar`, integers, bools, `nl_runtime::memory` state structs), so all-zero bytes are a valid `Stream`."]
         unsafe impl<S: Scalar> ::nl_runtime::Zeroable for Stream<S> {}
 
         impl<S: Scalar> Stream<S> {
