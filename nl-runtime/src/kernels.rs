@@ -30,14 +30,47 @@ pub fn dot_slice<S: Scalar>(a: &[S], b: &[S]) -> S {
     let mut cb = b.chunks_exact(8);
     for (x, y) in (&mut ca).zip(&mut cb) {
         for j in 0..8 {
-            lanes[j] += x[j] * y[j];
+            lanes[j] = x[j].mul_add(y[j], lanes[j]);
         }
     }
     let mut tail = S::ZERO;
     for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        tail += *x * *y;
+        tail = x.mul_add(*y, tail);
     }
-    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7])) + tail
+    reduce8(&lanes) + tail
+}
+
+#[inline(always)]
+fn reduce8<S: Scalar>(l: &[S; 8]) -> S {
+    ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
+}
+
+/// Four dot products sharing one operand: `[a.b0, a.b1, a.b2, a.b3]`, so
+/// `a` is loaded once for four rows (8 lanes each; same order as [`dot`]).
+#[inline(always)]
+pub fn dot4<S: Scalar, const N: usize>(a: &[S; N], b0: &[S; N], b1: &[S; N], b2: &[S; N], b3: &[S; N]) -> [S; 4] {
+    let mut l = [[S::ZERO; 8]; 4];
+    let full = N / 8 * 8;
+    let mut i = 0;
+    while i < full {
+        for j in 0..8 {
+            let x = a[i + j];
+            l[0][j] = x.mul_add(b0[i + j], l[0][j]);
+            l[1][j] = x.mul_add(b1[i + j], l[1][j]);
+            l[2][j] = x.mul_add(b2[i + j], l[2][j]);
+            l[3][j] = x.mul_add(b3[i + j], l[3][j]);
+        }
+        i += 8;
+    }
+    let mut tail = [S::ZERO; 4];
+    for i in full..N {
+        let x = a[i];
+        tail[0] = x.mul_add(b0[i], tail[0]);
+        tail[1] = x.mul_add(b1[i], tail[1]);
+        tail[2] = x.mul_add(b2[i], tail[2]);
+        tail[3] = x.mul_add(b3[i], tail[3]);
+    }
+    [reduce8(&l[0]) + tail[0], reduce8(&l[1]) + tail[1], reduce8(&l[2]) + tail[2], reduce8(&l[3]) + tail[3]]
 }
 
 /// `y += a * x` over equal-length slices.
@@ -45,57 +78,149 @@ pub fn dot_slice<S: Scalar>(a: &[S], b: &[S]) -> S {
 pub fn axpy<S: Scalar>(a: S, x: &[S], y: &mut [S]) {
     debug_assert_eq!(x.len(), y.len());
     for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += a * *xi;
+        *yi = a.mul_add(*xi, *yi);
     }
 }
 
-/// `y = W x` for one vector: `W` is `[O, I]`.
+/// `y = W x` for one vector: `W` is `[O, I]`. Four rows of `W` at a time share the loads of `x`.
 #[inline]
 pub fn matvec<S: Scalar, const O: usize, const I: usize>(w: &[[S; I]; O], x: &[S; I], y: &mut [S; O]) {
-    for (yo, wo) in y.iter_mut().zip(w) {
-        *yo = dot(wo, x);
+    let mut o = 0;
+    while o + 4 <= O {
+        let r = dot4(x, &w[o], &w[o + 1], &w[o + 2], &w[o + 3]);
+        y[o..o + 4].copy_from_slice(&r);
+        o += 4;
+    }
+    while o < O {
+        y[o] = dot(&w[o], x);
+        o += 1;
     }
 }
 
-/// `Y = X W^T`: every position `t` of `x` `[T, I]` mapped by `w` `[O, I]` into `y` `[T, O]`.
+/// `Y = X W^T`: every position `t` of `x` `[T, I]` mapped by `w` `[O, I]`
+/// into `y` `[T, O]`. Four positions at a time share the loads of each
+/// weight row.
 #[inline]
 pub fn linear<S: Scalar, const T: usize, const O: usize, const I: usize>(
     x: &[[S; I]; T],
     w: &[[S; I]; O],
     y: &mut [[S; O]; T],
 ) {
-    for (xt, yt) in x.iter().zip(y.iter_mut()) {
-        matvec(w, xt, yt);
+    let mut t = 0;
+    while t + 4 <= T {
+        for o in 0..O {
+            let r = dot4(&w[o], &x[t], &x[t + 1], &x[t + 2], &x[t + 3]);
+            y[t][o] = r[0];
+            y[t + 1][o] = r[1];
+            y[t + 2][o] = r[2];
+            y[t + 3][o] = r[3];
+        }
+        t += 4;
+    }
+    while t < T {
+        matvec(w, &x[t], &mut y[t]);
+        t += 1;
     }
 }
 
+/// Columns per register block of the accumulate kernels.
+const COLS: usize = 16;
+
 /// Backward of [`linear`] to its input: `dX (+)= dY W`, i.e.
-/// `dx[t][i] += sum_o dy[t][o] w[o][i]`.
+/// `dx[t][i] += sum_o dy[t][o] w[o][i]`. Blocks of 4 positions x 16
+/// columns stay in registers while `o` runs.
 #[inline]
 pub fn linear_backward_input_acc<S: Scalar, const T: usize, const O: usize, const I: usize>(
     dy: &[[S; O]; T],
     w: &[[S; I]; O],
     dx: &mut [[S; I]; T],
 ) {
-    for (dyt, dxt) in dy.iter().zip(dx.iter_mut()) {
-        for (dyo, wo) in dyt.iter().zip(w) {
-            axpy(*dyo, wo, dxt);
+    let full_cols = I / COLS * COLS;
+    let mut t = 0;
+    while t + 4 <= T {
+        let mut c = 0;
+        while c < full_cols {
+            let mut acc = [[S::ZERO; COLS]; 4];
+            for r in 0..4 {
+                acc[r].copy_from_slice(&dx[t + r][c..c + COLS]);
+            }
+            for o in 0..O {
+                let wr = &w[o][c..c + COLS];
+                for r in 0..4 {
+                    let a = dy[t + r][o];
+                    for j in 0..COLS {
+                        acc[r][j] = a.mul_add(wr[j], acc[r][j]);
+                    }
+                }
+            }
+            for r in 0..4 {
+                dx[t + r][c..c + COLS].copy_from_slice(&acc[r]);
+            }
+            c += COLS;
         }
+        if full_cols < I {
+            for r in 0..4 {
+                for o in 0..O {
+                    axpy(dy[t + r][o], &w[o][full_cols..], &mut dx[t + r][full_cols..]);
+                }
+            }
+        }
+        t += 4;
+    }
+    while t < T {
+        for o in 0..O {
+            axpy(dy[t][o], &w[o], &mut dx[t]);
+        }
+        t += 1;
     }
 }
 
 /// Backward of [`linear`] to its weight: `dW += dY^T X`, i.e.
-/// `dw[o][i] += sum_t dy[t][o] x[t][i]`.
+/// `dw[o][i] += sum_t dy[t][o] x[t][i]`. Blocks of 4 weight rows x 16
+/// columns stay in registers while `t` runs.
 #[inline]
 pub fn linear_backward_weight_acc<S: Scalar, const T: usize, const O: usize, const I: usize>(
     dy: &[[S; O]; T],
     x: &[[S; I]; T],
     dw: &mut [[S; I]; O],
 ) {
-    for (dyt, xt) in dy.iter().zip(x) {
-        for (dyo, dwo) in dyt.iter().zip(dw.iter_mut()) {
-            axpy(*dyo, xt, dwo);
+    let full_cols = I / COLS * COLS;
+    let mut o = 0;
+    while o + 4 <= O {
+        let mut c = 0;
+        while c < full_cols {
+            let mut acc = [[S::ZERO; COLS]; 4];
+            for r in 0..4 {
+                acc[r].copy_from_slice(&dw[o + r][c..c + COLS]);
+            }
+            for t in 0..T {
+                let xr = &x[t][c..c + COLS];
+                for r in 0..4 {
+                    let a = dy[t][o + r];
+                    for j in 0..COLS {
+                        acc[r][j] = a.mul_add(xr[j], acc[r][j]);
+                    }
+                }
+            }
+            for r in 0..4 {
+                dw[o + r][c..c + COLS].copy_from_slice(&acc[r]);
+            }
+            c += COLS;
         }
+        if full_cols < I {
+            for r in 0..4 {
+                for t in 0..T {
+                    axpy(dy[t][o + r], &x[t][full_cols..], &mut dw[o + r][full_cols..]);
+                }
+            }
+        }
+        o += 4;
+    }
+    while o < O {
+        for t in 0..T {
+            axpy(dy[t][o], &x[t], &mut dw[o]);
+        }
+        o += 1;
     }
 }
 

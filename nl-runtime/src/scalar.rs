@@ -57,7 +57,9 @@ pub trait Scalar:
     fn max(self, other: Self) -> Self;
     /// Absolute value.
     fn abs(self) -> Self;
-    /// Fused or unfused `self * a + b`; the kernels use it in inner products.
+    /// `self * a + b`: fused (one rounding) when the target has FMA and
+    /// `std` is on, a multiply and an add otherwise. The kernels use it in
+    /// every inner product.
     fn mul_add(self, a: Self, b: Self) -> Self;
 }
 
@@ -121,7 +123,17 @@ macro_rules! impl_scalar {
             }
             #[inline(always)]
             fn mul_add(self, a: Self, b: Self) -> Self {
-                self * a + b
+                // A fused multiply-add where the target has one (one rounding,
+                // one instruction); elsewhere a multiply and an add, never a
+                // slow software fma.
+                #[cfg(all(feature = "std", target_feature = "fma"))]
+                {
+                    <$t>::mul_add(self, a, b)
+                }
+                #[cfg(not(all(feature = "std", target_feature = "fma")))]
+                {
+                    self * a + b
+                }
             }
         }
     };
