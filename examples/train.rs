@@ -1,0 +1,529 @@
+//! Trains a generated model as a byte-level language model on a text corpus.
+//!
+//! ```text
+//! cargo run --release --example train                # the seed's micro model on data/corpus.txt
+//! cargo run --release --example train -- --help      # every setting
+//! ```
+//!
+//! The last 10% of the corpus bytes are held out. Training samples random
+//! windows of `SEQ + 1` bytes from the rest; each optimizer step accumulates
+//! the gradients of `--batch` sequences and takes one AdamW step (linear
+//! warmup, then cosine decay to 10% of `--lr`, global-norm clipping). The
+//! held-out loss is reported in bits per byte, a text sample is generated
+//! with the streaming state, and the parameters are saved as a plain binary
+//! checkpoint:
+//!
+//! ```text
+//! offset 0   b"NLCKPT01"                     magic
+//! offset 8   PARAM_COUNT        u64 LE
+//! offset 16  FNV-1a 64 of SPEC  u64 LE       ties the file to the exact spec text
+//! offset 24  PARAM_COUNT x f32 LE            the parameters in TENSORS order
+//! ```
+//!
+//! The trainer is generic over [`nl_runtime::Model`]: `train::<M>(&args)`
+//! works for any generated model; `main` picks `micro`.
+
+use std::error::Error;
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use nl::nl_runtime::optim::AdamW;
+use nl::nl_runtime::rng::{sample_logits, Rng};
+use nl::nl_runtime::{boxed_zeroed, Flat, Model};
+
+nl::nl_model!("models/micro.toml");
+
+/// Checkpoint magic (8 bytes).
+const MAGIC: &[u8; 8] = b"NLCKPT01";
+
+/// Fraction of the corpus (its tail) held out for evaluation.
+const HELD_OUT_FRACTION: f64 = 0.10;
+
+/// Train a generated nl model as a byte-level language model.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about, long_about = None, allow_negative_numbers = true)]
+struct Args {
+    /// Training text (bytes are tokens). Default: data/corpus.txt of this package.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/corpus.txt"))]
+    corpus: PathBuf,
+
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 11_000, value_parser = clap::value_parser!(u64).range(1..))]
+    steps: u64,
+
+    /// Train on this many tokens instead (steps = ceil(tokens / (batch * SEQ))); overrides --steps.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    tokens: Option<u64>,
+
+    /// Sequences per optimizer step (their gradients are averaged).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    batch: u64,
+
+    /// Peak AdamW learning rate (after warmup; cosine decay to 10% of it).
+    #[arg(long, default_value_t = 1e-2)]
+    lr: f64,
+
+    /// Linear warmup steps (capped at the number of steps).
+    #[arg(long, default_value_t = 100)]
+    warmup: u64,
+
+    /// AdamW decoupled weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+
+    /// Global gradient-norm clipping threshold (0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+
+    /// Seed for initialisation, batch sampling and text sampling.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+
+    /// Evaluate on held-out windows every this many steps (0: only at the end).
+    #[arg(long, default_value_t = 1000)]
+    eval_every: u64,
+
+    /// Held-out windows used by the periodic evaluations, evenly spaced (0: all).
+    /// The final evaluation always uses all of them.
+    #[arg(long, default_value_t = 512)]
+    eval_windows: usize,
+
+    /// Checkpoint path. Default: checkpoints/<model>.bin under this package.
+    #[arg(long)]
+    out: Option<PathBuf>,
+
+    /// Bytes to generate for the final sample (0: no sample).
+    #[arg(long, default_value_t = 300)]
+    sample_len: usize,
+
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+
+    /// Bytes of held-out text fed to the stream before sampling.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    prompt_len: u64,
+}
+
+type Res<T> = Result<T, Box<dyn Error>>;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match train::<micro::Model>(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Checks the settings clap cannot check by type.
+fn validate(args: &Args) -> Res<()> {
+    if !(args.lr.is_finite() && args.lr > 0.0) {
+        return Err(format!("--lr must be a positive number, got {}", args.lr).into());
+    }
+    if !(args.clip.is_finite() && args.clip >= 0.0) {
+        return Err(format!("--clip must be >= 0 (0 disables clipping), got {}", args.clip).into());
+    }
+    if !(args.weight_decay.is_finite() && args.weight_decay >= 0.0 && args.lr * args.weight_decay < 1.0) {
+        return Err(format!("--weight-decay must be >= 0 with lr * weight_decay < 1, got {}", args.weight_decay).into());
+    }
+    if !(args.temperature.is_finite() && args.temperature >= 0.0) {
+        return Err(format!("--temperature must be >= 0 (0: greedy), got {}", args.temperature).into());
+    }
+    Ok(())
+}
+
+/// The whole run for model `M`: load, train, evaluate, sample, save.
+fn train<M: Model>(args: &Args) -> Res<()> {
+    validate(args)?;
+    let seq = M::SEQ;
+    if M::VOCAB < 256 {
+        return Err(format!("model {} has a vocabulary of {}; byte-level training needs 256", M::NAME, M::VOCAB).into());
+    }
+
+    // ---- data
+    let corpus =
+        fs::read(&args.corpus).map_err(|e| format!("cannot read the corpus {}: {e}", args.corpus.display()))?;
+    let split = train_split(corpus.len());
+    let (train_part, held_out) = corpus.split_at(split);
+    if !corpus_is_large_enough(corpus.len(), seq) {
+        let need = (1..).find(|&n| corpus_is_large_enough(n, seq)).unwrap_or(usize::MAX);
+        return Err(format!(
+            "the corpus {} is too small: {} bytes, model {} needs at least {need} \
+             (the first 90% for training, >= {} bytes; the last 10% held out, >= {} bytes = one window)",
+            args.corpus.display(),
+            corpus.len(),
+            M::NAME,
+            MIN_TRAIN_WINDOWS * (seq + 1),
+            seq + 1
+        )
+        .into());
+    }
+    let held_windows = held_out_windows(held_out, seq);
+
+    let steps = match args.tokens {
+        Some(t) => t.div_ceil(args.batch * seq as u64),
+        None => args.steps,
+    };
+    let warmup = args.warmup.min(steps);
+    let tokens_per_step = args.batch * seq as u64;
+    let total_tokens = steps
+        .checked_mul(tokens_per_step)
+        .filter(|&t| t < 1 << 53)
+        .ok_or_else(|| format!("{steps} steps x {tokens_per_step} tokens per step is too many tokens"))?;
+    let out = match &args.out {
+        Some(p) => p.clone(),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints").join(format!("{}.bin", M::NAME)),
+    };
+
+    println!(
+        "model {}: d_model {}, heads {}, seq {}, window {}, vocab {}, {} memory level(s)",
+        M::NAME,
+        M::D,
+        M::HEADS,
+        M::SEQ,
+        M::WINDOW,
+        M::VOCAB,
+        M::LEVELS
+    );
+    println!(
+        "  {} params, {} bytes (f32), {} FLOPs/token (train), {} FLOPs/token (forward)",
+        M::PARAM_COUNT,
+        M::PARAM_COUNT * 4,
+        M::FLOPS_TRAIN,
+        M::FLOPS_FORWARD
+    );
+    println!(
+        "corpus {}: {} bytes; train {} bytes, held out {} bytes ({} windows of {} predicted bytes)",
+        args.corpus.display(),
+        corpus.len(),
+        train_part.len(),
+        held_out.len(),
+        held_windows.len(),
+        seq
+    );
+    println!(
+        "training: {steps} steps x {} sequences x {seq} tokens = {} tokens; AdamW lr {} (warmup {warmup}, cosine to 10%), \
+         weight decay {}, clip {}, seed {}",
+        args.batch,
+        total_tokens,
+        args.lr,
+        args.weight_decay,
+        args.clip,
+        args.seed
+    );
+
+    // ---- state (all on the heap)
+    let mut params = boxed_zeroed::<M::Params<f32>>();
+    M::init(&mut *params, args.seed);
+    let mut grads = boxed_zeroed::<M::Params<f32>>();
+    let mut ws = boxed_zeroed::<M::Workspace<f32>>();
+    let mut adam_m = vec![0f32; M::PARAM_COUNT];
+    let mut adam_v = vec![0f32; M::PARAM_COUNT];
+    let mut rng = Rng::new(args.seed ^ 0xDA7A_5EED_0000_0001);
+    let mut tokens = vec![0u32; seq + 1];
+
+    // Periodic evaluations use an evenly spaced subset, the final one all windows.
+    let periodic: Vec<usize> = subset(held_windows.len(), args.eval_windows);
+    let init_eval = evaluate::<M>(&params, held_out, &periodic, &mut ws);
+    println!(
+        "step 0: held-out {:.3} bits/byte ({} windows; uniform: {:.2})",
+        init_eval / std::f64::consts::LN_2,
+        periodic.len(),
+        (M::VOCAB as f64).log2()
+    );
+
+    let pb = ProgressBar::new(steps);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:24.cyan/blue} {pos}/{len} [{elapsed}<{eta}] {msg}")
+            .map_err(|e| format!("progress bar template: {e}"))?
+            .progress_chars("=> "),
+    );
+
+    let start = Instant::now();
+    let mut eval_time = Duration::ZERO;
+    let mut smooth = 0.0f64; // EMA of the train loss, bias-corrected below
+    let mut smooth_w = 0.0f64;
+    let mut last_norm = 0.0;
+    let inv_batch = 1.0 / args.batch as f32;
+    let max_start = (train_part.len() - (seq + 1)) as u64 + 1;
+
+    for step in 1..=steps {
+        grads.as_flat_mut().fill(0.0);
+        let mut batch_loss = 0.0f64;
+        for _ in 0..args.batch {
+            let s = rng.below(max_start) as usize;
+            for (t, &b) in tokens.iter_mut().zip(&train_part[s..s + seq + 1]) {
+                *t = u32::from(b);
+            }
+            batch_loss += f64::from(M::loss_and_grad(&*params, &tokens, &mut *ws, &mut *grads));
+        }
+        batch_loss /= args.batch as f64;
+        if !batch_loss.is_finite() {
+            pb.abandon();
+            return Err(format!("the training loss diverged ({batch_loss}) at step {step}; try a lower --lr").into());
+        }
+        for g in grads.as_flat_mut() {
+            *g *= inv_batch;
+        }
+        let opt = AdamW {
+            lr: lr_at(step, steps, warmup, args.lr),
+            weight_decay: args.weight_decay,
+            clip: args.clip,
+            ..AdamW::default()
+        };
+        last_norm = opt.step(params.as_flat_mut(), grads.as_flat_mut(), &mut adam_m, &mut adam_v, step);
+
+        smooth = 0.98 * smooth + 0.02 * batch_loss;
+        smooth_w = 0.98 * smooth_w + 0.02;
+        let train_time = start.elapsed().saturating_sub(eval_time).as_secs_f64().max(1e-9);
+        let tok_s = (step * tokens_per_step) as f64 / train_time;
+        pb.set_position(step);
+        pb.set_message(format!(
+            "loss {:.3} ({:.2} bits/byte) | {:.1}k tok/s",
+            smooth / smooth_w,
+            smooth / smooth_w / std::f64::consts::LN_2,
+            tok_s / 1e3
+        ));
+
+        if args.eval_every > 0 && step % args.eval_every == 0 && step < steps {
+            let t0 = Instant::now();
+            let l = evaluate::<M>(&params, held_out, &periodic, &mut ws);
+            eval_time += t0.elapsed();
+            pb.suspend(|| {
+                println!(
+                    "step {step}: train {:.3} bits/byte, held-out {:.3} bits/byte, lr {:.2e}, grad norm {:.2}",
+                    smooth / smooth_w / std::f64::consts::LN_2,
+                    l / std::f64::consts::LN_2,
+                    lr_at(step, steps, warmup, args.lr),
+                    last_norm
+                )
+            });
+        }
+    }
+    pb.finish_and_clear();
+    let train_time = start.elapsed().saturating_sub(eval_time);
+
+    // ---- final evaluation over every held-out window
+    let t0 = Instant::now();
+    let all: Vec<usize> = (0..held_windows.len()).collect();
+    let final_loss = evaluate::<M>(&params, held_out, &all, &mut ws);
+    let final_eval_time = t0.elapsed();
+
+    // ---- sample
+    if args.sample_len > 0 {
+        let text =
+            generate::<M>(&params, held_out, args.prompt_len as usize, args.sample_len, args.temperature, args.seed);
+        println!("\nsample (temperature {}; the prompt, from the held-out text, is in [brackets]):", args.temperature);
+        println!("{text}\n");
+    }
+
+    // ---- checkpoint
+    let size = save_checkpoint::<M>(&params, &out)?;
+    println!("checkpoint: {} ({} bytes)", out.display(), size);
+
+    // ---- summary
+    let trained = total_tokens;
+    let secs = train_time.as_secs_f64().max(1e-9);
+    let tok_s = trained as f64 / secs;
+    println!(
+        "trained {} tokens in {:.1} s ({:.1} s total with {:.1} s of evaluation): {:.0} tok/s, {:.2} GFLOP/s",
+        trained,
+        secs,
+        start.elapsed().as_secs_f64(),
+        (eval_time + final_eval_time).as_secs_f64(),
+        tok_s,
+        tok_s * M::FLOPS_TRAIN as f64 / 1e9
+    );
+    println!(
+        "final train loss (smoothed): {:.3} bits/byte, last grad norm {:.2}",
+        smooth / smooth_w / std::f64::consts::LN_2,
+        last_norm
+    );
+    println!(
+        "held-out evaluation: {} windows, {} predicted bytes, {:.4} nats/byte",
+        held_windows.len(),
+        held_windows.len() * seq,
+        final_loss
+    );
+    println!(
+        "held-out: {:.2} bits/byte (uniform: {:.2})",
+        final_loss / std::f64::consts::LN_2,
+        (M::VOCAB as f64).log2()
+    );
+    Ok(())
+}
+
+/// Minimum training part, in sequences of `SEQ + 1` bytes.
+const MIN_TRAIN_WINDOWS: usize = 4;
+
+/// Bytes of a corpus of `len` bytes used for training (the rest is held out).
+fn train_split(len: usize) -> usize {
+    ((len as f64) * (1.0 - HELD_OUT_FRACTION)).floor() as usize
+}
+
+/// Whether a corpus of `len` bytes has a few training windows and at least
+/// one held-out window.
+fn corpus_is_large_enough(len: usize, seq: usize) -> bool {
+    let split = train_split(len);
+    split >= MIN_TRAIN_WINDOWS * (seq + 1) && len - split > seq
+}
+
+/// Learning rate at 1-based `step`: linear warmup to `peak` over `warmup`
+/// steps, then cosine decay from `peak` to `0.1 * peak` at the last step.
+fn lr_at(step: u64, steps: u64, warmup: u64, peak: f64) -> f64 {
+    if step <= warmup {
+        return peak * step as f64 / warmup as f64;
+    }
+    let decay_steps = steps - warmup;
+    let progress = if decay_steps == 0 { 1.0 } else { (step - warmup) as f64 / decay_steps as f64 };
+    let cos = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+    peak * (0.1 + 0.9 * cos)
+}
+
+/// Start offsets of the held-out evaluation windows: `SEQ + 1` bytes each,
+/// at stride `SEQ`, so every held-out byte after the first is predicted
+/// exactly once (the predicted targets do not overlap).
+fn held_out_windows(held_out: &[u8], seq: usize) -> Vec<usize> {
+    (0..).map(|i| i * seq).take_while(|&s| s + seq < held_out.len()).collect()
+}
+
+/// `k` indices evenly spaced over `0..n` (all of them if `k == 0` or `k >= n`).
+fn subset(n: usize, k: usize) -> Vec<usize> {
+    if k == 0 || k >= n {
+        (0..n).collect()
+    } else {
+        (0..k).map(|i| i * n / k).collect()
+    }
+}
+
+/// Mean cross-entropy (nats per byte) over the chosen held-out windows.
+fn evaluate<M: Model>(params: &M::Params<f32>, held_out: &[u8], which: &[usize], ws: &mut M::Workspace<f32>) -> f64 {
+    let seq = M::SEQ;
+    let starts = held_out_windows(held_out, seq);
+    let mut tokens = vec![0u32; seq + 1];
+    let mut total = 0.0f64;
+    for &w in which {
+        let s = starts[w];
+        for (t, &b) in tokens.iter_mut().zip(&held_out[s..s + seq + 1]) {
+            *t = u32::from(b);
+        }
+        total += f64::from(M::loss(params, &tokens, ws));
+    }
+    total / which.len().max(1) as f64
+}
+
+/// Feeds a prompt from the held-out text to a fresh stream, then samples
+/// `len` bytes. Returns `[prompt]continuation`, with non-printable bytes escaped.
+fn generate<M: Model>(
+    params: &M::Params<f32>,
+    held_out: &[u8],
+    prompt_len: usize,
+    len: usize,
+    temp: f64,
+    seed: u64,
+) -> String {
+    // Start the prompt at the beginning of a paragraph (after a newline) if there is one.
+    let begin = held_out.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let begin = if begin + prompt_len.min(held_out.len()) <= held_out.len() { begin } else { 0 };
+    let prompt = &held_out[begin..(begin + prompt_len).min(held_out.len())];
+
+    let mut stream = boxed_zeroed::<M::Stream<f32>>();
+    M::reset(&mut *stream);
+    let mut rng = Rng::new(seed ^ 0x5A3B_1E00_0000_0002);
+    let mut logits: Vec<f32> = Vec::new();
+    for &b in prompt {
+        logits.clear();
+        logits.extend_from_slice(M::step(&mut *stream, params, u32::from(b)));
+    }
+    let mut out = Vec::with_capacity(len.min(1 << 20));
+    for _ in 0..len {
+        let next = sample_logits(&logits, temp, &mut rng);
+        // Byte-level model: every token is a byte (VOCAB == 256 is checked in `train`).
+        let b = u8::try_from(next).unwrap_or(b'?');
+        out.push(b);
+        logits.clear();
+        logits.extend_from_slice(M::step(&mut *stream, params, u32::from(b)));
+    }
+    format!("[{}]{}", escape(prompt), escape(&out))
+}
+
+/// Printable ASCII and newlines as they are, everything else as `\xNN`.
+fn escape(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\n' => s.push('\n'),
+            0x20..=0x7e => s.push(b as char),
+            _ => s.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    s
+}
+
+/// FNV-1a, 64-bit.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Writes the checkpoint atomically (`<out>.tmp`, then rename); returns its size in bytes.
+fn save_checkpoint<M: Model>(params: &M::Params<f32>, out: &Path) -> Res<u64> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create the checkpoint directory {}: {e}", dir.display()))?;
+    }
+    let mut tmp_name = out.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let write = || -> std::io::Result<()> {
+        let file = fs::File::create(&tmp)?;
+        let mut w = BufWriter::new(file);
+        w.write_all(MAGIC)?;
+        w.write_all(&(M::PARAM_COUNT as u64).to_le_bytes())?;
+        w.write_all(&fnv1a64(M::SPEC.as_bytes()).to_le_bytes())?;
+        for x in params.as_flat() {
+            w.write_all(&x.to_le_bytes())?;
+        }
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = fs::remove_file(&tmp);
+        return Err(format!("cannot write the checkpoint {}: {e}", tmp.display()).into());
+    }
+    fs::rename(&tmp, out).map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), out.display()))?;
+    let size = fs::metadata(out).map_err(|e| format!("cannot stat {}: {e}", out.display()))?.len();
+    debug_assert_eq!(size, 24 + 4 * M::PARAM_COUNT as u64);
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a64_known_values() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn schedule_warms_up_and_decays_to_ten_percent() {
+        assert!((lr_at(1, 100, 10, 1.0) - 0.1).abs() < 1e-12);
+        assert!((lr_at(10, 100, 10, 1.0) - 1.0).abs() < 1e-12);
+        assert!((lr_at(100, 100, 10, 1.0) - 0.1).abs() < 1e-12);
+        assert!((lr_at(1, 1, 1, 1.0) - 1.0).abs() < 1e-12);
+    }
+}
