@@ -10,22 +10,15 @@
 //! the gradients of `--batch` sequences and takes one AdamW step (linear
 //! warmup, then cosine decay to 10% of `--lr`, global-norm clipping). The
 //! held-out loss is reported in bits per byte, a text sample is generated
-//! with the streaming state, and the parameters are saved as a plain binary
-//! checkpoint:
-//!
-//! ```text
-//! offset 0   b"NLCKPT01"                     magic
-//! offset 8   PARAM_COUNT        u64 LE
-//! offset 16  FNV-1a 64 of SPEC  u64 LE       ties the file to the exact spec text
-//! offset 24  PARAM_COUNT x f32 LE            the parameters in TENSORS order
-//! ```
+//! with the streaming state, and the parameters are saved as a safetensors
+//! checkpoint (`nl_runtime::checkpoint`: one F32 tensor per `TENSORS` entry,
+//! the spec's SHA-256 in the metadata; written atomically).
 //!
 //! The trainer is generic over [`nl_runtime::Model`]: `train::<M>(&args)`
 //! works for any generated model; `main` picks `micro`.
 
 use std::error::Error;
 use std::fs;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -37,9 +30,6 @@ use nl::nl_runtime::rng::{sample_logits, Rng};
 use nl::nl_runtime::{boxed_zeroed, Flat, Model};
 
 nl::nl_model!("models/micro.toml");
-
-/// Checkpoint magic (8 bytes).
-const MAGIC: &[u8; 8] = b"NLCKPT01";
 
 /// Fraction of the corpus (its tail) held out for evaluation.
 const HELD_OUT_FRACTION: f64 = 0.10;
@@ -93,7 +83,7 @@ struct Args {
     #[arg(long, default_value_t = 512)]
     eval_windows: usize,
 
-    /// Checkpoint path. Default: checkpoints/<model>.bin under this package.
+    /// Checkpoint path. Default: checkpoints/<model>.safetensors under this package.
     #[arg(long)]
     out: Option<PathBuf>,
 
@@ -180,7 +170,7 @@ fn train<M: Model>(args: &Args) -> Res<()> {
         .ok_or_else(|| format!("{steps} steps x {tokens_per_step} tokens per step is too many tokens"))?;
     let out = match &args.out {
         Some(p) => p.clone(),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints").join(format!("{}.bin", M::NAME)),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints").join(format!("{}.safetensors", M::NAME)),
     };
 
     println!(
@@ -468,56 +458,22 @@ fn escape(bytes: &[u8]) -> String {
     s
 }
 
-/// FNV-1a, 64-bit.
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// Writes the checkpoint atomically (`<out>.tmp`, then rename); returns its size in bytes.
+/// Saves the checkpoint as safetensors, atomically (`<out>.tmp`, then rename); returns its size in bytes.
 fn save_checkpoint<M: Model>(params: &M::Params<f32>, out: &Path) -> Res<u64> {
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create the checkpoint directory {}: {e}", dir.display()))?;
     }
-    let mut tmp_name = out.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    let write = || -> std::io::Result<()> {
-        let file = fs::File::create(&tmp)?;
-        let mut w = BufWriter::new(file);
-        w.write_all(MAGIC)?;
-        w.write_all(&(M::PARAM_COUNT as u64).to_le_bytes())?;
-        w.write_all(&fnv1a64(M::SPEC.as_bytes()).to_le_bytes())?;
-        for x in params.as_flat() {
-            w.write_all(&x.to_le_bytes())?;
-        }
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_file(&tmp);
-        return Err(format!("cannot write the checkpoint {}: {e}", tmp.display()).into());
-    }
-    fs::rename(&tmp, out).map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), out.display()))?;
+    nl::nl_runtime::checkpoint::save::<M, f32>(out, params)
+        .map_err(|e| format!("cannot write the checkpoint {}: {e}", out.display()))?;
     let size = fs::metadata(out).map_err(|e| format!("cannot stat {}: {e}", out.display()))?.len();
-    debug_assert_eq!(size, 24 + 4 * M::PARAM_COUNT as u64);
+    debug_assert_eq!(size, (nl::nl_runtime::checkpoint::header_len::<M, f32>() + 4 * M::PARAM_COUNT) as u64);
     Ok(size)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fnv1a64_known_values() {
-        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
-    }
 
     #[test]
     fn schedule_warms_up_and_decays_to_ten_percent() {

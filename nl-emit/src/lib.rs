@@ -79,6 +79,11 @@ fn emit_consts(plan: &Plan, spec_source: &str) -> TokenStream {
     let levels = lit(plan.levels());
     let pc = lit(plan.param_count);
     let name = &plan.name;
+    let sha = if plan.spec_sha256.is_empty() {
+        nl_spec::sha256_hex(spec_source.as_bytes())
+    } else {
+        plan.spec_sha256.clone()
+    };
     let (ff, ft, fs) = (
         Literal::u64_unsuffixed(plan.flops.forward),
         Literal::u64_unsuffixed(plan.flops.train),
@@ -96,6 +101,8 @@ fn emit_consts(plan: &Plan, spec_source: &str) -> TokenStream {
         pub const NAME: &str = #name;
         /// The TOML spec this module was generated from.
         pub const SPEC: &str = #spec_source;
+        /// SHA-256 of `SPEC` (64 lowercase hex digits), stored in checkpoints.
+        pub const SPEC_SHA256: &str = #sha;
         /// `d_model`.
         pub const D: usize = #d;
         /// `heads`.
@@ -505,6 +512,7 @@ fn emit_model_impl() -> TokenStream {
         impl ::nl_runtime::Model for Model {
             const NAME: &'static str = NAME;
             const SPEC: &'static str = SPEC;
+            const SPEC_SHA256: &'static str = SPEC_SHA256;
             const D: usize = D;
             const HEADS: usize = HEADS;
             const VOCAB: usize = VOCAB;

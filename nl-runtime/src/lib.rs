@@ -10,6 +10,7 @@
 //!   the generated model);
 //! - [`Model`]: the trait every generated model implements, so generic tools
 //!   (trainers, checkpoints, benchmarks, tests) work on any model;
+//! - [`checkpoint`]: safetensors checkpoints, validated against the model;
 //! - [`optim`]: SGD with momentum and AdamW, with global-norm clipping;
 //! - [`rng`]: a small seedable RNG for deterministic initialisation and sampling.
 #![no_std]
@@ -20,6 +21,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod checkpoint;
 pub mod kernels;
 pub mod memory;
 pub mod optim;
@@ -126,6 +128,8 @@ pub trait Model: 'static {
     const NAME: &'static str;
     /// The TOML spec the model was generated from.
     const SPEC: &'static str;
+    /// SHA-256 of [`Model::SPEC`], 64 lowercase hex digits (checkpoints store it).
+    const SPEC_SHA256: &'static str;
     /// `d_model`.
     const D: usize;
     /// `heads`.

@@ -21,7 +21,7 @@ mod plan;
 mod spec;
 
 pub use error::SpecError;
-pub use plan::{Flops, Init, MemoryPlan, Plan, TensorPlan};
+pub use plan::{sha256, sha256_hex, Flops, Init, MemoryPlan, Plan, TensorPlan};
 pub use spec::{Composition, Limits, Rule, Spec, LIMITS};
 
 /// Parses and validates a spec, then builds its plan.
@@ -30,5 +30,7 @@ pub use spec::{Composition, Limits, Rule, Spec, LIMITS};
 /// (the macro passes the file stem).
 pub fn plan_from_str(source: &str, default_name: &str) -> Result<Plan, SpecError> {
     let spec = Spec::parse(source, default_name)?;
-    Ok(Plan::new(&spec))
+    let mut plan = Plan::new(&spec);
+    plan.spec_sha256 = sha256_hex(source.as_bytes());
+    Ok(plan)
 }

@@ -1,0 +1,1003 @@
+//! Safetensors checkpoints that cannot be misread.
+//!
+//! Layout (the [safetensors] format): an 8-byte little-endian header length
+//! `N`, then `N` bytes of JSON header, then the data section. The header
+//! lists every tensor of [`Model::TENSORS`], in that order, as
+//! `"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}`
+//! (byte offsets into the data section, contiguous, so the data section is
+//! exactly the bytes of `Params<S>` in little-endian), and a
+//! `"__metadata__"` object with `format = "nl"`, `format_version = "1"`,
+//! `spec_sha256` (the model's [`Model::SPEC_SHA256`]) and `model`.
+//! The header is padded with spaces so the data section starts at a file
+//! offset that is a multiple of 8.
+//!
+//! Reading checks everything: the JSON (a small strict parser that never
+//! panics), the spec hash, every tensor's dtype, shape and offsets, that no
+//! tensor is missing or unexpected, and the data length. Parsing and
+//! validation need no allocator; [`view`] even uses the bytes in place.
+//!
+//! [safetensors]: https://github.com/huggingface/safetensors
+
+use core::any::TypeId;
+use core::fmt;
+
+use crate::{Flat, Model, Scalar, ScalarStruct};
+
+/// Largest header accepted, in bytes.
+pub const MAX_HEADER: u64 = 1 << 20;
+/// Most tensors a model may have for checkpointing (the validator tracks
+/// which it has seen in a fixed bitset, without an allocator).
+pub const MAX_TENSORS: usize = 1024;
+/// Value of the `format` metadata key.
+pub const FORMAT: &str = "nl";
+/// Value of the `format_version` metadata key.
+pub const FORMAT_VERSION: &str = "1";
+
+/// A short piece of text copied from a checkpoint for an error message
+/// (at most 64 bytes; longer text is cut and shown with `…`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Text {
+    buf: [u8; 64],
+    len: u8,
+    cut: bool,
+}
+
+impl Text {
+    fn from_raw(raw: &[u8]) -> Text {
+        let mut t = Text { buf: [0; 64], len: 0, cut: false };
+        let mut i = 0;
+        while let Some(c) = next_char(raw, &mut i) {
+            let mut tmp = [0u8; 4];
+            let enc = c.encode_utf8(&mut tmp).as_bytes();
+            let len = t.len as usize;
+            match t.buf.get_mut(len..len + enc.len()) {
+                Some(dst) => {
+                    dst.copy_from_slice(enc);
+                    t.len += enc.len() as u8;
+                }
+                None => {
+                    t.cut = true;
+                    break;
+                }
+            }
+        }
+        t
+    }
+
+    /// The text (possibly cut).
+    pub fn as_str(&self) -> &str {
+        self.buf.get(..self.len as usize).and_then(|b| core::str::from_utf8(b).ok()).unwrap_or("")
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())?;
+        if self.cut {
+            f.write_str("…")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+/// A shape read from a checkpoint (up to 8 dimensions are kept).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    dims: [u64; 8],
+    n: usize,
+}
+
+impl Dims {
+    fn push(&mut self, d: u64) {
+        if let Some(s) = self.dims.get_mut(self.n) {
+            *s = d;
+        }
+        self.n += 1;
+    }
+
+    fn matches(&self, expected: &[usize]) -> bool {
+        // More than 8 dimensions never match (no model tensor has them).
+        self.n == expected.len()
+            && self.n <= self.dims.len()
+            && self.dims.iter().zip(expected).all(|(&a, &b)| a == b as u64)
+    }
+}
+
+impl fmt::Display for Dims {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[")?;
+        for (i, d) in self.dims.iter().take(self.n).enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{d}")?;
+        }
+        if self.n > self.dims.len() {
+            write!(f, ", … ({} dims)", self.n)?;
+        }
+        f.write_str("]")
+    }
+}
+
+impl fmt::Debug for Dims {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Why a checkpoint was rejected.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// Fewer than the 8 bytes of the header length.
+    Truncated {
+        /// Bytes present.
+        len: usize,
+    },
+    /// The header length is larger than [`MAX_HEADER`] or than the bytes after it.
+    HeaderTooLarge {
+        /// The header length read from the file.
+        len: u64,
+        /// The largest length that would have been accepted.
+        limit: u64,
+    },
+    /// The header is not the JSON this format allows.
+    BadJson {
+        /// Byte offset in the file of the first offending byte.
+        offset: usize,
+    },
+    /// A tensor of the model is not in the header.
+    MissingTensor(&'static str),
+    /// The header has a tensor the model does not have.
+    UnexpectedTensor(Text),
+    /// A tensor has another dtype than the scalar being loaded.
+    WrongDtype {
+        /// Tensor name.
+        tensor: &'static str,
+        /// Dtype in the file.
+        found: Text,
+        /// Dtype of the scalar being loaded.
+        expected: &'static str,
+    },
+    /// A tensor has another shape than the model's.
+    WrongShape {
+        /// Tensor name.
+        tensor: &'static str,
+        /// Shape in the file.
+        found: Dims,
+        /// The model's shape.
+        expected: &'static [usize],
+    },
+    /// A tensor's `data_offsets` are not where the model's layout puts them.
+    WrongOffsets {
+        /// Tensor name.
+        tensor: &'static str,
+        /// Offsets in the file.
+        found: [u64; 2],
+        /// Offsets of the model's layout.
+        expected: [u64; 2],
+    },
+    /// The checkpoint was written for another spec.
+    SpecMismatch {
+        /// `spec_sha256` in the file.
+        found: Text,
+        /// The model's [`Model::SPEC_SHA256`].
+        expected: &'static str,
+    },
+    /// A required metadata key (or the `__metadata__` object) is missing.
+    MissingMetadata(&'static str),
+    /// A metadata value is not the one this format requires.
+    BadMetadata {
+        /// The key.
+        key: &'static str,
+        /// Its value in the file.
+        found: Text,
+        /// The required value.
+        expected: &'static str,
+    },
+    /// The data section has another length than the parameters.
+    DataLength {
+        /// Bytes in the file.
+        found: usize,
+        /// Bytes of the parameters.
+        expected: usize,
+    },
+    /// [`view`]: the data section is not aligned for the scalar type.
+    Misaligned {
+        /// Address of the data section modulo `align`.
+        addr_mod: usize,
+        /// Required alignment.
+        align: usize,
+    },
+    /// [`view`]: in-place views need a little-endian target.
+    BigEndian,
+    /// The scalar type is neither `f32` nor `f64`.
+    UnsupportedScalar(&'static str),
+    /// The model has more than [`MAX_TENSORS`] tensors.
+    TooManyTensors(usize),
+    /// The caller's buffer is too small for the header.
+    BufferTooSmall {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes given.
+        found: usize,
+    },
+    /// Reading or writing the file failed.
+    #[cfg(feature = "std")]
+    Io(std::io::Error),
+}
+
+impl fmt::Display for CheckpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use CheckpointError::*;
+        match self {
+            Truncated { len } => write!(f, "truncated checkpoint: {len} bytes, fewer than the 8-byte header length"),
+            HeaderTooLarge { len, limit } => {
+                write!(f, "header length {len} is larger than the {limit} bytes allowed (file truncated or corrupt)")
+            }
+            BadJson { offset } => write!(f, "malformed checkpoint header JSON at byte {offset}"),
+            MissingTensor(n) => write!(f, "tensor `{n}` of the model is missing from the checkpoint"),
+            UnexpectedTensor(n) => write!(f, "the checkpoint has tensor `{n}`, which the model does not have"),
+            WrongDtype { tensor, found, expected } => {
+                write!(f, "tensor `{tensor}` has dtype {found} in the checkpoint, expected {expected}")
+            }
+            WrongShape { tensor, found, expected } => {
+                write!(f, "tensor `{tensor}` has shape {found} in the checkpoint, expected {expected:?}")
+            }
+            WrongOffsets { tensor, found, expected } => {
+                write!(f, "tensor `{tensor}` has data_offsets {found:?} in the checkpoint, expected {expected:?}")
+            }
+            SpecMismatch { found, expected } => write!(
+                f,
+                "the checkpoint was written for another spec: spec_sha256 {found}, this model's is {expected}"
+            ),
+            MissingMetadata(k) => write!(f, "the checkpoint header has no `{k}` metadata"),
+            BadMetadata { key, found, expected } => {
+                write!(f, "metadata `{key}` is {found:?} in the checkpoint, expected {expected:?}")
+            }
+            DataLength { found, expected } => {
+                write!(f, "the data section is {found} bytes, the parameters are {expected} bytes")
+            }
+            Misaligned { addr_mod, align } => write!(
+                f,
+                "the data section is not {align}-byte aligned in memory (address mod {align} = {addr_mod}); \
+                 copy it with load_from_bytes, or load the file into an aligned buffer"
+            ),
+            BigEndian => write!(f, "in-place views of little-endian checkpoints need a little-endian target"),
+            UnsupportedScalar(d) => write!(f, "checkpoints hold f32 or f64 scalars, not {d}"),
+            TooManyTensors(n) => write!(f, "the model has {n} tensors, more than the {MAX_TENSORS} supported"),
+            BufferTooSmall { needed, found } => {
+                write!(f, "the header needs a {needed}-byte buffer, {found} bytes given")
+            }
+            #[cfg(feature = "std")]
+            Io(e) => write!(f, "checkpoint I/O failed: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for CheckpointError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            #[cfg(feature = "std")]
+            CheckpointError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl From<std::io::Error> for CheckpointError {
+    fn from(e: std::io::Error) -> Self {
+        CheckpointError::Io(e)
+    }
+}
+
+// ---------------------------------------------------------------- writing
+
+/// Writes into a buffer, counting (and dropping) whatever does not fit.
+struct W<'a> {
+    buf: &'a mut [u8],
+    n: usize,
+}
+
+impl W<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if let Some(s) = self.buf.get_mut(self.n) {
+                *s = b;
+            }
+            self.n += 1;
+        }
+    }
+
+    fn uint(&mut self, mut v: u64) {
+        let mut tmp = [0u8; 20];
+        let mut i = tmp.len();
+        loop {
+            i -= 1;
+            tmp[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.put(&tmp[i..]);
+    }
+
+    fn string(&mut self, s: &str) {
+        self.put(b"\"");
+        for c in s.chars() {
+            match c {
+                '"' => self.put(b"\\\""),
+                '\\' => self.put(b"\\\\"),
+                c if (c as u32) < 0x20 => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    let v = c as usize;
+                    self.put(&[b'\\', b'u', b'0', b'0', HEX[v >> 4], HEX[v & 15]]);
+                }
+                c => {
+                    let mut tmp = [0u8; 4];
+                    self.put(c.encode_utf8(&mut tmp).as_bytes());
+                }
+            }
+        }
+        self.put(b"\"");
+    }
+}
+
+fn write_json<M: Model, S: Scalar>(w: &mut W<'_>) {
+    w.put(b"{\"__metadata__\":{\"format\":");
+    w.string(FORMAT);
+    w.put(b",\"format_version\":");
+    w.string(FORMAT_VERSION);
+    w.put(b",\"spec_sha256\":");
+    w.string(M::SPEC_SHA256);
+    w.put(b",\"model\":");
+    w.string(M::NAME);
+    w.put(b"}");
+    let b = S::BYTES as u64;
+    for t in M::TENSORS {
+        w.put(b",");
+        w.string(t.name);
+        w.put(b":{\"dtype\":");
+        w.string(S::DTYPE);
+        w.put(b",\"shape\":[");
+        for (i, &d) in t.shape.iter().enumerate() {
+            if i > 0 {
+                w.put(b",");
+            }
+            w.uint(d as u64);
+        }
+        w.put(b"],\"data_offsets\":[");
+        w.uint(t.offset as u64 * b);
+        w.put(b",");
+        w.uint((t.offset + t.len) as u64 * b);
+        w.put(b"]}");
+    }
+    w.put(b"}");
+}
+
+/// Bytes before the data section: the 8-byte length, the JSON header and its
+/// padding (a multiple of 8 in all).
+pub fn header_len<M: Model, S: Scalar>() -> usize {
+    let mut w = W { buf: &mut [], n: 0 };
+    write_json::<M, S>(&mut w);
+    8 + w.n.next_multiple_of(8)
+}
+
+/// Writes everything before the data section (the 8-byte length, the JSON
+/// header, the space padding) into `buf` and returns its length,
+/// [`header_len`]. The data section to follow is the parameters' scalars in
+/// little-endian, in `TENSORS` order.
+pub fn write_header<M: Model, S: Scalar>(buf: &mut [u8]) -> Result<usize, CheckpointError> {
+    scalar_kind::<S>()?;
+    let needed = header_len::<M, S>();
+    let found = buf.len();
+    let Some(buf) = buf.get_mut(..needed) else {
+        return Err(CheckpointError::BufferTooSmall { needed, found });
+    };
+    let (len, rest) = buf.split_at_mut(8);
+    len.copy_from_slice(&((needed - 8) as u64).to_le_bytes());
+    let mut w = W { buf: rest, n: 0 };
+    write_json::<M, S>(&mut w);
+    while w.n < needed - 8 {
+        w.put(b" ");
+    }
+    Ok(needed)
+}
+
+/// [`write_header`] into a new vector.
+#[cfg(feature = "alloc")]
+pub fn header_bytes<M: Model, S: Scalar>() -> Result<alloc::vec::Vec<u8>, CheckpointError> {
+    let mut v = alloc::vec![0u8; header_len::<M, S>()];
+    write_header::<M, S>(&mut v)?;
+    Ok(v)
+}
+
+/// A whole checkpoint (header and data) in a new vector.
+#[cfg(feature = "alloc")]
+pub fn to_bytes<M: Model, S: Scalar>(params: &M::Params<S>) -> Result<alloc::vec::Vec<u8>, CheckpointError> {
+    let mut v = header_bytes::<M, S>()?;
+    match as_kind(params.as_flat())? {
+        Kind::F32(x) => x.iter().for_each(|x| v.extend_from_slice(&x.to_le_bytes())),
+        Kind::F64(x) => x.iter().for_each(|x| v.extend_from_slice(&x.to_le_bytes())),
+    }
+    Ok(v)
+}
+
+/// Saves `params` to `path` atomically: writes `<path>.tmp` in the same
+/// directory, flushes and syncs it, then renames it over `path`. A reader
+/// sees the old file or the new one, never a part.
+#[cfg(feature = "std")]
+pub fn save<M: Model, S: Scalar>(path: impl AsRef<std::path::Path>, params: &M::Params<S>) -> std::io::Result<()> {
+    use std::borrow::ToOwned;
+    use std::io::Write;
+    use std::string::ToString;
+    let path = path.as_ref();
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let to_io = |e: CheckpointError| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string());
+    let header = header_bytes::<M, S>().map_err(to_io)?;
+    let kind = as_kind(params.as_flat()).map_err(to_io)?;
+    let write = || -> std::io::Result<()> {
+        let file = std::fs::File::create(&tmp)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, file);
+        w.write_all(&header)?;
+        match kind {
+            Kind::F32(x) => x.iter().try_for_each(|x| w.write_all(&x.to_le_bytes()))?,
+            Kind::F64(x) => x.iter().try_for_each(|x| w.write_all(&x.to_le_bytes()))?,
+        }
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // Make the rename durable where directories can be synced (best effort).
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Reads `path` and loads it into `params` with [`load_from_bytes`].
+#[cfg(feature = "std")]
+pub fn load<M: Model, S: Scalar>(
+    path: impl AsRef<std::path::Path>,
+    params: &mut M::Params<S>,
+) -> Result<(), CheckpointError> {
+    let bytes = std::fs::read(path)?;
+    load_from_bytes::<M, S>(&bytes, params)
+}
+
+// ---------------------------------------------------------------- scalars
+
+#[cfg(feature = "alloc")]
+enum Kind<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+enum KindMut<'a> {
+    F32(&'a mut [f32]),
+    F64(&'a mut [f64]),
+}
+
+fn scalar_kind<S: Scalar>() -> Result<bool, CheckpointError> {
+    if TypeId::of::<S>() == TypeId::of::<f32>() {
+        Ok(true)
+    } else if TypeId::of::<S>() == TypeId::of::<f64>() {
+        Ok(false)
+    } else {
+        Err(CheckpointError::UnsupportedScalar(S::DTYPE))
+    }
+}
+
+#[cfg(feature = "alloc")]
+fn as_kind<S: Scalar>(x: &[S]) -> Result<Kind<'_>, CheckpointError> {
+    Ok(if scalar_kind::<S>()? {
+        // SAFETY: `S` is `f32` (same `TypeId`), so this is the same slice.
+        Kind::F32(unsafe { core::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
+    } else {
+        // SAFETY: `S` is `f64` (same `TypeId`), so this is the same slice.
+        Kind::F64(unsafe { core::slice::from_raw_parts(x.as_ptr() as *const f64, x.len()) })
+    })
+}
+
+fn as_kind_mut<S: Scalar>(x: &mut [S]) -> Result<KindMut<'_>, CheckpointError> {
+    Ok(if scalar_kind::<S>()? {
+        // SAFETY: `S` is `f32` (same `TypeId`); the exclusive borrow moves into the result.
+        KindMut::F32(unsafe { core::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) })
+    } else {
+        // SAFETY: `S` is `f64` (same `TypeId`); the exclusive borrow moves into the result.
+        KindMut::F64(unsafe { core::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f64, x.len()) })
+    })
+}
+
+// ---------------------------------------------------------------- reading
+
+/// Validates a whole checkpoint for model `M` with scalar `S` and returns
+/// its data section (exactly the bytes of `M::Params<S>`, little-endian).
+///
+/// Never panics, whatever the bytes; needs no allocator.
+pub fn validate<M: Model, S: Scalar>(bytes: &[u8]) -> Result<&[u8], CheckpointError> {
+    scalar_kind::<S>()?;
+    if M::TENSORS.len() > MAX_TENSORS {
+        return Err(CheckpointError::TooManyTensors(M::TENSORS.len()));
+    }
+    let Some((len, rest)) = bytes.split_first_chunk::<8>() else {
+        return Err(CheckpointError::Truncated { len: bytes.len() });
+    };
+    let n = u64::from_le_bytes(*len);
+    let limit = MAX_HEADER.min(rest.len() as u64);
+    if n > limit {
+        return Err(CheckpointError::HeaderTooLarge { len: n, limit });
+    }
+    let (header, data) = rest.split_at(n as usize);
+    if let Err(e) = core::str::from_utf8(header) {
+        return Err(CheckpointError::BadJson { offset: 8 + e.valid_up_to() });
+    }
+    let mut p = Parser { b: header, i: 0 };
+    let found = p.top::<M, S>()?;
+
+    let m = found.meta.ok_or(CheckpointError::MissingMetadata("__metadata__"))?;
+    for (k, want) in [(0, FORMAT), (1, FORMAT_VERSION)] {
+        let raw = m[k].ok_or(CheckpointError::MissingMetadata(META_KEYS[k]))?;
+        if !jeq(raw, want) {
+            return Err(CheckpointError::BadMetadata { key: META_KEYS[k], found: Text::from_raw(raw), expected: want });
+        }
+    }
+    let sha = m[2].ok_or(CheckpointError::MissingMetadata("spec_sha256"))?;
+    if !jeq(sha, M::SPEC_SHA256) {
+        return Err(CheckpointError::SpecMismatch { found: Text::from_raw(sha), expected: M::SPEC_SHA256 });
+    }
+    m[3].ok_or(CheckpointError::MissingMetadata("model"))?;
+    if let Some(e) = found.first_error {
+        return Err(e);
+    }
+    for (i, t) in M::TENSORS.iter().enumerate() {
+        if found.seen[i / 64] & (1 << (i % 64)) == 0 {
+            return Err(CheckpointError::MissingTensor(t.name));
+        }
+    }
+    let expected = M::TENSORS.iter().map(|t| t.len).sum::<usize>() * S::BYTES;
+    if data.len() != expected {
+        return Err(CheckpointError::DataLength { found: data.len(), expected });
+    }
+    Ok(data)
+}
+
+/// Validates `bytes` and copies the parameters into `params`.
+pub fn load_from_bytes<M: Model, S: Scalar>(bytes: &[u8], params: &mut M::Params<S>) -> Result<(), CheckpointError> {
+    let data = validate::<M, S>(bytes)?;
+    let flat = params.as_flat_mut();
+    let expected = core::mem::size_of_val(flat);
+    if data.len() != expected {
+        return Err(CheckpointError::DataLength { found: data.len(), expected });
+    }
+    match as_kind_mut(flat)? {
+        KindMut::F32(x) => {
+            for (v, c) in x.iter_mut().zip(data.chunks_exact(4)) {
+                let mut b = [0u8; 4];
+                b.copy_from_slice(c);
+                *v = f32::from_le_bytes(b);
+            }
+        }
+        KindMut::F64(x) => {
+            for (v, c) in x.iter_mut().zip(data.chunks_exact(8)) {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c);
+                *v = f64::from_le_bytes(b);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Validates `bytes` and returns the parameters in place, without copying.
+///
+/// Needs a little-endian target ([`CheckpointError::BigEndian`] otherwise)
+/// and the data section aligned in memory for `S`
+/// ([`CheckpointError::Misaligned`] otherwise; the writer puts the data at a
+/// file offset that is a multiple of 8, so a buffer aligned to 8 works).
+pub fn view<M: Model, S: Scalar>(bytes: &[u8]) -> Result<&M::Params<S>, CheckpointError>
+where
+    M::Params<S>: ScalarStruct<S>,
+{
+    let data = validate::<M, S>(bytes)?;
+    if !cfg!(target_endian = "little") {
+        return Err(CheckpointError::BigEndian);
+    }
+    let size = core::mem::size_of::<M::Params<S>>();
+    if data.len() != size {
+        return Err(CheckpointError::DataLength { found: data.len(), expected: size });
+    }
+    let align = core::mem::align_of::<M::Params<S>>();
+    let addr_mod = data.as_ptr() as usize % align;
+    if addr_mod != 0 {
+        return Err(CheckpointError::Misaligned { addr_mod, align });
+    }
+    // SAFETY:
+    // - size: `data` is exactly `size_of::<M::Params<S>>()` bytes (checked above);
+    // - alignment: `data.as_ptr()` is a multiple of `align_of::<M::Params<S>>()` (checked);
+    // - validity: `M::Params<S>: ScalarStruct<S>`, so it is `#[repr(C)]` arrays of `S`
+    //   with no padding, and `validate` checked (via `TypeId`) that `S` is `f32` or `f64`,
+    //   for which every bit pattern is a valid value; on a little-endian target (checked)
+    //   the file's little-endian bytes are those values, in `TENSORS` order (`validate`
+    //   checked every tensor's offsets against `TENSORS`);
+    // - lifetime and aliasing: the result borrows `bytes` immutably for as long as it lives,
+    //   and `ScalarStruct` types have no interior mutability.
+    Ok(unsafe { &*(data.as_ptr() as *const M::Params<S>) })
+}
+
+const META_KEYS: [&str; 4] = ["format", "format_version", "spec_sha256", "model"];
+
+struct Found<'a> {
+    meta: Option<[Option<&'a [u8]>; 4]>,
+    seen: [u64; MAX_TENSORS / 64],
+    first_error: Option<CheckpointError>,
+}
+
+struct Parser<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+fn hex(c: u8) -> Option<u32> {
+    (c as char).to_digit(16)
+}
+
+fn hex4_at(b: &[u8], i: usize) -> Option<u32> {
+    let s = b.get(i..i.checked_add(4)?)?;
+    s.iter().try_fold(0u32, |acc, &c| Some(acc * 16 + hex(c)?))
+}
+
+/// Decodes the next character of a validated JSON string body.
+fn next_char(raw: &[u8], i: &mut usize) -> Option<char> {
+    let c = *raw.get(*i)?;
+    if c == b'\\' {
+        let e = *raw.get(*i + 1)?;
+        let ch = match e {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let hi = hex4_at(raw, *i + 2)?;
+                if (0xD800..0xDC00).contains(&hi) {
+                    let lo = hex4_at(raw, *i + 8)?;
+                    *i += 12;
+                    return char::from_u32(0x10000 + ((hi - 0xD800) << 10) + lo.checked_sub(0xDC00)?);
+                }
+                *i += 6;
+                return char::from_u32(hi);
+            }
+            _ => return None,
+        };
+        *i += 2;
+        Some(ch)
+    } else {
+        let len = match c {
+            0..0x80 => 1,
+            0xC0..0xE0 => 2,
+            0xE0..0xF0 => 3,
+            _ => 4,
+        };
+        let s = raw.get(*i..*i + len)?;
+        let ch = core::str::from_utf8(s).ok()?.chars().next()?;
+        *i += len;
+        Some(ch)
+    }
+}
+
+/// Whether the JSON string body `raw` decodes to `s`.
+fn jeq(raw: &[u8], s: &str) -> bool {
+    let mut i = 0;
+    let mut it = s.chars();
+    loop {
+        match (next_char(raw, &mut i), it.next()) {
+            (None, None) => return i == raw.len(),
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
+}
+
+impl<'a> Parser<'a> {
+    fn err(&self) -> CheckpointError {
+        CheckpointError::BadJson { offset: 8 + self.i }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> Result<(), CheckpointError> {
+        self.ws();
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(self.err())
+        }
+    }
+
+    /// After a member: `,` (true: another member follows) or `close` (false).
+    fn sep(&mut self, close: u8) -> Result<bool, CheckpointError> {
+        self.ws();
+        match self.peek() {
+            Some(b',') => {
+                self.i += 1;
+                Ok(true)
+            }
+            Some(c) if c == close => {
+                self.i += 1;
+                Ok(false)
+            }
+            _ => Err(self.err()),
+        }
+    }
+
+    /// `{` then whether the object has members (false: it was `{}`).
+    fn open(&mut self, open: u8, close: u8) -> Result<bool, CheckpointError> {
+        self.eat(open)?;
+        self.ws();
+        if self.peek() == Some(close) {
+            self.i += 1;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// A string; returns its body (between the quotes, escapes validated).
+    fn string(&mut self) -> Result<&'a [u8], CheckpointError> {
+        self.eat(b'"')?;
+        let start = self.i;
+        loop {
+            match self.peek() {
+                None => return Err(self.err()),
+                Some(b'"') => {
+                    let raw = self.b.get(start..self.i).ok_or_else(|| self.err())?;
+                    self.i += 1;
+                    return Ok(raw);
+                }
+                Some(b'\\') => {
+                    self.i += 1;
+                    match self.peek() {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 1,
+                        Some(b'u') => {
+                            self.i += 1;
+                            let cp = hex4_at(self.b, self.i).ok_or_else(|| self.err())?;
+                            if (0xDC00..0xE000).contains(&cp) {
+                                return Err(self.err());
+                            }
+                            self.i += 4;
+                            if (0xD800..0xDC00).contains(&cp) {
+                                if self.peek() != Some(b'\\') || self.b.get(self.i + 1) != Some(&b'u') {
+                                    return Err(self.err());
+                                }
+                                self.i += 2;
+                                match hex4_at(self.b, self.i) {
+                                    Some(lo) if (0xDC00..0xE000).contains(&lo) => self.i += 4,
+                                    _ => return Err(self.err()),
+                                }
+                            }
+                        }
+                        _ => return Err(self.err()),
+                    }
+                }
+                Some(c) if c < 0x20 => return Err(self.err()),
+                Some(_) => self.i += 1,
+            }
+        }
+    }
+
+    /// A non-negative integer without sign, fraction or exponent.
+    fn uint(&mut self) -> Result<u64, CheckpointError> {
+        self.ws();
+        let start = self.i;
+        let mut v: u64 = 0;
+        while let Some(c @ b'0'..=b'9') = self.peek() {
+            if self.i > start && v == 0 {
+                return Err(self.err()); // leading zero
+            }
+            v = v.checked_mul(10).and_then(|v| v.checked_add((c - b'0') as u64)).ok_or_else(|| self.err())?;
+            self.i += 1;
+        }
+        if self.i == start || matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+            return Err(self.err());
+        }
+        Ok(v)
+    }
+
+    fn top<M: Model, S: Scalar>(&mut self) -> Result<Found<'a>, CheckpointError> {
+        let mut f = Found { meta: None, seen: [0; MAX_TENSORS / 64], first_error: None };
+        if self.open(b'{', b'}')? {
+            loop {
+                let key_at = self.i;
+                let key = self.string()?;
+                self.eat(b':')?;
+                if jeq(key, "__metadata__") {
+                    if f.meta.is_some() {
+                        self.i = key_at;
+                        self.ws();
+                        return Err(self.err());
+                    }
+                    f.meta = Some(self.metadata()?);
+                } else {
+                    self.tensor::<M, S>(key, key_at, &mut f)?;
+                }
+                if !self.sep(b'}')? {
+                    break;
+                }
+            }
+        }
+        self.ws();
+        if self.i != self.b.len() {
+            return Err(self.err());
+        }
+        Ok(f)
+    }
+
+    fn metadata(&mut self) -> Result<[Option<&'a [u8]>; 4], CheckpointError> {
+        let mut m = [None; 4];
+        if self.open(b'{', b'}')? {
+            loop {
+                let key_at = self.i;
+                let key = self.string()?;
+                self.eat(b':')?;
+                let value = self.string()?;
+                if let Some(k) = META_KEYS.iter().position(|k| jeq(key, k)) {
+                    if m[k].is_some() {
+                        self.i = key_at;
+                        self.ws();
+                        return Err(self.err());
+                    }
+                    m[k] = Some(value);
+                }
+                if !self.sep(b'}')? {
+                    break;
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    fn tensor<M: Model, S: Scalar>(
+        &mut self,
+        key: &'a [u8],
+        key_at: usize,
+        f: &mut Found<'a>,
+    ) -> Result<(), CheckpointError> {
+        let (mut dtype, mut shape, mut offsets) = (None, None, None);
+        let dup = |p: &mut Self, at: usize| {
+            p.i = at;
+            p.ws();
+            p.err()
+        };
+        if self.open(b'{', b'}')? {
+            loop {
+                let at = self.i;
+                let k = self.string()?;
+                self.eat(b':')?;
+                if jeq(k, "dtype") {
+                    if dtype.is_some() {
+                        return Err(dup(self, at));
+                    }
+                    dtype = Some(self.string()?);
+                } else if jeq(k, "shape") {
+                    if shape.is_some() {
+                        return Err(dup(self, at));
+                    }
+                    let mut d = Dims { dims: [0; 8], n: 0 };
+                    if self.open(b'[', b']')? {
+                        loop {
+                            d.push(self.uint()?);
+                            if !self.sep(b']')? {
+                                break;
+                            }
+                        }
+                    }
+                    shape = Some(d);
+                } else if jeq(k, "data_offsets") {
+                    if offsets.is_some() {
+                        return Err(dup(self, at));
+                    }
+                    self.eat(b'[')?;
+                    let begin = self.uint()?;
+                    self.eat(b',')?;
+                    let end = self.uint()?;
+                    self.eat(b']')?;
+                    offsets = Some([begin, end]);
+                } else {
+                    return Err(dup(self, at));
+                }
+                if !self.sep(b'}')? {
+                    break;
+                }
+            }
+        }
+        let (Some(dtype), Some(shape), Some(offsets)) = (dtype, shape, offsets) else {
+            self.i -= 1; // at the closing brace
+            return Err(self.err());
+        };
+        let Some(idx) = M::TENSORS.iter().position(|t| jeq(key, t.name)) else {
+            f.first_error.get_or_insert(CheckpointError::UnexpectedTensor(Text::from_raw(key)));
+            return Ok(());
+        };
+        let (word, bit) = (idx / 64, 1u64 << (idx % 64));
+        let Some(w) = f.seen.get_mut(word) else {
+            return Err(CheckpointError::TooManyTensors(M::TENSORS.len()));
+        };
+        if *w & bit != 0 {
+            return Err(dup(self, key_at)); // the same tensor twice
+        }
+        *w |= bit;
+        let t = &M::TENSORS[idx];
+        let b = S::BYTES as u64;
+        let expected = [t.offset as u64 * b, (t.offset + t.len) as u64 * b];
+        let e = if !jeq(dtype, S::DTYPE) {
+            CheckpointError::WrongDtype { tensor: t.name, found: Text::from_raw(dtype), expected: S::DTYPE }
+        } else if !shape.matches(t.shape) {
+            CheckpointError::WrongShape { tensor: t.name, found: shape, expected: t.shape }
+        } else if offsets != expected {
+            CheckpointError::WrongOffsets { tensor: t.name, found: offsets, expected }
+        } else {
+            return Ok(());
+        };
+        f.first_error.get_or_insert(e);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_decode_escapes() {
+        assert!(jeq(br#"a\"b\\c\u0041\ud83d\ude00"#, "a\"b\\cA\u{1F600}"));
+        assert!(!jeq(b"ab", "abc"));
+        assert!(!jeq(b"abc", "ab"));
+        let mut p = Parser { b: br#""\ud800x""#, i: 0 };
+        assert!(p.string().is_err());
+        let mut p = Parser { b: br#""\udc00""#, i: 0 };
+        assert!(p.string().is_err());
+        let mut p = Parser { b: b"\"a\x01\"", i: 0 };
+        assert!(p.string().is_err());
+    }
+
+    #[test]
+    fn integers_are_strict() {
+        for (s, ok) in [("0", Some(0)), ("123", Some(123)), ("01", None), ("-1", None), ("1.0", None), ("1e3", None)] {
+            let mut p = Parser { b: s.as_bytes(), i: 0 };
+            assert_eq!(p.uint().ok(), ok, "{s}");
+        }
+        let mut p = Parser { b: b"18446744073709551616", i: 0 };
+        assert!(p.uint().is_err());
+    }
+}
