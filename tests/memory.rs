@@ -153,6 +153,11 @@ macro_rules! memory_tests {
             use super::*;
             use $m as m;
             type M = m::Model;
+            /// Only titans has a momentum `S`; the other rules keep it at zero.
+
+            fn titans() -> bool {
+                m::TENSORS.iter().any(|t| t.name == "mem.0.w_eta")
+            }
 
             fn load_state<S: nl_runtime::Scalar>(
                 dst: &mut nl_runtime::memory::LevelState<S, { m::D }>,
@@ -162,11 +167,7 @@ macro_rules! memory_tests {
                     for j in 0..m::D {
                         dst.m[i][j] = S::from_f64(src.m[i * m::D + j]);
                         dst.g[i][j] = S::from_f64(src.g[i * m::D + j]);
-                        dst.s[i][j] = if m::TENSORS.iter().any(|t| t.name == "mem.0.w_eta") {
-                            S::from_f64(src.s[i * m::D + j])
-                        } else {
-                            S::ZERO
-                        };
+                        dst.s[i][j] = if titans() { S::from_f64(src.s[i * m::D + j]) } else { S::ZERO };
                     }
                 }
                 dst.n = src.n as u64;
@@ -174,7 +175,7 @@ macro_rules! memory_tests {
 
             fn states_for_model(seed: u64) -> Vec<LevelState> {
                 let mut s = random_states(m::D, m::LEVELS, seed);
-                if !m::TENSORS.iter().any(|t| t.name == "mem.0.w_eta") {
+                if !titans() {
                     for l in s.iter_mut() {
                         l.s.iter_mut().for_each(|x| *x = 0.0);
                     }

@@ -205,6 +205,17 @@ fn emit_params(plan: &Plan) -> TokenStream {
 fn emit_workspace(plan: &Plan) -> TokenStream {
     let mem_fields = memory::workspace_fields(plan);
     let mem_methods = memory::workspace_methods(plan);
+    // Only MAG has an output projection input distinct from `a`.
+    let o_fields = if plan.composition == Composition::Mag {
+        quote! {
+            /// Output projection input `o_t = a_t * sigmoid(y_t)`.
+            pub o: [[S; D]; SEQ],
+            /// Gradient of `o`.
+            pub d_o: [[S; D]; SEQ],
+        }
+    } else {
+        quote! {}
+    };
     quote! {
         /// Scratch for one training sequence: activations kept for the
         /// backward pass and the backward's own buffers. Build it zeroed
@@ -224,8 +235,7 @@ fn emit_workspace(plan: &Plan) -> TokenStream {
             pub p: [[[S; WINDOW]; HEADS]; SEQ],
             /// Attention output `a_t`.
             pub a: [[S; D]; SEQ],
-            /// Output projection input `o_t`.
-            pub o: [[S; D]; SEQ],
+            #o_fields
             /// Output projection `z_t`.
             pub z: [[S; D]; SEQ],
             /// Logits; row `t` predicts token `t + 1`.
@@ -234,8 +244,6 @@ fn emit_workspace(plan: &Plan) -> TokenStream {
             pub dlogits: [[S; VOCAB]; SEQ],
             /// Gradient of `z`.
             pub dz: [[S; D]; SEQ],
-            /// Gradient of `o`.
-            pub d_o: [[S; D]; SEQ],
             /// Gradient of `a`.
             pub da: [[S; D]; SEQ],
             /// Gradient of `q`.
@@ -288,8 +296,10 @@ fn emit_train(plan: &Plan) -> TokenStream {
             }
         }
     } else {
-        quote! { ws.o = ws.a; }
+        quote! {}
     };
+    // The output projection reads o = a * sigmoid(y) (MAG) or a itself.
+    let (o, d_o) = if mag { (quote! { ws.o }, quote! { ws.d_o }) } else { (quote! { ws.a }, quote! { ws.da }) };
     let compose_back = if mag {
         quote! {
             // o = a * sigmoid(y): da = do * s, dy = do * a * s (1 - s)
@@ -302,12 +312,9 @@ fn emit_train(plan: &Plan) -> TokenStream {
             }
         }
     } else if mem {
-        quote! {
-            ws.da = ws.d_o;
-            k::zero(&mut ws.dy);
-        }
+        quote! { k::zero(&mut ws.dy); }
     } else {
-        quote! { ws.da = ws.d_o; }
+        quote! {}
     };
     let attn_input_back = if plan.composition == Composition::Mal {
         quote! {
@@ -335,7 +342,7 @@ fn emit_train(plan: &Plan) -> TokenStream {
             k::linear(&ws.h, &p.attn_wv, &mut ws.v);
             k::attention::<S, SEQ, D, HEADS, HEAD_DIM, WINDOW>(&ws.q, &ws.k, &ws.v, &mut ws.p, &mut ws.a);
             #compose
-            k::linear(&ws.o, &p.attn_wo, &mut ws.z);
+            k::linear(&#o, &p.attn_wo, &mut ws.z);
             k::linear(&ws.z, &p.unembed, &mut ws.logits);
         }
 
@@ -361,9 +368,9 @@ fn emit_train(plan: &Plan) -> TokenStream {
             k::zero(&mut ws.dz);
             k::linear_backward_input_acc(&ws.dlogits, &p.unembed, &mut ws.dz);
             // z = Wo o
-            k::linear_backward_weight_acc(&ws.dz, &ws.o, &mut g.attn_wo);
-            k::zero(&mut ws.d_o);
-            k::linear_backward_input_acc(&ws.dz, &p.attn_wo, &mut ws.d_o);
+            k::linear_backward_weight_acc(&ws.dz, &#o, &mut g.attn_wo);
+            k::zero(&mut #d_o);
+            k::linear_backward_input_acc(&ws.dz, &p.attn_wo, &mut #d_o);
             #compose_back
             // attention
             k::zero(&mut ws.dq);
@@ -411,7 +418,20 @@ fn emit_stream(plan: &Plan) -> TokenStream {
             }
         }
     } else {
-        quote! { self.o = self.a; }
+        quote! {}
+    };
+    let o = if mag {
+        quote! { self.o }
+    } else {
+        quote! { self.a }
+    };
+    let o_field = if mag {
+        quote! {
+            /// Output projection input `a * sigmoid(y)` of the current token.
+            pub o: [S; D],
+        }
+    } else {
+        quote! {}
     };
     quote! {
         /// Serving state: a ring buffer of the last `WINDOW` keys and values,
@@ -435,8 +455,7 @@ fn emit_stream(plan: &Plan) -> TokenStream {
             pub p: [[S; WINDOW]; HEADS],
             /// Attention output of the current token.
             pub a: [S; D],
-            /// Output projection input of the current token.
-            pub o: [S; D],
+            #o_field
             /// Output projection of the current token.
             pub z: [S; D],
             #mem_fields
@@ -480,7 +499,7 @@ fn emit_stream(plan: &Plan) -> TokenStream {
                     &mut self.a,
                 );
                 #compose
-                k::matvec(&p.attn_wo, &self.o, &mut self.z);
+                k::matvec(&p.attn_wo, &#o, &mut self.z);
                 k::matvec(&p.unembed, &self.z, &mut self.logits);
                 self.pos += 1;
                 &self.logits

@@ -46,6 +46,12 @@ fn level_params(plan: &Plan, l: usize) -> TokenStream {
     }
 }
 
+/// One token stream per level, from `f(level, its LevelParams, its period)`.
+fn per_level(plan: &Plan, f: impl Fn(usize, TokenStream, Literal) -> TokenStream) -> Vec<TokenStream> {
+    let periods = plan.memory.as_ref().map_or(&[][..], |m| &m.periods[..]);
+    periods.iter().enumerate().map(|(l, &p)| f(l, level_params(plan, l), Literal::u64_unsuffixed(p as u64))).collect()
+}
+
 /// Workspace fields of the memory branch.
 pub(crate) fn workspace_fields(plan: &Plan) -> TokenStream {
     if plan.memory.is_none() {
@@ -105,13 +111,13 @@ pub(crate) fn workspace_methods(plan: &Plan) -> TokenStream {
 /// Forward of the memory branch over a training sequence: `e` saved, `y`
 /// (and the MAG gate) computed.
 pub(crate) fn forward(plan: &Plan) -> TokenStream {
-    let Some(m) = &plan.memory else { return quote! {} };
+    if plan.memory.is_none() {
+        return quote! {};
+    }
     let rule = rule_type(plan);
     let scale = scale(plan);
     let norm = normalize(plan);
-    let levels = m.periods.iter().enumerate().map(|(l, &period)| {
-        let lp = level_params(plan, l);
-        let period = Literal::u64_unsuffixed(period as u64);
+    let levels = per_level(plan, |l, lp, period| {
         let tr = format_ident!("mem{}", l);
         quote! {
             ::nl_runtime::memory::forward::<S, #rule, SEQ, D>(
@@ -147,19 +153,22 @@ pub(crate) fn backward(plan: &Plan) -> TokenStream {
     let scale = scale(plan);
     let norm = normalize(plan);
     let titans = m.rule == Rule::Titans;
-    let levels = m.periods.iter().enumerate().map(|(l, &period)| {
-        let lp = level_params(plan, l);
-        let period = Literal::u64_unsuffixed(period as u64);
+    let levels = per_level(plan, |l, lp, period| {
         let tr = format_ident!("mem{}", l);
         let f = |n: &str| format_ident!("mem{}_{}", l, n);
-        let (wk, wv, wq, wa, ba, wt, bt) = (f("wk"), f("wv"), f("wq"), f("w_alpha"), f("b_alpha"), f("w_theta"), f("b_theta"));
+        let (wk, wv, wq, wa, ba, wt, bt) =
+            (f("wk"), f("wv"), f("wq"), f("w_alpha"), f("b_alpha"), f("w_theta"), f("b_theta"));
         let eta = if titans {
             let (we, be) = (f("w_eta"), f("b_eta"));
             quote! { w_eta: &mut g.#we, b_eta: &mut g.#be[0], }
         } else {
             quote! { w_eta: &mut [], b_eta: &mut unused, }
         };
-        let unused = if titans { quote! {} } else { quote! { let mut unused = S::ZERO; } };
+        let unused = if titans {
+            quote! {}
+        } else {
+            quote! { let mut unused = S::ZERO; }
+        };
         quote! {
             {
                 #unused
@@ -200,13 +209,13 @@ pub(crate) fn stream_fields(plan: &Plan) -> TokenStream {
 
 /// Streaming step of the memory branch (reads `self.h = e_t`, writes `self.y`).
 pub(crate) fn stream_step(plan: &Plan) -> TokenStream {
-    let Some(m) = &plan.memory else { return quote! {} };
+    if plan.memory.is_none() {
+        return quote! {};
+    }
     let rule = rule_type(plan);
     let scale = scale(plan);
     let norm = normalize(plan);
-    let levels = m.periods.iter().enumerate().map(|(l, &period)| {
-        let lp = level_params(plan, l);
-        let period = Literal::u64_unsuffixed(period as u64);
+    let levels = per_level(plan, |l, lp, period| {
         quote! {
             ::nl_runtime::memory::step::<S, #rule, D>(
                 &#lp, #period, #norm, self.freeze_memory, &self.h, &mut self.mem[#l], &mut self.scratch, #scale, &mut self.y,

@@ -369,8 +369,6 @@ pub struct LevelAdjoint<S, const D: usize> {
     pub dg: [[S; D]; D],
     /// Gradient with respect to `S` after the current token.
     pub ds: [[S; D]; D],
-    /// Scratch: gradient with respect to `G` just before the fire's use of it.
-    pub dg_pre: [[S; D]; D],
 }
 
 // SAFETY: arrays of `S: Scalar` only.
@@ -432,7 +430,7 @@ pub fn backward<S: Scalar, R: Rule, const T: usize, const D: usize>(
             if fire {
                 // delta/hebbian: M_t = (1 - alpha) M_{t-1} - G'_t
                 // titans: S_t = eta S_{t-1} - G'_t ; M_t = (1 - alpha) M_{t-1} + S_t
-                // G_t = 0 (the incoming dG is dropped).
+                // G_t = 0: the incoming dG is dropped, and `dg` becomes dG'_t.
                 let keep = S::ONE - alpha;
                 if R::MOMENTUM {
                     let s_prev: &[[S; D]; D] = if t == 0 { &start.s } else { &tr.s_hist[t - 1] };
@@ -441,7 +439,7 @@ pub fn backward<S: Scalar, R: Rule, const T: usize, const D: usize>(
                             let ds_tot = adj.ds[i][j] + adj.dm[i][j];
                             d_alpha -= adj.dm[i][j] * m_prev[i][j];
                             d_eta += ds_tot * s_prev[i][j];
-                            adj.dg_pre[i][j] = -ds_tot;
+                            adj.dg[i][j] = -ds_tot;
                             adj.ds[i][j] = eta * ds_tot;
                             adj.dm[i][j] *= keep;
                         }
@@ -450,24 +448,24 @@ pub fn backward<S: Scalar, R: Rule, const T: usize, const D: usize>(
                     for i in 0..D {
                         for j in 0..D {
                             d_alpha -= adj.dm[i][j] * m_prev[i][j];
-                            adj.dg_pre[i][j] = -adj.dm[i][j];
+                            adj.dg[i][j] = -adj.dm[i][j];
                             adj.dm[i][j] *= keep;
                         }
                     }
                 }
-            } else {
-                adj.dg_pre = adj.dg;
             }
+            // Without a fire G_t = G'_t, so `dg` already holds dG'_t. Either
+            // way dG_{t-1} = dG'_t, so `dg` carries on unchanged below.
             // G'_t = G_{t-1} + theta r k^T
             // d_theta = r^T dG' k ; dr = theta dG' k ; dk += theta dG'^T r
             let mut dr = [S::ZERO; D];
             for i in 0..D {
-                let gk = dot(&adj.dg_pre[i], k);
+                let gk = dot(&adj.dg[i], k);
                 d_theta += r[i] * gk;
                 dr[i] = theta * gk;
                 let c = theta * r[i];
                 for j in 0..D {
-                    dk[j] += c * adj.dg_pre[i][j];
+                    dk[j] += c * adj.dg[i][j];
                 }
             }
             if R::READS_MEMORY {
@@ -485,7 +483,6 @@ pub fn backward<S: Scalar, R: Rule, const T: usize, const D: usize>(
                     dv[i] -= dr[i];
                 }
             }
-            adj.dg = adj.dg_pre;
         }
         // Gates: alpha = sigmoid(a), theta = softplus(b), eta = sigmoid(c), each of w.[k; v] + bias.
         let da = d_alpha * alpha * (S::ONE - alpha);

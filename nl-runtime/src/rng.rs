@@ -108,7 +108,7 @@ pub fn sample_logits<S: Scalar>(logits: &[S], temperature: f64, rng: &mut Rng) -
     for l in logits {
         total += libm::exp((l.to_f64() - mx) / temperature);
     }
-    let mut u = r_f64(rng) * total;
+    let mut u = rng.next_f64() * total;
     for (i, l) in logits.iter().enumerate() {
         u -= libm::exp((l.to_f64() - mx) / temperature);
         if u <= 0.0 {
@@ -116,10 +116,6 @@ pub fn sample_logits<S: Scalar>(logits: &[S], temperature: f64, rng: &mut Rng) -
         }
     }
     best
-}
-
-fn r_f64(rng: &mut Rng) -> f64 {
-    rng.next_f64()
 }
 
 #[cfg(test)]

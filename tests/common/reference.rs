@@ -1,7 +1,7 @@
 //! Slow, plain reference interpreter of the `nl` model family, used as a test
 //! oracle.
 //!
-//! It is written from `/work/shared/MODEL.md` alone: every step below cites the
+//! It is written from `shared/MODEL.md` alone: every step below cites the
 //! step number of the "Forward" section of that page. Everything is `f64`,
 //! shapes are run-time values, storage is `Vec<f64>` in row-major order, and
 //! the loops are written out one index at a time on purpose. Speed and
