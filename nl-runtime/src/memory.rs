@@ -19,7 +19,7 @@
 // Index loops are kept where they read like the formulas.
 #![allow(clippy::needless_range_loop)]
 
-use crate::kernels::{dot, linear, linear_backward_input_acc, linear_backward_weight_acc};
+use crate::kernels::{dot, linear_backward_input_acc, linear_backward_weight_acc};
 use crate::{Scalar, Zeroable};
 
 /// `eps` of the key/query normalisation `n(z) = z / sqrt(|z|^2 + eps)`.
@@ -214,63 +214,336 @@ fn gates<S: Scalar, R: Rule, const D: usize>(p: &LevelParams<'_, S, D>, k: &[S; 
     (alpha, theta_pre.softplus(), theta_pre, eta)
 }
 
-/// The inner loop for one token: surprise against the current memory,
-/// accumulation, the fire if due, then `n += 1`. Writes `r` (the surprise
-/// factor). With `frozen` the state is left untouched (inner loop off).
-#[allow(clippy::too_many_arguments)]
-#[inline]
-pub fn update<S: Scalar, R: Rule, const D: usize>(
-    st: &mut LevelState<S, D>,
-    period: u64,
-    frozen: bool,
-    k: &[S; D],
-    v: &[S; D],
-    alpha: S,
-    theta: S,
-    eta: S,
-    r: &mut [S; D],
-) {
-    // r = M k - v (delta, titans) or -v (hebbian)
-    for i in 0..D {
-        r[i] = if R::READS_MEMORY { dot(&st.m[i], k) - v[i] } else { -v[i] };
+/// Columns per chunk of the row kernels: one AVX-512 register of `f32`.
+const LANES: usize = 16;
+/// Rows per block of the row kernels: a block's rows share every load of
+/// the vectors they are multiplied with, and their horizontal sums are
+/// reduced together.
+const ROWS: usize = 4;
+
+/// Sum of the lanes of a chunk accumulator (a tree). Not inlined on
+/// purpose: a block's reductions side by side invite the SLP vectoriser to
+/// vectorise the whole block across its rows instead of along the lanes
+/// (measured: 2-3x the instructions); behind a call, each accumulator is a
+/// plain vector register in the loop.
+#[inline(never)]
+fn hsum<S: Scalar>(mut a: [S; LANES]) -> S {
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for j in 0..w {
+            a[j] += a[j + w];
+        }
     }
-    if frozen {
-        return;
-    }
-    let fire = (st.n + 1).is_multiple_of(period);
-    st.n += 1;
-    // One pass over the D x D state: G' = G + theta r k^T, then on a fire
-    // M <- (1 - alpha) M - G' (or S <- eta S - G', M <- (1 - alpha) M + S)
-    // and G <- 0; otherwise G <- G'.
-    let keep = S::ONE - alpha;
-    for i in 0..D {
-        let c = theta * r[i];
-        let (m, g, s) = (&mut st.m[i], &mut st.g[i], &mut st.s[i]);
-        if !fire {
-            for j in 0..D {
-                g[j] += c * k[j];
+    a[0]
+}
+
+/// Rows `i0..i0 + R` of a matrix.
+#[inline(always)]
+fn rows<S, const D: usize, const R: usize>(m: &[[S; D]; D], i0: usize) -> &[[S; D]; R] {
+    m[i0..i0 + R].try_into().expect("block in bounds")
+}
+
+/// Rows `i0..i0 + R` of a matrix, mutable.
+#[inline(always)]
+fn rows_mut<S, const D: usize, const R: usize>(m: &mut [[S; D]; D], i0: usize) -> &mut [[S; D]; R] {
+    (&mut m[i0..i0 + R]).try_into().expect("block in bounds")
+}
+
+/// The column loop of a block of `NR` rows: runs `body` for each chunk
+/// of columns `o..o + n` (`n = LANES`, then the last `D % LANES` columns)
+/// and each row `rr` of the block, rows innermost, so a chunk of a vector
+/// is loaded once for the block. The body works on whole chunks (the lane
+/// helpers [`fma_acc`], [`axpy`]), which vectorise. `acc` is the row's `NA`
+/// lane accumulators; the value is their sums per row, `[[S; NA]; NR]`.
+/// (A macro rather than a function taking a closure: the body is inlined
+/// whatever its size.)
+macro_rules! cols {
+    ($d:expr, $nr:expr, $na:expr, |$o:ident, $n:ident, $rr:ident, $acc:ident| $body:expr) => {{
+        let mut accs = [[[S::ZERO; LANES]; $na]; $nr];
+        let mut $o = 0;
+        while $o + LANES <= $d {
+            for $rr in 0..$nr {
+                let $n = LANES;
+                #[allow(unused_variables)]
+                let $acc = &mut accs[$rr];
+                $body;
             }
-        } else if R::MOMENTUM {
-            for j in 0..D {
-                s[j] = eta * s[j] - (g[j] + c * k[j]);
-                m[j] = keep * m[j] + s[j];
-                g[j] = S::ZERO;
-            }
-        } else {
-            for j in 0..D {
-                m[j] = keep * m[j] - (g[j] + c * k[j]);
-                g[j] = S::ZERO;
+            $o += LANES;
+        }
+        if $o < $d {
+            for $rr in 0..$nr {
+                let $n = $d - $o;
+                #[allow(unused_variables)]
+                let $acc = &mut accs[$rr];
+                $body;
             }
         }
+        sums(&accs)
+    }};
+}
+
+/// The sums of a block's lane accumulators, per row.
+#[inline(always)]
+fn sums<S: Scalar, const NR: usize, const NA: usize>(accs: &[[[S; LANES]; NA]; NR]) -> [[S; NA]; NR] {
+    let mut out = [[S::ZERO; NA]; NR];
+    for r in 0..NR {
+        for a in 0..NA {
+            out[r][a] = hsum(accs[r][a]);
+        }
+    }
+    out
+}
+
+/// Where a fire also writes the new `M` and `S`: the trace's history slots.
+type Hist<'a, S, const D: usize> = Option<(&'a mut [[S; D]; D], &'a mut [[S; D]; D])>;
+
+/// Lane-wise `acc += a .* b` over the chunk (`a.len() <= LANES`).
+#[inline(always)]
+fn fma_acc<S: Scalar>(acc: &mut [S; LANES], a: &[S], b: &[S]) {
+    for j in 0..a.len() {
+        acc[j] = a[j].mul_add(b[j], acc[j]);
+    }
+}
+
+/// Lane-wise `y += c * x` over the chunk.
+#[inline(always)]
+fn axpy<S: Scalar>(c: S, x: &[S], y: &mut [S]) {
+    for j in 0..x.len() {
+        y[j] = c.mul_add(x[j], y[j]);
+    }
+}
+
+/// Columns `o..o + n` of a row.
+#[inline(always)]
+fn ch<S>(a: &[S], o: usize, n: usize) -> &[S] {
+    &a[o..o + n]
+}
+
+/// Columns `o..o + n` of a row, mutable.
+#[inline(always)]
+fn ch_mut<S>(a: &mut [S], o: usize, n: usize) -> &mut [S] {
+    &mut a[o..o + n]
+}
+
+/// Calls `$f::<NR>(i0, ...)` for the row blocks of `ROWS` rows (`NR =
+/// ROWS`), then for each remaining row (`NR = 1`).
+macro_rules! for_blocks {
+    ($d:expr, |$i0:ident| $f:ident::<$($g:ty),*>($($arg:expr),*)) => {{
+        let mut $i0 = 0;
+        while $i0 + ROWS <= $d {
+            $f::<$($g,)* ROWS>($($arg),*);
+            $i0 += ROWS;
+        }
+        while $i0 < $d {
+            $f::<$($g,)* 1>($($arg),*);
+            $i0 += 1;
+        }
+    }};
+}
+
+/// The constants of one token's inner-loop step.
+#[derive(Clone, Copy)]
+struct Step<S> {
+    /// The level fires at this token.
+    fire: bool,
+    /// The inner loop runs (not frozen).
+    update: bool,
+    /// `G` is known to be zero (a fire since the sequence start): not read.
+    g_zero: bool,
+    /// `1 - alpha`.
+    keep: S,
+    /// `theta`.
+    theta: S,
+    /// `eta` (titans).
+    eta: S,
+    /// Weight of this level's read in `y`.
+    scale: S,
+}
+
+/// The vectors of one token.
+#[derive(Clone, Copy)]
+struct Vecs<'a, S, const D: usize> {
+    k: &'a [S; D],
+    v: &'a [S; D],
+    q: &'a [S; D],
+}
+
+/// Rows `i0..i0 + R` of [`token`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn token_rows<S: Scalar, R: Rule, const D: usize, const NR: usize>(
+    i0: usize,
+    st: &mut LevelState<S, D>,
+    p: Step<S>,
+    x: Vecs<'_, S, D>,
+    r: &mut [S; D],
+    y: &mut [S; D],
+    hist: &mut Hist<'_, S, D>,
+) {
+    let (k, v, q) = (x.k, x.v, x.q);
+    let m = rows_mut::<S, D, NR>(&mut st.m, i0);
+    let g = rows_mut::<S, D, NR>(&mut st.g, i0);
+    if !p.fire {
+        // M stays: r = M k - v and the read M q in one pass; G += theta r k^T.
+        let sums = cols!(D, NR, 2, |o, n, rr, acc| {
+            let mc = ch(&m[rr], o, n);
+            if R::READS_MEMORY {
+                fma_acc(&mut acc[0], mc, ch(k, o, n));
+            }
+            fma_acc(&mut acc[1], mc, ch(q, o, n));
+        });
+        let mut c = [S::ZERO; NR];
+        for rr in 0..NR {
+            let ri = if R::READS_MEMORY { sums[rr][0] - v[i0 + rr] } else { -v[i0 + rr] };
+            r[i0 + rr] = ri;
+            c[rr] = p.theta * ri;
+            y[i0 + rr] = p.scale.mul_add(sums[rr][1], y[i0 + rr]);
+        }
+        if p.update {
+            let _ = cols!(D, NR, 0, |o, n, rr, acc| axpy(c[rr], ch(k, o, n), ch_mut(&mut g[rr], o, n)));
+        }
+        return;
+    }
+    // A fire: r against the memory before it, then G' = G + theta r k^T,
+    // M <- keep M - G' (or S <- eta S - G', M <- keep M + S), G <- 0 and
+    // the read of the new row, in one more pass.
+    let mut c = [S::ZERO; NR];
+    let rk = if R::READS_MEMORY {
+        cols!(D, NR, 1, |o, n, rr, acc| fma_acc(&mut acc[0], ch(&m[rr], o, n), ch(k, o, n)))
+    } else {
+        [[S::ZERO; 1]; NR]
+    };
+    for rr in 0..NR {
+        let ri = if R::READS_MEMORY { rk[rr][0] - v[i0 + rr] } else { -v[i0 + rr] };
+        r[i0 + rr] = ri;
+        c[rr] = p.theta * ri;
+    }
+    let s = rows_mut::<S, D, NR>(&mut st.s, i0);
+    // (Two loops, so neither has a branch per chunk.)
+    let read = match hist {
+        Some((hm, hs)) => {
+            let (hm, hs) = (rows_mut::<S, D, NR>(hm, i0), rows_mut::<S, D, NR>(hs, i0));
+            cols!(D, NR, 1, |o, n, rr, acc| {
+                let (mc, sc) = (ch_mut(&mut m[rr], o, n), ch_mut(&mut s[rr], o, n));
+                fire_chunk::<S, R>(p, c[rr], ch(k, o, n), mc, ch_mut(&mut g[rr], o, n), sc);
+                ch_mut(&mut hm[rr], o, n).copy_from_slice(mc);
+                if R::MOMENTUM {
+                    ch_mut(&mut hs[rr], o, n).copy_from_slice(sc);
+                }
+                fma_acc(&mut acc[0], mc, ch(q, o, n));
+            })
+        }
+        None => cols!(D, NR, 1, |o, n, rr, acc| {
+            let mc = ch_mut(&mut m[rr], o, n);
+            fire_chunk::<S, R>(p, c[rr], ch(k, o, n), mc, ch_mut(&mut g[rr], o, n), ch_mut(&mut s[rr], o, n));
+            fma_acc(&mut acc[0], mc, ch(q, o, n));
+        }),
+    };
+    for rr in 0..NR {
+        y[i0 + rr] = p.scale.mul_add(read[rr][0], y[i0 + rr]);
+    }
+}
+
+/// A fire on one chunk of a row: `G' = G + c k`, then `M <- keep M - G'`
+/// (or `S <- eta S - G'`, `M <- keep M + S`), `G <- 0` (`G` is not read
+/// when known to be zero).
+#[inline(always)]
+fn fire_chunk<S: Scalar, R: Rule>(p: Step<S>, c: S, k: &[S], m: &mut [S], g: &mut [S], s: &mut [S]) {
+    let n = k.len();
+    let mut gk = [S::ZERO; LANES];
+    if p.g_zero {
+        for j in 0..n {
+            gk[j] = c * k[j];
+        }
+    } else {
+        for j in 0..n {
+            gk[j] = c.mul_add(k[j], g[j]);
+            g[j] = S::ZERO;
+        }
+    }
+    if R::MOMENTUM {
+        for j in 0..n {
+            s[j] = p.eta.mul_add(s[j], -gk[j]);
+            m[j] = p.keep.mul_add(m[j], s[j]);
+        }
+    } else {
+        for j in 0..n {
+            m[j] = p.keep.mul_add(m[j], -gk[j]);
+        }
+    }
+}
+
+/// One token through one level's state, in place: `r = M k - v` (or
+/// `-v`); unless frozen `G += theta r k^T` and, on a fire, the update of
+/// `M` (and `S`), also written to the history `hist` (`M`, `S`) when
+/// given; then `y += scale * M q` with the memory after the fire. Each
+/// block of rows of the state is read once (twice on a fire) and updated
+/// while in registers. Does not touch `n`.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn token<S: Scalar, R: Rule, const D: usize>(
+    st: &mut LevelState<S, D>,
+    p: Step<S>,
+    x: Vecs<'_, S, D>,
+    r: &mut [S; D],
+    y: &mut [S; D],
+    mut hist: Hist<'_, S, D>,
+) {
+    for_blocks!(D, |i0| token_rows::<S, R, D>(i0, st, p, x, r, y, &mut hist));
+}
+
+/// Rows `i0..i0 + NR` of `y += scale * M q`.
+#[inline(always)]
+fn read_rows<S: Scalar, const D: usize, const NR: usize>(
+    i0: usize,
+    m: &[[S; D]; D],
+    q: &[S; D],
+    scale: S,
+    y: &mut [S; D],
+) {
+    let b = rows::<S, D, NR>(m, i0);
+    let s = cols!(D, NR, 1, |o, n, rr, acc| fma_acc(&mut acc[0], ch(&b[rr], o, n), ch(q, o, n)));
+    for rr in 0..NR {
+        y[i0 + rr] = scale.mul_add(s[rr][0], y[i0 + rr]);
     }
 }
 
 /// `y += scale * M q`.
 #[inline]
 pub fn read_acc<S: Scalar, const D: usize>(m: &[[S; D]; D], q: &[S; D], scale: S, y: &mut [S; D]) {
-    for i in 0..D {
-        y[i] += scale * dot(&m[i], q);
+    for_blocks!(D, |i0| read_rows::<S, D>(i0, m, q, scale, y));
+}
+
+/// Rows `i0..i0 + NR` of `y = W x`.
+#[inline(always)]
+fn matvec_rows<S: Scalar, const D: usize, const NR: usize>(i0: usize, w: &[[S; D]; D], x: &[S; D], y: &mut [S; D]) {
+    let b = rows::<S, D, NR>(w, i0);
+    let s = cols!(D, NR, 1, |o, n, rr, acc| fma_acc(&mut acc[0], ch(&b[rr], o, n), ch(x, o, n)));
+    for rr in 0..NR {
+        y[i0 + rr] = s[rr][0];
     }
+}
+
+/// The three projections of one token: `k = Wk x`, `v = Wv x`, `q = Wq x`.
+#[inline(never)]
+fn project<S: Scalar, const D: usize>(
+    p: &LevelParams<'_, S, D>,
+    x: &[S; D],
+    k: &mut [S; D],
+    v: &mut [S; D],
+    q: &mut [S; D],
+) {
+    for_blocks!(D, |i0| matvec_rows::<S, D>(i0, p.wk, x, k));
+    for_blocks!(D, |i0| matvec_rows::<S, D>(i0, p.wv, x, v));
+    for_blocks!(D, |i0| matvec_rows::<S, D>(i0, p.wq, x, q));
+}
+
+/// Rows `i0..i0 + NR` of `dq += M^T a`.
+#[inline(always)]
+fn read_back_rows<S: Scalar, const D: usize, const NR: usize>(i0: usize, m: &[[S; D]; D], a: &[S; D], dq: &mut [S; D]) {
+    let b = rows::<S, D, NR>(m, i0);
+    let _ = cols!(D, NR, 0, |o, n, rr, acc| axpy(a[i0 + rr], ch(&b[rr], o, n), ch_mut(dq, o, n)));
 }
 
 /// Per-token scratch of the streaming step.
@@ -289,10 +562,17 @@ pub struct StepScratch<S, const D: usize> {
 // SAFETY: arrays of `S: Scalar` only.
 unsafe impl<S: Scalar, const D: usize> Zeroable for StepScratch<S, D> {}
 
-/// One streaming token through one level: projections, gates, inner loop,
-/// and `y += scale * M q`.
+/// Whether a level that has seen `n` tokens fires at its next one.
+#[inline(always)]
+fn fires(n: u64, period: u64, frozen: bool) -> bool {
+    !frozen && (n + 1).is_multiple_of(period)
+}
+
+/// One streaming token through one level: projections, gates, inner loop
+/// (surprise, accumulation, the fire if due, `n += 1`; nothing when
+/// `frozen`), and `y += scale * M q` with the memory after the token.
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(never)]
 pub fn step<S: Scalar, R: Rule, const D: usize>(
     p: &LevelParams<'_, S, D>,
     period: u64,
@@ -304,21 +584,25 @@ pub fn step<S: Scalar, R: Rule, const D: usize>(
     scale: S,
     y: &mut [S; D],
 ) {
-    crate::kernels::matvec(p.wk, m_in, &mut sc.k);
-    crate::kernels::matvec(p.wv, m_in, &mut sc.v);
-    crate::kernels::matvec(p.wq, m_in, &mut sc.q);
+    project(p, m_in, &mut sc.k, &mut sc.v, &mut sc.q);
     if normalize_keys {
         normalize(&mut sc.k);
         normalize(&mut sc.q);
     }
     let (alpha, theta, _, eta) = gates::<S, R, D>(p, &sc.k, &sc.v);
-    update::<S, R, D>(st, period, frozen, &sc.k, &sc.v, alpha, theta, eta, &mut sc.r);
-    read_acc(&st.m, &sc.q, scale, y);
+    let fire = fires(st.n, period, frozen);
+    if !frozen {
+        st.n += 1;
+    }
+    let sp = Step { fire, update: !frozen, g_zero: false, keep: S::ONE - alpha, theta, eta, scale };
+    let x = Vecs { k: &sc.k, v: &sc.v, q: &sc.q };
+    token::<S, R, D>(st, sp, x, &mut sc.r, y, None);
 }
 
 /// The training forward of one level over a sequence: from input `m_in`
 /// and start state `start`, adds `scale * y^l_t` into `y`, leaves the final
-/// state in `end` and what the backward needs in `tr`.
+/// state in `end` and what the backward needs in `tr` (the memory, and
+/// momentum, after each fire).
 #[allow(clippy::too_many_arguments)]
 pub fn forward<S: Scalar, R: Rule, const T: usize, const D: usize>(
     p: &LevelParams<'_, S, D>,
@@ -332,10 +616,8 @@ pub fn forward<S: Scalar, R: Rule, const T: usize, const D: usize>(
     scale: S,
     y: &mut [[S; D]; T],
 ) {
-    linear(m_in, p.wk, &mut tr.k);
-    linear(m_in, p.wv, &mut tr.v);
-    linear(m_in, p.wq, &mut tr.q);
     for t in 0..T {
+        project(p, &m_in[t], &mut tr.k[t], &mut tr.v[t], &mut tr.q[t]);
         if normalize_keys {
             tr.k_norm[t] = normalize(&mut tr.k[t]);
             tr.q_norm[t] = normalize(&mut tr.q[t]);
@@ -350,13 +632,32 @@ pub fn forward<S: Scalar, R: Rule, const T: usize, const D: usize>(
         tr.eta[t] = eta;
     }
     end.copy_from(start);
+    // After a fire G is zero until a token that does not fire adds to it.
+    let mut g_zero = false;
+    let mut f = 0;
     for t in 0..T {
-        update::<S, R, D>(end, period, frozen, &tr.k[t], &tr.v[t], tr.alpha[t], tr.theta[t], tr.eta[t], &mut tr.r[t]);
-        tr.m_hist[t] = end.m;
-        if R::MOMENTUM {
-            tr.s_hist[t] = end.s;
+        let fire = fires(end.n, period, frozen);
+        if !frozen {
+            end.n += 1;
         }
-        read_acc(&end.m, &tr.q[t], scale, &mut y[t]);
+        let sp = Step {
+            fire,
+            update: !frozen,
+            g_zero,
+            keep: S::ONE - tr.alpha[t],
+            theta: tr.theta[t],
+            eta: tr.eta[t],
+            scale,
+        };
+        let hist = if fire { Some((&mut tr.m_hist[f], &mut tr.s_hist[f])) } else { None };
+        let x = Vecs { k: &tr.k[t], v: &tr.v[t], q: &tr.q[t] };
+        token::<S, R, D>(end, sp, x, &mut tr.r[t], &mut y[t], hist);
+        if fire {
+            f += 1;
+            g_zero = true;
+        } else if !frozen {
+            g_zero = false;
+        }
     }
 }
 
@@ -373,6 +674,101 @@ pub struct LevelAdjoint<S, const D: usize> {
 
 // SAFETY: arrays of `S: Scalar` only.
 unsafe impl<S: Scalar, const D: usize> Zeroable for LevelAdjoint<S, D> {}
+
+/// What the backward of one token reads besides its vectors: the memory
+/// after it (`mt`) and before it (`mp`), the momentum before it (`sp`,
+/// titans fires), the read's gradient `dyl = scale * dy_t` and `r_t`.
+#[derive(Clone, Copy)]
+struct Back<'a, S, const D: usize> {
+    mt: &'a [[S; D]; D],
+    mp: &'a [[S; D]; D],
+    sp: &'a [[S; D]; D],
+    dyl: &'a [S; D],
+    r: &'a [S; D],
+}
+
+/// The backward's per-token gradients: `dq`, `dk`, `dv`, the lane sums of
+/// `dM .* M_prev` and `dS_tot .* S_prev` per block row, and `d_theta`.
+struct BackOut<S, const D: usize> {
+    dq: [S; D],
+    dk: [S; D],
+    dv: [S; D],
+    alpha: [[S; LANES]; ROWS],
+    eta: [[S; LANES]; ROWS],
+    d_theta: S,
+}
+
+/// Rows `i0..i0 + NR` of the backward of one token (not frozen): the read
+/// (`dq += M_t^T dyl`, `dM += dyl q^T`), the fire (`dG' = -dM` or `-(dS +
+/// dM)`, `dS <- eta (dS + dM)`, `dM <- keep dM`, the gate sums), then
+/// `G' = G + theta r k^T` (`dr = theta dG' k`, `d_theta += r . dG' k`, `dk
+/// += theta dG'^T r`) and `r = M_prev k - v` (`dM += dr k^T`, `dk +=
+/// M_prev^T dr`, `dv = -dr`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn back_rows<S: Scalar, R: Rule, const D: usize, const NR: usize>(
+    i0: usize,
+    p: Step<S>,
+    x: Vecs<'_, S, D>,
+    b: Back<'_, S, D>,
+    adj: &mut LevelAdjoint<S, D>,
+    o: &mut BackOut<S, D>,
+) {
+    let (k, q) = (x.k, x.q);
+    let mt = rows::<S, D, NR>(b.mt, i0);
+    let mp = rows::<S, D, NR>(b.mp, i0);
+    let sp = rows::<S, D, NR>(b.sp, i0);
+    let dm = rows_mut::<S, D, NR>(&mut adj.dm, i0);
+    let dg = rows_mut::<S, D, NR>(&mut adj.dg, i0);
+    let ds = rows_mut::<S, D, NR>(&mut adj.ds, i0);
+    let mut a = [S::ZERO; NR];
+    a.copy_from_slice(&b.dyl[i0..i0 + NR]);
+    let (dq, alpha, eta) = (&mut o.dq, &mut o.alpha, &mut o.eta);
+    let gk = cols!(D, NR, 1, |o, n, rr, acc| {
+        axpy(a[rr], ch(&mt[rr], o, n), ch_mut(dq, o, n));
+        let dmc = ch_mut(&mut dm[rr], o, n);
+        axpy(a[rr], ch(q, o, n), dmc);
+        let dgc = ch_mut(&mut dg[rr], o, n);
+        if p.fire {
+            if R::MOMENTUM {
+                let (dsc, spc) = (ch_mut(&mut ds[rr], o, n), ch(&sp[rr], o, n));
+                for j in 0..n {
+                    let tot = dsc[j] + dmc[j];
+                    eta[rr][j] = tot.mul_add(spc[j], eta[rr][j]);
+                    dgc[j] = -tot;
+                    dsc[j] = p.eta * tot;
+                }
+            } else {
+                for j in 0..n {
+                    dgc[j] = -dmc[j];
+                }
+            }
+            fma_acc(&mut alpha[rr], dmc, ch(&mp[rr], o, n));
+            for x in dmc.iter_mut() {
+                *x *= p.keep;
+            }
+        }
+        fma_acc(&mut acc[0], dgc, ch(k, o, n));
+    });
+    let mut dr = [S::ZERO; NR];
+    let mut cr = [S::ZERO; NR];
+    for rr in 0..NR {
+        let ri = b.r[i0 + rr];
+        o.d_theta = ri.mul_add(gk[rr][0], o.d_theta);
+        dr[rr] = p.theta * gk[rr][0];
+        cr[rr] = p.theta * ri;
+        o.dv[i0 + rr] = -dr[rr];
+    }
+    let dk = &mut o.dk;
+    let _ = cols!(D, NR, 0, |o, n, rr, acc| {
+        let dkc = ch_mut(dk, o, n);
+        axpy(cr[rr], ch(&dg[rr], o, n), dkc);
+        if R::READS_MEMORY {
+            axpy(dr[rr], ch(&mp[rr], o, n), dkc);
+            axpy(dr[rr], ch(k, o, n), ch_mut(&mut dm[rr], o, n));
+        }
+    });
+}
 
 /// The backward of [`forward`]: differentiates through every inner-loop
 /// update of the sequence (the start state is a constant). `dy` is the
@@ -397,105 +793,75 @@ pub fn backward<S: Scalar, R: Rule, const T: usize, const D: usize>(
     for r in adj.dm.iter_mut().chain(adj.dg.iter_mut()).chain(adj.ds.iter_mut()) {
         r.fill(S::ZERO);
     }
-    let mut dyl = [S::ZERO; D];
+    // f = the number of fires among tokens 0..=t: M after token t is
+    // history slot f - 1 (the start state when f = 0).
+    let mut f = (0..T).filter(|&t| fires(start.n + t as u64, period, frozen)).count();
+    let mut o = BackOut {
+        dq: [S::ZERO; D],
+        dk: [S::ZERO; D],
+        dv: [S::ZERO; D],
+        alpha: [[S::ZERO; LANES]; ROWS],
+        eta: [[S::ZERO; LANES]; ROWS],
+        d_theta: S::ZERO,
+    };
     for t in (0..T).rev() {
-        let m_prev: &[[S; D]; D] = if t == 0 { &start.m } else { &tr.m_hist[t - 1] };
-        let m_cur = &tr.m_hist[t];
-        let (k, v, r) = (&tr.k[t], &tr.v[t], &tr.r[t]);
-        let (alpha, theta, eta) = (tr.alpha[t], tr.theta[t], tr.eta[t]);
-        // Read: y^l = scale * M_t q_t.
+        let fire = fires(start.n + t as u64, period, frozen);
+        let mt: &[[S; D]; D] = if f == 0 { &start.m } else { &tr.m_hist[f - 1] };
+        let (mp, sp): (&[[S; D]; D], &[[S; D]; D]) = if !fire {
+            (mt, &start.s)
+        } else if f < 2 {
+            (&start.m, &start.s)
+        } else {
+            (&tr.m_hist[f - 2], &tr.s_hist[f - 2])
+        };
+        let mut dyl = [S::ZERO; D];
         for i in 0..D {
             dyl[i] = scale * dy[t][i];
         }
-        // dq = M_t^T dyl ; dM_t += dyl q^T
-        let dq = &mut tr.dq[t];
-        dq.fill(S::ZERO);
-        for i in 0..D {
-            let c = dyl[i];
-            for j in 0..D {
-                dq[j] += c * m_cur[i][j];
-                adj.dm[i][j] += c * tr.q[t][j];
-            }
+        let (alpha, theta, eta) = (tr.alpha[t], tr.theta[t], tr.eta[t]);
+        let sp_ = Step { fire, update: !frozen, g_zero: false, keep: S::ONE - alpha, theta, eta, scale };
+        let x = Vecs { k: &tr.k[t], v: &tr.v[t], q: &tr.q[t] };
+        let b = Back { mt, mp, sp, dyl: &dyl, r: &tr.r[t] };
+        o.dq = [S::ZERO; D];
+        o.dk = [S::ZERO; D];
+        o.dv = [S::ZERO; D];
+        o.alpha = [[S::ZERO; LANES]; ROWS];
+        o.eta = [[S::ZERO; LANES]; ROWS];
+        o.d_theta = S::ZERO;
+        if frozen {
+            // The state is a constant: only the read's dq = M_t^T dyl.
+            for_blocks!(D, |i0| read_back_rows::<S, D>(i0, mt, &dyl, &mut o.dq));
+        } else {
+            for_blocks!(D, |i0| back_rows::<S, R, D>(i0, sp_, x, b, adj, &mut o));
         }
-        let dk = &mut tr.dk[t];
-        let dv = &mut tr.dv[t];
-        dk.fill(S::ZERO);
-        dv.fill(S::ZERO);
-        let mut d_alpha = S::ZERO;
-        let mut d_eta = S::ZERO;
-        let mut d_theta = S::ZERO;
-        let n = start.n + t as u64;
-        let fire = !frozen && (n + 1).is_multiple_of(period);
+        let (k, v) = (x.k, x.v);
+        let (dq, dk, dv) = (&mut o.dq, &mut o.dk, &mut o.dv);
+        // Gates: alpha = sigmoid(a), theta = softplus(b), eta = sigmoid(c),
+        // each of w.[k; v] + bias. (Frozen, all their gradients are zero;
+        // without a fire, those of alpha and eta.)
         if !frozen {
-            if fire {
-                // delta/hebbian: M_t = (1 - alpha) M_{t-1} - G'_t
-                // titans: S_t = eta S_{t-1} - G'_t ; M_t = (1 - alpha) M_{t-1} + S_t
-                // G_t = 0: the incoming dG is dropped, and `dg` becomes dG'_t.
-                let keep = S::ONE - alpha;
-                if R::MOMENTUM {
-                    let s_prev: &[[S; D]; D] = if t == 0 { &start.s } else { &tr.s_hist[t - 1] };
-                    for i in 0..D {
-                        for j in 0..D {
-                            let ds_tot = adj.ds[i][j] + adj.dm[i][j];
-                            d_alpha -= adj.dm[i][j] * m_prev[i][j];
-                            d_eta += ds_tot * s_prev[i][j];
-                            adj.dg[i][j] = -ds_tot;
-                            adj.ds[i][j] = eta * ds_tot;
-                            adj.dm[i][j] *= keep;
-                        }
-                    }
-                } else {
-                    for i in 0..D {
-                        for j in 0..D {
-                            d_alpha -= adj.dm[i][j] * m_prev[i][j];
-                            adj.dg[i][j] = -adj.dm[i][j];
-                            adj.dm[i][j] *= keep;
-                        }
-                    }
-                }
-            }
-            // Without a fire G_t = G'_t, so `dg` already holds dG'_t. Either
-            // way dG_{t-1} = dG'_t, so `dg` carries on unchanged below.
-            // G'_t = G_{t-1} + theta r k^T
-            // d_theta = r^T dG' k ; dr = theta dG' k ; dk += theta dG'^T r
-            let mut dr = [S::ZERO; D];
-            for i in 0..D {
-                let gk = dot(&adj.dg[i], k);
-                d_theta += r[i] * gk;
-                dr[i] = theta * gk;
-                let c = theta * r[i];
-                for j in 0..D {
-                    dk[j] += c * adj.dg[i][j];
-                }
-            }
-            if R::READS_MEMORY {
-                // r = M_{t-1} k - v: dM_{t-1} += dr k^T ; dk += M_{t-1}^T dr ; dv -= dr
-                for i in 0..D {
-                    for j in 0..D {
-                        adj.dm[i][j] += dr[i] * k[j];
-                        dk[j] += dr[i] * m_prev[i][j];
-                    }
-                    dv[i] -= dr[i];
-                }
-            } else {
-                // r = -v
-                for i in 0..D {
-                    dv[i] -= dr[i];
-                }
-            }
+            let db = o.d_theta * tr.theta_pre[t].sigmoid();
+            gate_backward(db, p.w_theta, k, v, g.w_theta, g.b_theta, dk, dv);
         }
-        // Gates: alpha = sigmoid(a), theta = softplus(b), eta = sigmoid(c), each of w.[k; v] + bias.
-        let da = d_alpha * alpha * (S::ONE - alpha);
-        let db = d_theta * tr.theta_pre[t].sigmoid();
-        let dc = if R::MOMENTUM { d_eta * eta * (S::ONE - eta) } else { S::ZERO };
-        gate_backward(da, p.w_alpha, k, v, g.w_alpha, g.b_alpha, dk, dv);
-        gate_backward(db, p.w_theta, k, v, g.w_theta, g.b_theta, dk, dv);
-        if R::MOMENTUM {
-            gate_backward(dc, p.w_eta, k, v, g.w_eta, g.b_eta, dk, dv);
+        if fire {
+            let d_alpha = -o.alpha.iter().fold(S::ZERO, |s, a| s + hsum(*a));
+            let da = d_alpha * alpha * (S::ONE - alpha);
+            gate_backward(da, p.w_alpha, k, v, g.w_alpha, g.b_alpha, dk, dv);
+            if R::MOMENTUM {
+                let d_eta = o.eta.iter().fold(S::ZERO, |s, a| s + hsum(*a));
+                let dc = d_eta * eta * (S::ONE - eta);
+                gate_backward(dc, p.w_eta, k, v, g.w_eta, g.b_eta, dk, dv);
+            }
         }
         if normalize_keys {
             normalize_backward(k, tr.k_norm[t], dk);
-            normalize_backward(&tr.q[t], tr.q_norm[t], &mut tr.dq[t]);
+            normalize_backward(&tr.q[t], tr.q_norm[t], dq);
+        }
+        tr.dk[t] = *dk;
+        tr.dv[t] = *dv;
+        tr.dq[t] = *dq;
+        if fire {
+            f -= 1;
         }
     }
     // kr = Wk m, v = Wv m, qr = Wq m
@@ -526,5 +892,442 @@ fn gate_backward<S: Scalar, const D: usize>(
         dw[D + i] += d * v[i];
         dk[i] += d * w[i];
         dv[i] += d * w[D + i];
+    }
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    //! The kernels against the straightforward code they replace (one pass
+    //! per operation, `M` and `S` stored after every token), in `f64`, at
+    //! widths that exercise both the full chunks and blocks and the
+    //! remainders (`tests/memory.rs` checks the math itself against finite
+    //! differences and the reference interpreter, at small widths).
+    #![allow(clippy::too_many_arguments, clippy::type_complexity)]
+
+    use super::*;
+    use crate::kernels::linear;
+    use crate::rng::Rng;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    #[allow(clippy::too_many_arguments)]
+    fn ref_update<S: Scalar, R: Rule, const D: usize>(
+        st: &mut LevelState<S, D>,
+        period: u64,
+        frozen: bool,
+        k: &[S; D],
+        v: &[S; D],
+        alpha: S,
+        theta: S,
+        eta: S,
+        r: &mut [S; D],
+    ) {
+        // r = M k - v (delta, titans) or -v (hebbian)
+        for i in 0..D {
+            r[i] = if R::READS_MEMORY { dot(&st.m[i], k) - v[i] } else { -v[i] };
+        }
+        if frozen {
+            return;
+        }
+        let fire = (st.n + 1).is_multiple_of(period);
+        st.n += 1;
+        // One pass over the D x D state: G' = G + theta r k^T, then on a fire
+        // M <- (1 - alpha) M - G' (or S <- eta S - G', M <- (1 - alpha) M + S)
+        // and G <- 0; otherwise G <- G'.
+        let keep = S::ONE - alpha;
+        for i in 0..D {
+            let c = theta * r[i];
+            let (m, g, s) = (&mut st.m[i], &mut st.g[i], &mut st.s[i]);
+            if !fire {
+                for j in 0..D {
+                    g[j] += c * k[j];
+                }
+            } else if R::MOMENTUM {
+                for j in 0..D {
+                    s[j] = eta * s[j] - (g[j] + c * k[j]);
+                    m[j] = keep * m[j] + s[j];
+                    g[j] = S::ZERO;
+                }
+            } else {
+                for j in 0..D {
+                    m[j] = keep * m[j] - (g[j] + c * k[j]);
+                    g[j] = S::ZERO;
+                }
+            }
+        }
+    }
+
+    fn ref_read_acc<S: Scalar, const D: usize>(m: &[[S; D]; D], q: &[S; D], scale: S, y: &mut [S; D]) {
+        for i in 0..D {
+            y[i] += scale * dot(&m[i], q);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ref_forward<S: Scalar, R: Rule, const T: usize, const D: usize>(
+        p: &LevelParams<'_, S, D>,
+        period: u64,
+        normalize_keys: bool,
+        frozen: bool,
+        m_in: &[[S; D]; T],
+        start: &LevelState<S, D>,
+        end: &mut LevelState<S, D>,
+        tr: &mut LevelTrace<S, T, D>,
+        scale: S,
+        y: &mut [[S; D]; T],
+    ) {
+        linear(m_in, p.wk, &mut tr.k);
+        linear(m_in, p.wv, &mut tr.v);
+        linear(m_in, p.wq, &mut tr.q);
+        for t in 0..T {
+            if normalize_keys {
+                tr.k_norm[t] = normalize(&mut tr.k[t]);
+                tr.q_norm[t] = normalize(&mut tr.q[t]);
+            } else {
+                tr.k_norm[t] = S::ONE;
+                tr.q_norm[t] = S::ONE;
+            }
+            let (alpha, theta, theta_pre, eta) = gates::<S, R, D>(p, &tr.k[t], &tr.v[t]);
+            tr.alpha[t] = alpha;
+            tr.theta[t] = theta;
+            tr.theta_pre[t] = theta_pre;
+            tr.eta[t] = eta;
+        }
+        end.copy_from(start);
+        for t in 0..T {
+            ref_update::<S, R, D>(
+                end,
+                period,
+                frozen,
+                &tr.k[t],
+                &tr.v[t],
+                tr.alpha[t],
+                tr.theta[t],
+                tr.eta[t],
+                &mut tr.r[t],
+            );
+            tr.m_hist[t] = end.m;
+            if R::MOMENTUM {
+                tr.s_hist[t] = end.s;
+            }
+            ref_read_acc(&end.m, &tr.q[t], scale, &mut y[t]);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ref_backward<S: Scalar, R: Rule, const T: usize, const D: usize>(
+        p: &LevelParams<'_, S, D>,
+        period: u64,
+        normalize_keys: bool,
+        frozen: bool,
+        m_in: &[[S; D]; T],
+        start: &LevelState<S, D>,
+        tr: &mut LevelTrace<S, T, D>,
+        adj: &mut LevelAdjoint<S, D>,
+        scale: S,
+        dy: &[[S; D]; T],
+        g: &mut LevelGrads<'_, S, D>,
+        dm_in: &mut [[S; D]; T],
+    ) {
+        for r in adj.dm.iter_mut().chain(adj.dg.iter_mut()).chain(adj.ds.iter_mut()) {
+            r.fill(S::ZERO);
+        }
+        let mut dyl = [S::ZERO; D];
+        for t in (0..T).rev() {
+            let m_prev: &[[S; D]; D] = if t == 0 { &start.m } else { &tr.m_hist[t - 1] };
+            let m_cur = &tr.m_hist[t];
+            let (k, v, r) = (&tr.k[t], &tr.v[t], &tr.r[t]);
+            let (alpha, theta, eta) = (tr.alpha[t], tr.theta[t], tr.eta[t]);
+            // Read: y^l = scale * M_t q_t.
+            for i in 0..D {
+                dyl[i] = scale * dy[t][i];
+            }
+            // dq = M_t^T dyl ; dM_t += dyl q^T
+            let dq = &mut tr.dq[t];
+            dq.fill(S::ZERO);
+            for i in 0..D {
+                let c = dyl[i];
+                for j in 0..D {
+                    dq[j] += c * m_cur[i][j];
+                    adj.dm[i][j] += c * tr.q[t][j];
+                }
+            }
+            let dk = &mut tr.dk[t];
+            let dv = &mut tr.dv[t];
+            dk.fill(S::ZERO);
+            dv.fill(S::ZERO);
+            let mut d_alpha = S::ZERO;
+            let mut d_eta = S::ZERO;
+            let mut d_theta = S::ZERO;
+            let n = start.n + t as u64;
+            let fire = !frozen && (n + 1).is_multiple_of(period);
+            if !frozen {
+                if fire {
+                    // delta/hebbian: M_t = (1 - alpha) M_{t-1} - G'_t
+                    // titans: S_t = eta S_{t-1} - G'_t ; M_t = (1 - alpha) M_{t-1} + S_t
+                    // G_t = 0: the incoming dG is dropped, and `dg` becomes dG'_t.
+                    let keep = S::ONE - alpha;
+                    if R::MOMENTUM {
+                        let s_prev: &[[S; D]; D] = if t == 0 { &start.s } else { &tr.s_hist[t - 1] };
+                        for i in 0..D {
+                            for j in 0..D {
+                                let ds_tot = adj.ds[i][j] + adj.dm[i][j];
+                                d_alpha -= adj.dm[i][j] * m_prev[i][j];
+                                d_eta += ds_tot * s_prev[i][j];
+                                adj.dg[i][j] = -ds_tot;
+                                adj.ds[i][j] = eta * ds_tot;
+                                adj.dm[i][j] *= keep;
+                            }
+                        }
+                    } else {
+                        for i in 0..D {
+                            for j in 0..D {
+                                d_alpha -= adj.dm[i][j] * m_prev[i][j];
+                                adj.dg[i][j] = -adj.dm[i][j];
+                                adj.dm[i][j] *= keep;
+                            }
+                        }
+                    }
+                }
+                // Without a fire G_t = G'_t, so `dg` already holds dG'_t. Either
+                // way dG_{t-1} = dG'_t, so `dg` carries on unchanged below.
+                // G'_t = G_{t-1} + theta r k^T
+                // d_theta = r^T dG' k ; dr = theta dG' k ; dk += theta dG'^T r
+                let mut dr = [S::ZERO; D];
+                for i in 0..D {
+                    let gk = dot(&adj.dg[i], k);
+                    d_theta += r[i] * gk;
+                    dr[i] = theta * gk;
+                    let c = theta * r[i];
+                    for j in 0..D {
+                        dk[j] += c * adj.dg[i][j];
+                    }
+                }
+                if R::READS_MEMORY {
+                    // r = M_{t-1} k - v: dM_{t-1} += dr k^T ; dk += M_{t-1}^T dr ; dv -= dr
+                    for i in 0..D {
+                        for j in 0..D {
+                            adj.dm[i][j] += dr[i] * k[j];
+                            dk[j] += dr[i] * m_prev[i][j];
+                        }
+                        dv[i] -= dr[i];
+                    }
+                } else {
+                    // r = -v
+                    for i in 0..D {
+                        dv[i] -= dr[i];
+                    }
+                }
+            }
+            // Gates: alpha = sigmoid(a), theta = softplus(b), eta = sigmoid(c), each of w.[k; v] + bias.
+            let da = d_alpha * alpha * (S::ONE - alpha);
+            let db = d_theta * tr.theta_pre[t].sigmoid();
+            let dc = if R::MOMENTUM { d_eta * eta * (S::ONE - eta) } else { S::ZERO };
+            gate_backward(da, p.w_alpha, k, v, g.w_alpha, g.b_alpha, dk, dv);
+            gate_backward(db, p.w_theta, k, v, g.w_theta, g.b_theta, dk, dv);
+            if R::MOMENTUM {
+                gate_backward(dc, p.w_eta, k, v, g.w_eta, g.b_eta, dk, dv);
+            }
+            if normalize_keys {
+                normalize_backward(k, tr.k_norm[t], dk);
+                normalize_backward(&tr.q[t], tr.q_norm[t], &mut tr.dq[t]);
+            }
+        }
+        // kr = Wk m, v = Wv m, qr = Wq m
+        linear_backward_weight_acc(&tr.dk, m_in, g.wk);
+        linear_backward_weight_acc(&tr.dv, m_in, g.wv);
+        linear_backward_weight_acc(&tr.dq, m_in, g.wq);
+        linear_backward_input_acc(&tr.dk, p.wk, dm_in);
+        linear_backward_input_acc(&tr.dv, p.wv, dm_in);
+        linear_backward_input_acc(&tr.dq, p.wq, dm_in);
+    }
+
+    fn fill<const D: usize>(r: &mut Rng, m: &mut [[f64; D]], s: f64) {
+        for row in m.iter_mut() {
+            for x in row.iter_mut() {
+                *x = s * (2.0 * r.next_f64() - 1.0);
+            }
+        }
+    }
+
+    fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs() / (1.0 + y.abs())).fold(0.0, f64::max)
+    }
+
+    fn flat<const D: usize>(m: &[[f64; D]]) -> Vec<f64> {
+        m.iter().flatten().copied().collect()
+    }
+
+    /// Forward, streaming and backward of one level against the reference.
+    fn check<R: Rule, const T: usize, const D: usize>(
+        period: u64,
+        normalize_keys: bool,
+        frozen: bool,
+        carried: bool,
+        seed: u64,
+    ) {
+        let mut rng = Rng::new(seed);
+        let (mut wk, mut wv, mut wq) = ([[0.0; D]; D], [[0.0; D]; D], [[0.0; D]; D]);
+        let s = 1.0 / (D as f64).sqrt();
+        fill(&mut rng, &mut wk, s);
+        fill(&mut rng, &mut wv, s);
+        fill(&mut rng, &mut wq, s);
+        let mut w = [[0.0; D]; 6];
+        fill(&mut rng, &mut w, 0.3);
+        let (w_alpha, w_theta, w_eta) = ([w[0], w[1]].concat(), [w[2], w[3]].concat(), [w[4], w[5]].concat());
+        let p = LevelParams {
+            wk: &wk,
+            wv: &wv,
+            wq: &wq,
+            w_alpha: &w_alpha,
+            b_alpha: -2.0,
+            w_theta: &w_theta,
+            b_theta: -1.0,
+            w_eta: if R::MOMENTUM { &w_eta } else { &[] },
+            b_eta: 1.0,
+        };
+        let mut m_in = [[0.0; D]; T];
+        fill(&mut rng, &mut m_in, 1.0);
+        let mut dy = [[0.0; D]; T];
+        fill(&mut rng, &mut dy, 1.0);
+        let mut start = crate::boxed_zeroed::<LevelState<f64, D>>();
+        if carried {
+            fill(&mut rng, &mut start.m, 0.3);
+            fill(&mut rng, &mut start.g, 0.05);
+            if R::MOMENTUM {
+                fill(&mut rng, &mut start.s, 0.1);
+            }
+            start.n = 5;
+        }
+        let scale = 0.7;
+
+        let mut end = crate::boxed_zeroed::<LevelState<f64, D>>();
+        let mut tr = crate::boxed_zeroed::<LevelTrace<f64, T, D>>();
+        let mut y = [[0.5; D]; T];
+        forward::<f64, R, T, D>(&p, period, normalize_keys, frozen, &m_in, &start, &mut end, &mut tr, scale, &mut y);
+        let mut ref_end = crate::boxed_zeroed::<LevelState<f64, D>>();
+        let mut ref_tr = crate::boxed_zeroed::<LevelTrace<f64, T, D>>();
+        let mut ref_y = [[0.5; D]; T];
+        ref_forward::<f64, R, T, D>(
+            &p,
+            period,
+            normalize_keys,
+            frozen,
+            &m_in,
+            &start,
+            &mut ref_end,
+            &mut ref_tr,
+            scale,
+            &mut ref_y,
+        );
+        let tol = 1e-12;
+        assert!(max_diff(&flat(&y), &flat(&ref_y)) < tol, "y");
+        assert!(max_diff(&flat(&end.m), &flat(&ref_end.m)) < tol, "M");
+        assert!(max_diff(&flat(&end.g), &flat(&ref_end.g)) < tol, "G");
+        assert!(max_diff(&flat(&end.s), &flat(&ref_end.s)) < tol, "S");
+        assert_eq!(end.n, ref_end.n);
+
+        // Streaming, token by token, gives the training forward.
+        let mut st = crate::boxed_zeroed::<LevelState<f64, D>>();
+        st.copy_from(&start);
+        let mut sc = crate::boxed_zeroed::<StepScratch<f64, D>>();
+        for t in 0..T {
+            let mut yt = [0.5; D];
+            step::<f64, R, D>(&p, period, normalize_keys, frozen, &m_in[t], &mut st, &mut sc, scale, &mut yt);
+            assert!(max_diff(&yt, &y[t]) < tol, "step y at {t}");
+        }
+        assert!(*st == *end, "streamed state");
+
+        // Backward.
+        let grads = |back: &dyn Fn(&mut LevelGrads<'_, f64, D>, &mut [[f64; D]; T])| -> Vec<f64> {
+            let (mut gwk, mut gwv, mut gwq) = ([[0.0; D]; D], [[0.0; D]; D], [[0.0; D]; D]);
+            let (mut ga, mut gt, mut ge) =
+                (vec![0.0; 2 * D], vec![0.0; 2 * D], vec![0.0; if R::MOMENTUM { 2 * D } else { 0 }]);
+            let (mut ba, mut bt, mut be) = (0.0, 0.0, 0.0);
+            let mut dm_in = [[0.1; D]; T];
+            let mut g = LevelGrads {
+                wk: &mut gwk,
+                wv: &mut gwv,
+                wq: &mut gwq,
+                w_alpha: &mut ga,
+                b_alpha: &mut ba,
+                w_theta: &mut gt,
+                b_theta: &mut bt,
+                w_eta: &mut ge,
+                b_eta: &mut be,
+            };
+            back(&mut g, &mut dm_in);
+            let mut out = [flat(&gwk), flat(&gwv), flat(&gwq), ga, gt, ge, flat(&dm_in)].concat();
+            out.extend([ba, bt, be]);
+            out
+        };
+        let tr = core::cell::RefCell::new(tr);
+        let ref_tr = core::cell::RefCell::new(ref_tr);
+        let mut adj = crate::boxed_zeroed::<LevelAdjoint<f64, D>>();
+        let adj = core::cell::RefCell::new(&mut *adj);
+        let got = grads(&|g, dm_in| {
+            backward::<f64, R, T, D>(
+                &p,
+                period,
+                normalize_keys,
+                frozen,
+                &m_in,
+                &start,
+                &mut tr.borrow_mut(),
+                &mut adj.borrow_mut(),
+                scale,
+                &dy,
+                g,
+                dm_in,
+            )
+        });
+        let want = grads(&|g, dm_in| {
+            ref_backward::<f64, R, T, D>(
+                &p,
+                period,
+                normalize_keys,
+                frozen,
+                &m_in,
+                &start,
+                &mut ref_tr.borrow_mut(),
+                &mut adj.borrow_mut(),
+                scale,
+                &dy,
+                g,
+                dm_in,
+            )
+        });
+        let d = max_diff(&got, &want);
+        assert!(d < 1e-11, "gradients differ by {d:e}");
+    }
+
+    fn check_all<R: Rule>() {
+        let mut seed = 1;
+        for period in [1, 3] {
+            for (normalize_keys, frozen, carried) in
+                [(true, false, false), (true, false, true), (false, false, true), (true, true, true)]
+            {
+                check::<R, 7, 20>(period, normalize_keys, frozen, carried, seed);
+                check::<R, 9, 35>(period, normalize_keys, frozen, carried, seed + 1);
+                check::<R, 5, 32>(period, normalize_keys, frozen, carried, seed + 2);
+                seed += 3;
+            }
+        }
+    }
+
+    #[test]
+    fn delta_matches_reference() {
+        check_all::<Delta>();
+    }
+
+    #[test]
+    fn titans_matches_reference() {
+        check_all::<Titans>();
+    }
+
+    #[test]
+    fn hebbian_matches_reference() {
+        check_all::<Hebbian>();
     }
 }
