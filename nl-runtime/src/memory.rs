@@ -331,8 +331,27 @@ fn sums<S: Scalar, const NR: usize, const NA: usize>(accs: &[[[S; LANES]; NA]; N
     out
 }
 
-/// Where a fire also writes the new `M` and `S`: the trace's history slots.
-type Hist<'a, S, const D: usize> = Option<(&'a mut [[S; D]; D], &'a mut [[S; D]; D])>;
+/// The memory (and momentum) one token works on.
+enum Mem<'a, S, const D: usize> {
+    /// Read and, on a fire, updated in place (streaming).
+    InPlace(&'a mut [[S; D]; D], &'a mut [[S; D]; D]),
+    /// Only read (no fire).
+    Read(&'a [[S; D]; D]),
+    /// Read from the first pair, the fire's result written to the second
+    /// (the training forward: the previous and the next history slot).
+    To(&'a [[S; D]; D], &'a [[S; D]; D], &'a mut [[S; D]; D], &'a mut [[S; D]; D]),
+}
+
+impl<S, const D: usize> Mem<'_, S, D> {
+    /// The memory before the token.
+    #[inline(always)]
+    fn m(&self) -> &[[S; D]; D] {
+        match self {
+            Mem::InPlace(m, _) => m,
+            Mem::Read(m) | Mem::To(m, ..) => m,
+        }
+    }
+}
 
 /// Lane-wise `acc += a .* b` over the chunk (`a.len() <= LANES`).
 #[inline(always)]
@@ -405,23 +424,23 @@ struct Vecs<'a, S, const D: usize> {
     q: &'a [S; D],
 }
 
-/// Rows `i0..i0 + R` of [`token`].
+/// Rows `i0..i0 + NR` of [`token`].
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn token_rows<S: Scalar, R: Rule, const D: usize, const NR: usize>(
     i0: usize,
-    st: &mut LevelState<S, D>,
+    mem: &mut Mem<'_, S, D>,
+    g: &mut [[S; D]; D],
     p: Step<S>,
     x: Vecs<'_, S, D>,
     r: &mut [S; D],
     y: &mut [S; D],
-    hist: &mut Hist<'_, S, D>,
 ) {
     let (k, v, q) = (x.k, x.v, x.q);
-    let m = rows_mut::<S, D, NR>(&mut st.m, i0);
-    let g = rows_mut::<S, D, NR>(&mut st.g, i0);
+    let g = rows_mut::<S, D, NR>(g, i0);
     if !p.fire {
         // M stays: r = M k - v and the read M q in one pass; G += theta r k^T.
+        let m = rows::<S, D, NR>(mem.m(), i0);
         let sums = cols!(D, NR, 2, |o, n, rr, acc| {
             let mc = ch(&m[rr], o, n);
             if R::READS_MEMORY {
@@ -446,6 +465,7 @@ fn token_rows<S: Scalar, R: Rule, const D: usize, const NR: usize>(
     // the read of the new row, in one more pass.
     let mut c = [S::ZERO; NR];
     let rk = if R::READS_MEMORY {
+        let m = rows::<S, D, NR>(mem.m(), i0);
         cols!(D, NR, 1, |o, n, rr, acc| fma_acc(&mut acc[0], ch(&m[rr], o, n), ch(k, o, n)))
     } else {
         [[S::ZERO; 1]; NR]
@@ -455,37 +475,85 @@ fn token_rows<S: Scalar, R: Rule, const D: usize, const NR: usize>(
         r[i0 + rr] = ri;
         c[rr] = p.theta * ri;
     }
-    let s = rows_mut::<S, D, NR>(&mut st.s, i0);
-    // (Two loops, so neither has a branch per chunk.)
-    let read = match hist {
-        Some((hm, hs)) => {
-            let (hm, hs) = (rows_mut::<S, D, NR>(hm, i0), rows_mut::<S, D, NR>(hs, i0));
+    let read = match mem {
+        Mem::InPlace(m, s) => {
+            let (m, s) = (rows_mut::<S, D, NR>(m, i0), rows_mut::<S, D, NR>(s, i0));
             cols!(D, NR, 1, |o, n, rr, acc| {
-                let (mc, sc) = (ch_mut(&mut m[rr], o, n), ch_mut(&mut s[rr], o, n));
-                fire_chunk::<S, R>(p, c[rr], ch(k, o, n), mc, ch_mut(&mut g[rr], o, n), sc);
-                ch_mut(&mut hm[rr], o, n).copy_from_slice(mc);
-                if R::MOMENTUM {
-                    ch_mut(&mut hs[rr], o, n).copy_from_slice(sc);
-                }
+                let mc = ch_mut(&mut m[rr], o, n);
+                let g = ch_mut(&mut g[rr], o, n);
+                fire_chunk_in_place::<S, R>(p, c[rr], ch(k, o, n), mc, g, ch_mut(&mut s[rr], o, n));
                 fma_acc(&mut acc[0], mc, ch(q, o, n));
             })
         }
-        None => cols!(D, NR, 1, |o, n, rr, acc| {
-            let mc = ch_mut(&mut m[rr], o, n);
-            fire_chunk::<S, R>(p, c[rr], ch(k, o, n), mc, ch_mut(&mut g[rr], o, n), ch_mut(&mut s[rr], o, n));
-            fma_acc(&mut acc[0], mc, ch(q, o, n));
-        }),
+        Mem::To(m, s, md, sd) => {
+            let (m, s) = (rows::<S, D, NR>(m, i0), rows::<S, D, NR>(s, i0));
+            let (md, sd) = (rows_mut::<S, D, NR>(md, i0), rows_mut::<S, D, NR>(sd, i0));
+            cols!(D, NR, 1, |o, n, rr, acc| {
+                let mc = ch_mut(&mut md[rr], o, n);
+                let g = ch_mut(&mut g[rr], o, n);
+                fire_chunk::<S, R>(
+                    p,
+                    c[rr],
+                    ch(k, o, n),
+                    ch(&m[rr], o, n),
+                    mc,
+                    g,
+                    ch(&s[rr], o, n),
+                    ch_mut(&mut sd[rr], o, n),
+                );
+                fma_acc(&mut acc[0], mc, ch(q, o, n));
+            })
+        }
+        Mem::Read(_) => unreachable!("a fire writes the memory"),
     };
     for rr in 0..NR {
         y[i0 + rr] = p.scale.mul_add(read[rr][0], y[i0 + rr]);
     }
 }
 
-/// A fire on one chunk of a row: `G' = G + c k`, then `M <- keep M - G'`
-/// (or `S <- eta S - G'`, `M <- keep M + S`), `G <- 0` (`G` is not read
-/// when known to be zero).
+/// A fire on one chunk of a row: `G' = G + c k`, then `M' = keep M - G'`
+/// (or `S' = eta S - G'`, `M' = keep M + S'`), `G <- 0` (`G` is not read
+/// when known to be zero). `M`, `S` are read from `m`, `s` and the results
+/// written to `m_out`, `s_out` (`s`, `s_out` only for titans).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn fire_chunk<S: Scalar, R: Rule>(p: Step<S>, c: S, k: &[S], m: &mut [S], g: &mut [S], s: &mut [S]) {
+fn fire_chunk<S: Scalar, R: Rule>(
+    p: Step<S>,
+    c: S,
+    k: &[S],
+    m: &[S],
+    m_out: &mut [S],
+    g: &mut [S],
+    s: &[S],
+    s_out: &mut [S],
+) {
+    let n = k.len();
+    let mut gk = [S::ZERO; LANES];
+    if p.g_zero {
+        for j in 0..n {
+            gk[j] = c * k[j];
+        }
+    } else {
+        for j in 0..n {
+            gk[j] = c.mul_add(k[j], g[j]);
+            g[j] = S::ZERO;
+        }
+    }
+    if R::MOMENTUM {
+        for j in 0..n {
+            s_out[j] = p.eta.mul_add(s[j], -gk[j]);
+            m_out[j] = p.keep.mul_add(m[j], s_out[j]);
+        }
+    } else {
+        for j in 0..n {
+            m_out[j] = p.keep.mul_add(m[j], -gk[j]);
+        }
+    }
+}
+
+/// [`fire_chunk`] with `m_out = m`, `s_out = s`.
+#[inline(always)]
+fn fire_chunk_in_place<S: Scalar, R: Rule>(p: Step<S>, c: S, k: &[S], m: &mut [S], g: &mut [S], s: &mut [S]) {
     let n = k.len();
     let mut gk = [S::ZERO; LANES];
     if p.g_zero {
@@ -510,23 +578,22 @@ fn fire_chunk<S: Scalar, R: Rule>(p: Step<S>, c: S, k: &[S], m: &mut [S], g: &mu
     }
 }
 
-/// One token through one level's state, in place: `r = M k - v` (or
-/// `-v`); unless frozen `G += theta r k^T` and, on a fire, the update of
-/// `M` (and `S`), also written to the history `hist` (`M`, `S`) when
-/// given; then `y += scale * M q` with the memory after the fire. Each
-/// block of rows of the state is read once (twice on a fire) and updated
-/// while in registers. Does not touch `n`.
+/// One token through one level: `r = M k - v` (or `-v`); unless frozen
+/// `G += theta r k^T` and, on a fire, the update of `M` (and `S`) as `mem`
+/// says; then `y += scale * M q` with the memory after the fire. Each block
+/// of rows of the state is read once (twice on a fire) and updated while in
+/// registers. Does not touch `n`.
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
 fn token<S: Scalar, R: Rule, const D: usize>(
-    st: &mut LevelState<S, D>,
+    mut mem: Mem<'_, S, D>,
+    g: &mut [[S; D]; D],
     p: Step<S>,
     x: Vecs<'_, S, D>,
     r: &mut [S; D],
     y: &mut [S; D],
-    mut hist: Hist<'_, S, D>,
 ) {
-    for_blocks!(D, |i0| token_rows::<S, R, D>(i0, st, p, x, r, y, &mut hist));
+    for_blocks!(D, |i0| token_rows::<S, R, D>(i0, &mut mem, g, p, x, r, y));
 }
 
 /// Rows `i0..i0 + NR` of `y += scale * M q`.
@@ -632,7 +699,7 @@ pub fn step<S: Scalar, R: Rule, const D: usize>(
     }
     let sp = Step { fire, update: !frozen, g_zero: false, keep: S::ONE - alpha, theta, eta, scale };
     let x = Vecs { k: &sc.k, v: &sc.v, q: &sc.q };
-    token::<S, R, D>(st, sp, x, &mut sc.r, y, None);
+    token::<S, R, D>(Mem::InPlace(&mut st.m, &mut st.s), &mut st.g, sp, x, &mut sc.r, y);
 }
 
 /// The training forward of one level over a sequence: from input `m_in`
@@ -667,7 +734,11 @@ pub fn forward<S: Scalar, R: Rule, const T: usize, const D: usize>(
         tr.theta_pre[t] = theta_pre;
         tr.eta[t] = eta;
     }
-    end.copy_from(start);
+    // The memory (and momentum) after each fire is written straight into
+    // the next history slot, which the tokens after it read; `end` gets
+    // the last at the end. `G` is worked on in `end`.
+    end.g = start.g;
+    end.n = start.n;
     // After a fire G is zero until a token that does not fire adds to it.
     let mut g_zero = false;
     let mut f = 0;
@@ -685,15 +756,25 @@ pub fn forward<S: Scalar, R: Rule, const T: usize, const D: usize>(
             eta: tr.eta[t],
             scale,
         };
-        let hist = if fire { Some((&mut tr.m_hist[f], &mut tr.s_hist[f])) } else { None };
+        let (m_done, m_next) = tr.m_hist.split_at_mut(f);
+        let (s_done, s_next) = tr.s_hist.split_at_mut(f);
+        let (m, s) = (m_done.last().unwrap_or(&start.m), s_done.last().unwrap_or(&start.s));
+        let mem = if fire { Mem::To(m, s, &mut m_next[0], &mut s_next[0]) } else { Mem::Read(m) };
         let x = Vecs { k: &tr.k[t], v: &tr.v[t], q: &tr.q[t] };
-        token::<S, R, D>(end, sp, x, &mut tr.r[t], &mut y[t], hist);
+        token::<S, R, D>(mem, &mut end.g, sp, x, &mut tr.r[t], &mut y[t]);
         if fire {
             f += 1;
             g_zero = true;
         } else if !frozen {
             g_zero = false;
         }
+    }
+    if f == 0 {
+        end.m = start.m;
+        end.s = start.s;
+    } else {
+        end.m = tr.m_hist[f - 1];
+        end.s = if R::MOMENTUM { tr.s_hist[f - 1] } else { start.s };
     }
 }
 
