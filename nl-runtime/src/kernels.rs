@@ -280,29 +280,33 @@ pub fn attend_row<'a, S: Scalar, const D: usize, const H: usize, const HD: usize
     const { assert!(H * HD == D, "heads * head_dim must equal d_model") };
     debug_assert!(n >= 1 && n <= W);
     let scale = S::ONE / S::from_usize(HD).sqrt();
+    // The softmax passes run over `m >= n` entries, a whole number of
+    // reduction lanes where the window allows: the padding scores are `-inf`,
+    // whose weight `e^-inf` is exactly 0, so they change neither the sum nor
+    // the result, and the passes stay on the vectorised path.
+    let m = n.next_multiple_of(LANES).min(W);
     for (h, ph) in p.iter_mut().enumerate() {
         let cols = h * HD..(h + 1) * HD;
         let qh = &q[cols.clone()];
-        let mut mx = S::from_f64(f64::NEG_INFINITY);
         for (i, pi) in ph.iter_mut().enumerate().take(n) {
-            let s = dot_slice(qh, &key(i)[cols.clone()]) * scale;
-            *pi = s;
-            mx = mx.max(s);
+            *pi = dot_slice(qh, &key(i)[cols.clone()]) * scale;
         }
-        let mut sum = S::ZERO;
-        for pi in ph.iter_mut().take(n) {
+        ph[n..m].fill(S::from_f64(f64::NEG_INFINITY));
+        let row = &mut ph[..m];
+        let mx = max_lanes(row);
+        for pi in row.iter_mut() {
+            // As in `exp_shifted`, in place.
             *pi = (*pi - mx).exp();
-            sum += *pi;
         }
-        let inv = S::ONE / sum;
+        let inv = S::ONE / sum_lanes(row);
+        for pi in row.iter_mut() {
+            *pi *= inv;
+        }
+        ph[m..].fill(S::ZERO);
         let oh = &mut out[cols.clone()];
         oh.fill(S::ZERO);
-        for (i, pi) in ph.iter_mut().enumerate().take(n) {
-            *pi *= inv;
-            axpy(*pi, &value(i)[cols.clone()], oh);
-        }
-        for pi in ph.iter_mut().skip(n) {
-            *pi = S::ZERO;
+        for (i, &pi) in ph.iter().enumerate().take(n) {
+            axpy(pi, &value(i)[cols.clone()], oh);
         }
     }
 }
@@ -371,16 +375,70 @@ pub fn attention_backward_acc<
     }
 }
 
-/// Log-sum-exp of a row, computed stably.
+/// Lanes of the softmax reductions ([`max_lanes`], [`sum_lanes`]): 16
+/// `f32` fill one AVX-512 register, two AVX or four SSE registers.
+const LANES: usize = 16;
+
+/// The largest element of `x` (`-inf` if `x` is empty), kept in [`LANES`]
+/// running maxima so the pass vectorises. The maximum is exact, so the lanes
+/// change nothing (up to NaN propagation and the sign of a zero).
+#[inline(always)]
+fn max_lanes<S: Scalar>(x: &[S]) -> S {
+    let neg_inf = S::from_f64(f64::NEG_INFINITY);
+    let mut lanes = [neg_inf; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for j in 0..LANES {
+            lanes[j] = lanes[j].max(c[j]);
+        }
+    }
+    // Folded left to right: see `sum_lanes`.
+    lanes.iter().chain(chunks.remainder()).fold(neg_inf, |m, &v| m.max(v))
+}
+
+/// The sum of `x`, in [`LANES`] partial sums so the pass vectorises (the
+/// summation order differs from a left fold).
+#[inline(always)]
+fn sum_lanes<S: Scalar>(x: &[S]) -> S {
+    let mut lanes = [S::ZERO; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for j in 0..LANES {
+            lanes[j] += c[j];
+        }
+    }
+    // The lanes are folded left to right. A pairwise tree would round a
+    // little better, but LLVM's SLP vectoriser then builds its vectors from
+    // the tree's pairs and runs the main loop two lanes wide.
+    lanes.iter().chain(chunks.remainder()).fold(S::ZERO, |s, &v| s + v)
+}
+
+/// `y_i = e^(x_i - shift)`: independent elements and the inlined,
+/// branch-free `f32` exp of [`Scalar`], so the loop vectorises.
+#[inline(always)]
+fn exp_shifted<S: Scalar>(x: &[S], shift: S, y: &mut [S]) {
+    debug_assert_eq!(x.len(), y.len());
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi = (xi - shift).exp();
+    }
+}
+
+/// Elements per block of [`log_sum_exp`]'s stack buffer.
+const LSE_BLOCK: usize = 64;
+
+/// Log-sum-exp of a row, computed stably: `max + ln(sum e^(x - max))`.
+///
+/// Vectorised passes rather than one fused scalar loop: the maximum, then
+/// per block of 64 elements `e^(x - max)` into a stack buffer and its sum.
 #[inline]
 pub fn log_sum_exp<S: Scalar>(x: &[S]) -> S {
-    let mut mx = S::from_f64(f64::NEG_INFINITY);
-    for &v in x {
-        mx = mx.max(v);
-    }
+    let mx = max_lanes(x);
+    let mut buf = [S::ZERO; LSE_BLOCK];
     let mut sum = S::ZERO;
-    for &v in x {
-        sum += (v - mx).exp();
+    for block in x.chunks(LSE_BLOCK) {
+        let e = &mut buf[..block.len()];
+        exp_shifted(block, mx, e);
+        sum += sum_lanes(e);
     }
     mx + sum.ln()
 }
@@ -396,6 +454,9 @@ pub fn cross_entropy<S: Scalar, const V: usize>(logits: &[S; V], target: u32) ->
 
 /// Mean cross-entropy over a sequence and its gradient with respect to the
 /// logits: `dlogits[t] = (softmax(logits[t]) - onehot(targets[t])) / T`.
+///
+/// Per row, `e^(l - max)` is computed once, into `dlogits`, and serves both
+/// the log-sum-exp and the softmax.
 #[inline]
 pub fn cross_entropy_backward<S: Scalar, const T: usize, const V: usize>(
     logits: &[[S; V]; T],
@@ -406,10 +467,14 @@ pub fn cross_entropy_backward<S: Scalar, const T: usize, const V: usize>(
     let mut loss = S::ZERO;
     for ((lt, dt), &y) in logits.iter().zip(dlogits.iter_mut()).zip(targets) {
         let y = check_token::<V>(y);
-        let lse = log_sum_exp(lt);
-        loss += lse - lt[y];
-        for (d, &l) in dt.iter_mut().zip(lt) {
-            *d = (l - lse).exp() * inv_t;
+        let mx = max_lanes(lt);
+        exp_shifted(lt, mx, dt);
+        let sum = sum_lanes(dt);
+        loss += mx + sum.ln() - lt[y];
+        // softmax / T = e^(l - max) * (1 / (T sum)).
+        let scale = inv_t / sum;
+        for d in dt.iter_mut() {
+            *d *= scale;
         }
         dt[y] -= inv_t;
     }
@@ -471,6 +536,110 @@ mod tests {
         assert!((loss - 4f64.ln()).abs() < 1e-15);
         assert!((d[0][1] - (0.25 - 1.0) / 2.0).abs() < 1e-15);
         assert!((d[0][0] - 0.125).abs() < 1e-15);
+    }
+
+    /// `ln sum e^x` and the softmax, plainly in `f64`.
+    fn naive_softmax(x: &[f32]) -> (f64, [f64; 300]) {
+        let mx = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let sum: f64 = x.iter().map(|&v| libm::exp(v as f64 - mx)).sum();
+        let mut p = [0.0; 300];
+        for (pi, &v) in p.iter_mut().zip(x) {
+            *pi = libm::exp(v as f64 - mx) / sum;
+        }
+        (mx + libm::log(sum), p)
+    }
+
+    #[test]
+    fn softmax_kernels_match_f64_at_every_length() {
+        let mut rng = crate::rng::Rng::new(3);
+        let mut x = [0.0f32; 300];
+        for (i, v) in x.iter_mut().enumerate() {
+            // Spread over [-120, 20] (some weights underflow), one far above.
+            *v = (rng.next_f64() * 140.0 - 120.0) as f32 + if i == 37 { 100.0 } else { 0.0 };
+        }
+        // Lengths around the lane count and the log-sum-exp block size.
+        for len in [1, 2, 15, 16, 17, 31, 63, 64, 65, 100, 256, 300] {
+            let (want, _) = naive_softmax(&x[..len]);
+            let got = log_sum_exp(&x[..len]) as f64;
+            assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "len {len}: {got} vs {want}");
+            let shifted: [f32; 300] = core::array::from_fn(|i| x[i] * 0.05);
+            let (want, _) = naive_softmax(&shifted[..len]);
+            let got = log_sum_exp(&shifted[..len]) as f64;
+            assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "len {len}: {got} vs {want}");
+        }
+        assert_eq!(max_lanes(&x[..0]), f32::NEG_INFINITY);
+        for len in [1, 15, 16, 17, 40, 300] {
+            assert_eq!(max_lanes(&x[..len]), x[..len].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)));
+        }
+        assert_eq!(sum_lanes(&[1.0f32; 37]), 37.0);
+    }
+
+    #[test]
+    fn cross_entropy_backward_matches_f64_softmax() {
+        const V: usize = 300;
+        let mut rng = crate::rng::Rng::new(4);
+        let mut l = [[0.0f32; V]; 3];
+        for (t, row) in l.iter_mut().enumerate() {
+            for v in row.iter_mut() {
+                *v = (rng.next_f64() * 8.0 - 4.0) as f32 * (t + 1) as f32;
+            }
+        }
+        let targets = [5, 299, 0];
+        let mut d = [[0.0f32; V]; 3];
+        let loss = cross_entropy_backward(&l, &targets, &mut d) as f64;
+        let mut want_loss = 0.0;
+        for t in 0..3 {
+            let (lse, p) = naive_softmax(&l[t]);
+            want_loss += (lse - l[t][targets[t] as usize] as f64) / 3.0;
+            for v in 0..V {
+                let want = (p[v] - if v == targets[t] as usize { 1.0 } else { 0.0 }) / 3.0;
+                assert!((d[t][v] as f64 - want).abs() <= 1e-6 * want.abs() + 1e-12, "d[{t}][{v}]");
+            }
+        }
+        assert!((loss - want_loss).abs() <= 1e-6 * want_loss, "{loss} vs {want_loss}");
+        let mean = mean_cross_entropy(&l, &targets) as f64;
+        assert!((mean - want_loss).abs() <= 1e-6 * want_loss, "{mean} vs {want_loss}");
+    }
+
+    #[test]
+    fn attention_rows_pad_the_softmax_with_zeros() {
+        // A window of 20 (not a multiple of the lanes); every row's
+        // probabilities against a plain f64 softmax of its scores.
+        const T: usize = 24;
+        const W: usize = 20;
+        let mut rng = crate::rng::Rng::new(5);
+        let mut q = [[0.0f32; 4]; T];
+        let mut k = [[0.0f32; 4]; T];
+        let v = [[1.0f32; 4]; T];
+        for r in q.iter_mut().chain(k.iter_mut()) {
+            for x in r.iter_mut() {
+                *x = (rng.next_f64() * 6.0 - 3.0) as f32;
+            }
+        }
+        let mut p = [[[0.0f32; W]; 2]; T];
+        let mut out = [[0.0f32; 4]; T];
+        attention::<f32, T, 4, 2, 2, W>(&q, &k, &v, &mut p, &mut out);
+        for t in 0..T {
+            let n = (t + 1).min(W);
+            for h in 0..2 {
+                let scores: [f32; W] = core::array::from_fn(|i| {
+                    if i < n {
+                        (q[t][2 * h] * k[t - i][2 * h] + q[t][2 * h + 1] * k[t - i][2 * h + 1]) / 2f32.sqrt()
+                    } else {
+                        0.0
+                    }
+                });
+                let (_, want) = naive_softmax(&scores[..n]);
+                for i in 0..W {
+                    let w = if i < n { want[i] } else { 0.0 };
+                    assert!((p[t][h][i] as f64 - w).abs() <= 1e-6, "p[{t}][{h}][{i}]");
+                }
+            }
+            // Equal values: the output is the value itself.
+            for x in out[t] {
+                assert!((x - 1.0).abs() <= 1e-6);
+            }
+        }
     }
 
     #[test]
