@@ -15,6 +15,19 @@
 //! memory before the token. `G += theta g`; on a fire (`(n + 1) % period ==
 //! 0`) `M <- (1 - alpha) M - G` (delta, hebbian) or `S <- eta S - G`,
 //! `M <- (1 - alpha) M + S` (titans), then `G <- 0`. The read is `M q`.
+//!
+//! How it is computed: everything of one token that touches the `D x D`
+//! state is fused by rows, since each row of `M` needs only itself (`r_i =
+//! M_i . k - v_i`, the update of row `i`, `y_i += M'_i . q`). Rows are
+//! processed in blocks of `ROWS` (4) and columns in chunks of `LANES` (16) (the
+//! `cols!` loop), so the forward reads each row of the state once (twice on
+//! a fire: the surprise before, the update and read after) and the backward
+//! makes two passes per token (the read, the fire and `dG' k`; then the
+//! surprise's `dM`, `dk`). The training forward keeps `M` (and `S`) only
+//! after each fire, in its history slot, which the following tokens read;
+//! `G` is not read while it is known to be zero (after a fire, until a token
+//! that does not fire). The arithmetic is that of the formulas; only the
+//! summation order (lanes, then a tree) and fused multiply-adds differ.
 
 // Index loops are kept where they read like the formulas.
 #![allow(clippy::needless_range_loop)]
@@ -162,9 +175,11 @@ pub struct LevelTrace<S, const T: usize, const D: usize> {
     pub theta_pre: [S; T],
     /// Momentum gate `eta_t` (titans).
     pub eta: [S; T],
-    /// `M` after token `t` (after its fire, if any).
+    /// `M` after the `j`-th fire of the sequence (slot `j`; `M` changes
+    /// only at fires, so the memory at any token is the last slot written
+    /// before it, or the start state). Slots past the last fire are unused.
     pub m_hist: [[[S; D]; D]; T],
-    /// `S` after token `t` (titans).
+    /// `S` after the `j`-th fire (titans), like `m_hist`.
     pub s_hist: [[[S; D]; D]; T],
     /// Backward scratch: gradient of `k_t` then of `kr_t`.
     pub dk: [[S; D]; T],
