@@ -278,12 +278,13 @@ impl<M: Model> Work for TrainWork<M> {
     fn unit(&mut self) {
         let len = M::SEQ + 1;
         self.grads.as_flat_mut().fill(0.0);
-        let mut loss = 0.0f32;
-        for _ in 0..self.batch {
-            let s = self.next_seq * len;
-            self.next_seq = (self.next_seq + 1) % TRAIN_POOL_SEQS;
-            loss += M::loss_and_grad(&*self.params, black_box(&self.pool[s..s + len]), &mut *self.ws, &mut *self.grads);
+        if (self.next_seq + self.batch) * len > self.pool.len() {
+            self.next_seq = 0;
         }
+        let s = self.next_seq * len;
+        self.next_seq += self.batch;
+        let batch = black_box(&self.pool[s..s + self.batch * len]);
+        let loss = M::loss_and_grad_batch(&*self.params, batch, &mut *self.ws, &mut *self.grads);
         let inv = 1.0 / self.batch as f32;
         for g in self.grads.as_flat_mut() {
             *g *= inv;
@@ -301,13 +302,13 @@ impl<M: Model> Work for TrainWork<M> {
     }
 }
 
-/// Times training of model `M`: per batch, `loss_and_grad` on each sequence
+/// Times training of model `M`: per batch, `loss_and_grad_batch` over the sequences
 /// and one AdamW step over all `PARAM_COUNT` parameters.
 fn bench_train<M: Model>(cfg: &Cfg) -> Measurement {
     let mut params = boxed_zeroed::<M::Params<f32>>();
     M::init(&mut *params, cfg.seed);
     let mut rng = Rng::new(cfg.seed ^ 0xBE9C_0000_0000_0001);
-    let pool = (0..TRAIN_POOL_SEQS * (M::SEQ + 1)).map(|_| rng.below(M::VOCAB as u64) as u32).collect();
+    let pool = (0..TRAIN_POOL_SEQS.max(cfg.batch) * (M::SEQ + 1)).map(|_| rng.below(M::VOCAB as u64) as u32).collect();
     let mut work = TrainWork::<M> {
         params,
         grads: boxed_zeroed(),

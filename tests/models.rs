@@ -64,3 +64,47 @@ fn seed_models_have_the_seed_sizes() {
     assert_eq!(micro_memory::PARAM_COUNT, 49_152 + 3 * 64 * 64 + 2 * (2 * 64 + 1));
     assert_eq!(micro_cms4::PERIODS, [1, 4, 16, 64]);
 }
+
+/// `loss_and_grad_batch` is `loss_and_grad` on each sequence in turn: same
+/// summed loss, same accumulated gradient (bit for bit: the same kernels in
+/// the same order), and it packs the parameters it is given on every call
+/// (a second call with other parameters is not served stale packed weights).
+fn batch_equals_sequences<M: nl::nl_runtime::Model>() {
+    use nl::nl_runtime::{boxed_zeroed, Flat};
+    let seqs: Vec<u32> = (0..3).flat_map(|s| random_tokens::<M>(10 + s)).collect();
+    for seed in [1, 2] {
+        let p = random_params::<M>(seed, 0.1);
+        let mut ws = boxed_zeroed::<M::Workspace<f64>>();
+        let mut g_seq = boxed_zeroed::<M::Params<f64>>();
+        let mut loss_seq = 0.0;
+        for seq in seqs.chunks_exact(M::SEQ + 1) {
+            loss_seq += M::loss_and_grad(&p, seq, &mut ws, &mut g_seq);
+        }
+        // The batch call reuses a workspace last packed from other parameters.
+        let other = random_params::<M>(seed + 100, 0.1);
+        let mut g_other = boxed_zeroed::<M::Params<f64>>();
+        M::loss_and_grad_batch(&other, &seqs, &mut ws, &mut g_other);
+        let mut g_batch = boxed_zeroed::<M::Params<f64>>();
+        let loss_batch = M::loss_and_grad_batch(&p, &seqs, &mut ws, &mut g_batch);
+        assert_eq!(loss_batch, loss_seq, "{}: summed loss", M::NAME);
+        assert!(g_seq.as_flat().iter().any(|&x| x != 0.0));
+        assert_eq!(g_batch.as_flat(), g_seq.as_flat(), "{}: gradient", M::NAME);
+    }
+}
+
+#[test]
+fn batch_gradient_is_the_sum_over_sequences() {
+    batch_equals_sequences::<micro::Model>();
+    batch_equals_sequences::<micro_memory::Model>();
+    batch_equals_sequences::<micro_cms4::Model>();
+}
+
+#[test]
+#[should_panic(expected = "whole sequences")]
+fn batch_of_partial_sequences_is_refused() {
+    use nl::nl_runtime::boxed_zeroed;
+    let p = random_params::<micro::Model>(1, 0.1);
+    let mut ws = boxed_zeroed::<micro::Workspace<f64>>();
+    let mut g = boxed_zeroed::<micro::Params<f64>>();
+    micro::loss_and_grad_batch(&p, &[0; micro::SEQ + 2], &mut ws, &mut g);
+}

@@ -44,6 +44,7 @@ pub fn emit(plan: &Plan, spec_source: &str) -> TokenStream {
         #[allow(clippy::needless_range_loop, clippy::too_many_arguments, clippy::excessive_precision, clippy::identity_op, clippy::erasing_op, clippy::modulo_one)]
         pub mod #name {
             use ::nl_runtime::kernels as k;
+            use ::nl_runtime::gemm as mm;
             use ::nl_runtime::Scalar;
 
             #consts
@@ -254,6 +255,16 @@ fn emit_workspace(plan: &Plan) -> TokenStream {
             pub dv: [[S; D]; SEQ],
             /// Gradient of `h`.
             pub dh: [[S; D]; SEQ],
+            /// `attn_wq` transposed (`[D, D]`, rows along the output), packed by the forward pass.
+            pub attn_wq_t: [[S; D]; D],
+            /// `attn_wk` transposed, packed by the forward pass.
+            pub attn_wk_t: [[S; D]; D],
+            /// `attn_wv` transposed, packed by the forward pass.
+            pub attn_wv_t: [[S; D]; D],
+            /// `attn_wo` transposed, packed by the forward pass.
+            pub attn_wo_t: [[S; D]; D],
+            /// `unembed` transposed (`[D, VOCAB]`), packed by the forward pass.
+            pub unembed_t: [[S; VOCAB]; D],
             #mem_fields
         }
 
@@ -328,22 +339,40 @@ fn emit_train(plan: &Plan) -> TokenStream {
         quote! {}
     };
     quote! {
+        /// Packs the weights the forward pass reads transposed
+        /// (`Workspace::attn_wq_t` ...) from `p`: the matrix-matrix kernels
+        /// want each weight with rows along its output.
+        pub fn pack<S: Scalar>(p: &Params<S>, ws: &mut Workspace<S>) {
+            mm::transpose(&p.attn_wq, &mut ws.attn_wq_t);
+            mm::transpose(&p.attn_wk, &mut ws.attn_wk_t);
+            mm::transpose(&p.attn_wv, &mut ws.attn_wv_t);
+            mm::transpose(&p.attn_wo, &mut ws.attn_wo_t);
+            mm::transpose(&p.unembed, &mut ws.unembed_t);
+        }
+
         /// The training forward pass over `tokens[..SEQ]`: fills the
         /// workspace's activations and logits (row `t` predicts `tokens[t + 1]`).
         ///
         /// # Panics
         /// If a token is `>= VOCAB`.
         pub fn forward<S: Scalar>(p: &Params<S>, tokens: &[u32; SEQ + 1], ws: &mut Workspace<S>) {
+            pack(p, ws);
+            forward_packed(p, tokens, ws);
+        }
+
+        /// [`forward`] with the transposed weights already packed from the
+        /// same `p` by [`pack`].
+        fn forward_packed<S: Scalar>(p: &Params<S>, tokens: &[u32; SEQ + 1], ws: &mut Workspace<S>) {
             k::embed(&p.embed, &tokens[..SEQ], &mut ws.h);
             #mem_forward
             #attn_input
-            k::linear(&ws.h, &p.attn_wq, &mut ws.q);
-            k::linear(&ws.h, &p.attn_wk, &mut ws.k);
-            k::linear(&ws.h, &p.attn_wv, &mut ws.v);
+            mm::linear_t(&ws.h, &ws.attn_wq_t, &mut ws.q);
+            mm::linear_t(&ws.h, &ws.attn_wk_t, &mut ws.k);
+            mm::linear_t(&ws.h, &ws.attn_wv_t, &mut ws.v);
             k::attention::<S, SEQ, D, HEADS, HEAD_DIM, WINDOW>(&ws.q, &ws.k, &ws.v, &mut ws.p, &mut ws.a);
             #compose
-            k::linear(&#o, &p.attn_wo, &mut ws.z);
-            k::linear(&ws.z, &p.unembed, &mut ws.logits);
+            mm::linear_t(&#o, &ws.attn_wo_t, &mut ws.z);
+            mm::linear_t(&ws.z, &ws.unembed_t, &mut ws.logits);
         }
 
         /// Mean next-token cross-entropy (nats) of the sequence.
@@ -361,16 +390,43 @@ fn emit_train(plan: &Plan) -> TokenStream {
         /// # Panics
         /// If a token is `>= VOCAB`.
         pub fn loss_and_grad<S: Scalar>(p: &Params<S>, tokens: &[u32; SEQ + 1], ws: &mut Workspace<S>, g: &mut Params<S>) -> S {
-            forward(p, tokens, ws);
+            pack(p, ws);
+            loss_and_grad_packed(p, tokens, ws, g)
+        }
+
+        /// The loss and gradient summed over a batch of sequences,
+        /// `tokens.len() / (SEQ + 1)` of them back to back: the same as
+        /// [`loss_and_grad`] on each in turn (the gradients add into `g`,
+        /// the returned value is the sum of the sequences' mean losses), with
+        /// the weights packed once for the batch.
+        ///
+        /// # Panics
+        /// If `tokens.len()` is not a multiple of `SEQ + 1`, or a token is `>= VOCAB`.
+        pub fn loss_and_grad_batch<S: Scalar>(p: &Params<S>, tokens: &[u32], ws: &mut Workspace<S>, g: &mut Params<S>) -> S {
+            assert!(
+                tokens.len().is_multiple_of(SEQ + 1),
+                "a batch is whole sequences of SEQ + 1 = {} tokens, got {} tokens", SEQ + 1, tokens.len()
+            );
+            pack(p, ws);
+            let mut loss = S::ZERO;
+            for seq in tokens.chunks_exact(SEQ + 1) {
+                loss += loss_and_grad_packed(p, seq_tokens(seq), ws, g);
+            }
+            loss
+        }
+
+        /// [`loss_and_grad`] with the weights already packed from `p`.
+        fn loss_and_grad_packed<S: Scalar>(p: &Params<S>, tokens: &[u32; SEQ + 1], ws: &mut Workspace<S>, g: &mut Params<S>) -> S {
+            forward_packed(p, tokens, ws);
             let loss = k::cross_entropy_backward(&ws.logits, &tokens[1..], &mut ws.dlogits);
             // logits = U z
-            k::linear_backward_weight_acc(&ws.dlogits, &ws.z, &mut g.unembed);
+            mm::linear_backward_weight_acc(&ws.dlogits, &ws.z, &mut g.unembed);
             k::zero(&mut ws.dz);
-            k::linear_backward_input_acc(&ws.dlogits, &p.unembed, &mut ws.dz);
+            mm::linear_backward_input_acc(&ws.dlogits, &p.unembed, &mut ws.dz);
             // z = Wo o
-            k::linear_backward_weight_acc(&ws.dz, &#o, &mut g.attn_wo);
+            mm::linear_backward_weight_acc(&ws.dz, &#o, &mut g.attn_wo);
             k::zero(&mut #d_o);
-            k::linear_backward_input_acc(&ws.dz, &p.attn_wo, &mut #d_o);
+            mm::linear_backward_input_acc(&ws.dz, &p.attn_wo, &mut #d_o);
             #compose_back
             // attention
             k::zero(&mut ws.dq);
@@ -380,13 +436,13 @@ fn emit_train(plan: &Plan) -> TokenStream {
                 &ws.q, &ws.k, &ws.v, &ws.p, &ws.da, &mut ws.dq, &mut ws.dk, &mut ws.dv,
             );
             // q, k, v = W h
-            k::linear_backward_weight_acc(&ws.dq, &ws.h, &mut g.attn_wq);
-            k::linear_backward_weight_acc(&ws.dk, &ws.h, &mut g.attn_wk);
-            k::linear_backward_weight_acc(&ws.dv, &ws.h, &mut g.attn_wv);
+            mm::linear_backward_weight_acc(&ws.dq, &ws.h, &mut g.attn_wq);
+            mm::linear_backward_weight_acc(&ws.dk, &ws.h, &mut g.attn_wk);
+            mm::linear_backward_weight_acc(&ws.dv, &ws.h, &mut g.attn_wv);
             k::zero(&mut ws.dh);
-            k::linear_backward_input_acc(&ws.dq, &p.attn_wq, &mut ws.dh);
-            k::linear_backward_input_acc(&ws.dk, &p.attn_wk, &mut ws.dh);
-            k::linear_backward_input_acc(&ws.dv, &p.attn_wv, &mut ws.dh);
+            mm::linear_backward_input_acc(&ws.dq, &p.attn_wq, &mut ws.dh);
+            mm::linear_backward_input_acc(&ws.dk, &p.attn_wk, &mut ws.dh);
+            mm::linear_backward_input_acc(&ws.dv, &p.attn_wv, &mut ws.dh);
             #attn_input_back
             #mem_backward
             // e = E[x]
@@ -555,6 +611,9 @@ fn emit_model_impl() -> TokenStream {
             }
             fn loss_and_grad<S: Scalar>(params: &Params<S>, tokens: &[u32], ws: &mut Workspace<S>, grads: &mut Params<S>) -> S {
                 loss_and_grad(params, seq_tokens(tokens), ws, grads)
+            }
+            fn loss_and_grad_batch<S: Scalar>(params: &Params<S>, tokens: &[u32], ws: &mut Workspace<S>, grads: &mut Params<S>) -> S {
+                loss_and_grad_batch(params, tokens, ws, grads)
             }
             fn logits<S: Scalar>(ws: &Workspace<S>) -> &[S] {
                 ws.logits()

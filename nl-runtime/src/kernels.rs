@@ -97,7 +97,8 @@ pub fn matvec<S: Scalar, const O: usize, const I: usize>(w: &[[S; I]; O], x: &[S
     }
 }
 
-/// `Y = X W^T`: every position `t` of `x` `[T, I]` mapped by `w` `[O, I]`
+/// `Y = X W^T` straight from the stored weight (dot products, no packing;
+/// the training pass uses [`crate::gemm::linear_t`]): every position `t` of `x` `[T, I]` mapped by `w` `[O, I]`
 /// into `y` `[T, O]`. Four positions at a time share the loads of each
 /// weight row.
 #[inline]
@@ -120,107 +121,6 @@ pub fn linear<S: Scalar, const T: usize, const O: usize, const I: usize>(
     while t < T {
         matvec(w, &x[t], &mut y[t]);
         t += 1;
-    }
-}
-
-/// Columns per register block of the accumulate kernels.
-const COLS: usize = 16;
-
-/// Backward of [`linear`] to its input: `dX (+)= dY W`, i.e.
-/// `dx[t][i] += sum_o dy[t][o] w[o][i]`. Blocks of 4 positions x 16
-/// columns stay in registers while `o` runs.
-#[inline]
-pub fn linear_backward_input_acc<S: Scalar, const T: usize, const O: usize, const I: usize>(
-    dy: &[[S; O]; T],
-    w: &[[S; I]; O],
-    dx: &mut [[S; I]; T],
-) {
-    let full_cols = I / COLS * COLS;
-    let mut t = 0;
-    while t + 4 <= T {
-        let mut c = 0;
-        while c < full_cols {
-            let mut acc = [[S::ZERO; COLS]; 4];
-            for r in 0..4 {
-                acc[r].copy_from_slice(&dx[t + r][c..c + COLS]);
-            }
-            for o in 0..O {
-                let wr = &w[o][c..c + COLS];
-                for r in 0..4 {
-                    let a = dy[t + r][o];
-                    for j in 0..COLS {
-                        acc[r][j] = a.mul_add(wr[j], acc[r][j]);
-                    }
-                }
-            }
-            for r in 0..4 {
-                dx[t + r][c..c + COLS].copy_from_slice(&acc[r]);
-            }
-            c += COLS;
-        }
-        if full_cols < I {
-            for r in 0..4 {
-                for o in 0..O {
-                    axpy(dy[t + r][o], &w[o][full_cols..], &mut dx[t + r][full_cols..]);
-                }
-            }
-        }
-        t += 4;
-    }
-    while t < T {
-        for o in 0..O {
-            axpy(dy[t][o], &w[o], &mut dx[t]);
-        }
-        t += 1;
-    }
-}
-
-/// Backward of [`linear`] to its weight: `dW += dY^T X`, i.e.
-/// `dw[o][i] += sum_t dy[t][o] x[t][i]`. Blocks of 4 weight rows x 16
-/// columns stay in registers while `t` runs.
-#[inline]
-pub fn linear_backward_weight_acc<S: Scalar, const T: usize, const O: usize, const I: usize>(
-    dy: &[[S; O]; T],
-    x: &[[S; I]; T],
-    dw: &mut [[S; I]; O],
-) {
-    let full_cols = I / COLS * COLS;
-    let mut o = 0;
-    while o + 4 <= O {
-        let mut c = 0;
-        while c < full_cols {
-            let mut acc = [[S::ZERO; COLS]; 4];
-            for r in 0..4 {
-                acc[r].copy_from_slice(&dw[o + r][c..c + COLS]);
-            }
-            for t in 0..T {
-                let xr = &x[t][c..c + COLS];
-                for r in 0..4 {
-                    let a = dy[t][o + r];
-                    for j in 0..COLS {
-                        acc[r][j] = a.mul_add(xr[j], acc[r][j]);
-                    }
-                }
-            }
-            for r in 0..4 {
-                dw[o + r][c..c + COLS].copy_from_slice(&acc[r]);
-            }
-            c += COLS;
-        }
-        if full_cols < I {
-            for r in 0..4 {
-                for t in 0..T {
-                    axpy(dy[t][o + r], &x[t][full_cols..], &mut dw[o + r][full_cols..]);
-                }
-            }
-        }
-        o += 4;
-    }
-    while o < O {
-        for t in 0..T {
-            axpy(dy[t][o], &x[t], &mut dw[o]);
-        }
-        o += 1;
     }
 }
 
@@ -509,23 +409,6 @@ mod tests {
         let b: [f64; 13] = core::array::from_fn(|i| 1.0 / (i as f64 + 1.0));
         let plain: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         assert!((dot(&a, &b) - plain).abs() < 1e-12);
-    }
-
-    #[test]
-    fn linear_and_its_backward_agree_with_hand_values() {
-        // W = [[1, 2], [3, 4], [5, 6]] maps x = [1, -1] to [-1, -1, -1].
-        let w = [[1.0f64, 2.0], [3.0, 4.0], [5.0, 6.0]];
-        let x = [[1.0, -1.0]];
-        let mut y = [[0.0; 3]];
-        linear(&x, &w, &mut y);
-        assert_eq!(y, [[-1.0, -1.0, -1.0]]);
-        let dy = [[1.0, 0.0, 2.0]];
-        let mut dx = [[0.0; 2]];
-        linear_backward_input_acc(&dy, &w, &mut dx);
-        assert_eq!(dx, [[11.0, 14.0]]);
-        let mut dw = [[0.0; 2]; 3];
-        linear_backward_weight_acc(&dy, &x, &mut dw);
-        assert_eq!(dw, [[1.0, -1.0], [0.0, 0.0], [2.0, -2.0]]);
     }
 
     #[test]

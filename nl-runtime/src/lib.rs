@@ -22,6 +22,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod checkpoint;
+pub mod gemm;
 pub mod kernels;
 pub mod memory;
 pub mod optim;
@@ -180,6 +181,26 @@ pub trait Model: 'static {
         ws: &mut Self::Workspace<S>,
         grads: &mut Self::Params<S>,
     ) -> S;
+    /// [`Model::loss_and_grad`] over a batch: `tokens` holds whole
+    /// sequences of `SEQ + 1` tokens back to back; every sequence's gradient
+    /// adds into `grads` and the sum of their mean losses is returned.
+    /// Generated models override it to pack their weights once per batch.
+    ///
+    /// # Panics
+    /// If `tokens.len()` is not a multiple of `SEQ + 1`, or a token is `>= VOCAB`.
+    fn loss_and_grad_batch<S: Scalar>(
+        params: &Self::Params<S>,
+        tokens: &[u32],
+        ws: &mut Self::Workspace<S>,
+        grads: &mut Self::Params<S>,
+    ) -> S {
+        assert!(tokens.len().is_multiple_of(Self::SEQ + 1), "a batch is whole sequences of SEQ + 1 tokens");
+        let mut loss = S::ZERO;
+        for seq in tokens.chunks_exact(Self::SEQ + 1) {
+            loss += Self::loss_and_grad(params, seq, ws, grads);
+        }
+        loss
+    }
     /// The logits of the last `loss`/`loss_and_grad`, `SEQ * VOCAB` values, row `t` predicting `tokens[t + 1]`.
     fn logits<S: Scalar>(ws: &Self::Workspace<S>) -> &[S];
     /// Clears a streaming state (empty attention window, zero memory).

@@ -32,7 +32,8 @@
 // Index loops are kept where they read like the formulas.
 #![allow(clippy::needless_range_loop)]
 
-use crate::kernels::{dot, linear_backward_input_acc, linear_backward_weight_acc};
+use crate::gemm::{linear_backward_input_acc, linear_backward_weight_acc};
+use crate::kernels::dot;
 use crate::{Scalar, Zeroable};
 
 /// `eps` of the key/query normalisation `n(z) = z / sqrt(|z|^2 + eps)`.
