@@ -82,13 +82,91 @@ pub fn axpy<S: Scalar>(a: S, x: &[S], y: &mut [S]) {
     }
 }
 
-/// `y = W x` for one vector: `W` is `[O, I]`. Four rows of `W` at a time share the loads of `x`.
+/// Lanes of the row kernels ([`matvec`], the memory's row blocks) and of
+/// the softmax reductions ([`max_lanes`], [`sum_lanes`]): 16 `f32` fill one
+/// AVX-512 register, two AVX or four SSE registers.
+pub(crate) const LANES: usize = 16;
+
+/// Sum of the lanes of a chunk accumulator.
+///
+/// For `f32` on x86-64 with AVX-512 or AVX it is one vector reduction (a
+/// tree over the lanes): besides being short, an opaque reduction keeps
+/// the SLP vectoriser on the lane dimension of a block's accumulators; a
+/// tree written in scalar code side by side for the rows of a block leads
+/// it to vectorise across the rows instead, at two to three times the
+/// instructions. Elsewhere (`f64`, other targets) the same tree in scalar
+/// code.
+#[inline(always)]
+pub(crate) fn hsum<S: Scalar>(a: [S; LANES]) -> S {
+    #[cfg(all(target_arch = "x86_64", any(target_feature = "avx512f", target_feature = "avx")))]
+    if let Some(x) = (&a as &dyn core::any::Any).downcast_ref::<[f32; LANES]>() {
+        return S::from_f64(f64::from(hsum_f32_x86(x)));
+    }
+    let mut a = a;
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for j in 0..w {
+            a[j] += a[j + w];
+        }
+    }
+    a[0]
+}
+
+/// [`hsum`] of 16 `f32` with AVX-512: one `zmm` reduction.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+#[inline(always)]
+fn hsum_f32_x86(x: &[f32; LANES]) -> f32 {
+    use core::arch::x86_64::{_mm512_loadu_ps, _mm512_reduce_add_ps};
+    // SAFETY: `x` is 16 initialised `f32` (64 bytes), exactly what the
+    // unaligned load reads; the target has AVX-512F (checked by the `cfg`
+    // at compile time).
+    unsafe { _mm512_reduce_add_ps(_mm512_loadu_ps(x.as_ptr())) }
+}
+
+/// [`hsum`] of 16 `f32` with AVX: two `ymm` halves added, then a tree.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx", not(target_feature = "avx512f")))]
+#[inline(always)]
+fn hsum_f32_x86(x: &[f32; LANES]) -> f32 {
+    use core::arch::x86_64::*;
+    // SAFETY: `x` is 16 initialised `f32` (64 bytes); the two unaligned
+    // loads read its halves. The target has AVX (checked by the `cfg` at
+    // compile time); every other intrinsic is register-only.
+    unsafe {
+        let v = _mm256_add_ps(_mm256_loadu_ps(x.as_ptr()), _mm256_loadu_ps(x.as_ptr().add(8)));
+        let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+    }
+}
+
+/// `y = W x` for one vector: `W` is `[O, I]`. Four rows of `W` at a time
+/// share the loads of `x`; each row sums in `LANES` lanes over whole chunks
+/// of `I`, then one horizontal sum per row (the tail of `I` is added last).
 #[inline]
 pub fn matvec<S: Scalar, const O: usize, const I: usize>(w: &[[S; I]; O], x: &[S; I], y: &mut [S; O]) {
+    let full = I / LANES * LANES;
     let mut o = 0;
     while o + 4 <= O {
-        let r = dot4(x, &w[o], &w[o + 1], &w[o + 2], &w[o + 3]);
-        y[o..o + 4].copy_from_slice(&r);
+        let mut acc = [[S::ZERO; LANES]; 4];
+        let mut c = 0;
+        while c < full {
+            let xc = &x[c..c + LANES];
+            for r in 0..4 {
+                let wr = &w[o + r][c..c + LANES];
+                for j in 0..LANES {
+                    acc[r][j] = wr[j].mul_add(xc[j], acc[r][j]);
+                }
+            }
+            c += LANES;
+        }
+        for r in 0..4 {
+            let mut tail = S::ZERO;
+            for i in full..I {
+                tail = w[o + r][i].mul_add(x[i], tail);
+            }
+            y[o + r] = hsum(acc[r]) + tail;
+        }
         o += 4;
     }
     while o < O {
@@ -275,10 +353,6 @@ pub fn attention_backward_acc<
     }
 }
 
-/// Lanes of the softmax reductions ([`max_lanes`], [`sum_lanes`]): 16
-/// `f32` fill one AVX-512 register, two AVX or four SSE registers.
-const LANES: usize = 16;
-
 /// The largest element of `x` (`-inf` if `x` is empty), kept in [`LANES`]
 /// running maxima so the pass vectorises. The maximum is exact, so the lanes
 /// change nothing (up to NaN propagation and the sign of a zero).
@@ -402,6 +476,27 @@ pub fn zero<S: Scalar, const N: usize>(rows: &mut [[S; N]]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn matvec_matches_plain_sums_with_tails() {
+        // I = 37: two whole 16-lane chunks and a tail of 5; O = 7: one block of 4 rows and 3 single rows.
+        let w: [[f64; 37]; 7] = core::array::from_fn(|o| core::array::from_fn(|i| ((o * 37 + i) as f64 * 0.37).sin()));
+        let x: [f64; 37] = core::array::from_fn(|i| (i as f64 * 0.11).cos() - 0.5);
+        let mut y = [0.0; 7];
+        matvec(&w, &x, &mut y);
+        for o in 0..7 {
+            let e: f64 = (0..37).map(|i| w[o][i] * x[i]).sum();
+            assert!((y[o] - e).abs() < 1e-12, "row {o}: {} vs {e}", y[o]);
+        }
+        let w32: [[f32; 64]; 8] = core::array::from_fn(|o| core::array::from_fn(|i| ((o * 64 + i) as f32 * 0.1).sin()));
+        let x32: [f32; 64] = core::array::from_fn(|i| (i as f32 * 0.3).cos());
+        let mut y32 = [0.0f32; 8];
+        matvec(&w32, &x32, &mut y32);
+        for o in 0..8 {
+            let e: f64 = (0..64).map(|i| f64::from(w32[o][i]) * f64::from(x32[i])).sum();
+            assert!((f64::from(y32[o]) - e).abs() < 1e-5, "f32 row {o}");
+        }
+    }
 
     #[test]
     fn dot_matches_plain_sum() {

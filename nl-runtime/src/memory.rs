@@ -230,65 +230,11 @@ fn gates<S: Scalar, R: Rule, const D: usize>(p: &LevelParams<'_, S, D>, k: &[S; 
     (alpha, theta_pre.softplus(), theta_pre, eta)
 }
 
-/// Columns per chunk of the row kernels: one AVX-512 register of `f32`.
-const LANES: usize = 16;
+use crate::kernels::{hsum, LANES};
 /// Rows per block of the row kernels: a block's rows share every load of
 /// the vectors they are multiplied with, and their horizontal sums are
 /// reduced together.
 const ROWS: usize = 4;
-
-/// Sum of the lanes of a chunk accumulator.
-///
-/// For `f32` on x86-64 with AVX-512 or AVX it is one vector reduction (a
-/// tree over the lanes): besides being short, an opaque reduction keeps
-/// the SLP vectoriser on the lane dimension of a block's accumulators; a
-/// tree written in scalar code side by side for the rows of a block leads
-/// it to vectorise across the rows instead, at two to three times the
-/// instructions. Elsewhere (`f64`, other targets) the same tree in scalar
-/// code.
-#[inline(always)]
-fn hsum<S: Scalar>(a: [S; LANES]) -> S {
-    #[cfg(all(target_arch = "x86_64", any(target_feature = "avx512f", target_feature = "avx")))]
-    if let Some(x) = (&a as &dyn core::any::Any).downcast_ref::<[f32; LANES]>() {
-        return S::from_f64(f64::from(hsum_f32_x86(x)));
-    }
-    let mut a = a;
-    let mut w = LANES;
-    while w > 1 {
-        w /= 2;
-        for j in 0..w {
-            a[j] += a[j + w];
-        }
-    }
-    a[0]
-}
-
-/// [`hsum`] of 16 `f32` with AVX-512: one `zmm` reduction.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-#[inline(always)]
-fn hsum_f32_x86(x: &[f32; LANES]) -> f32 {
-    use core::arch::x86_64::{_mm512_loadu_ps, _mm512_reduce_add_ps};
-    // SAFETY: `x` is 16 initialised `f32` (64 bytes), exactly what the
-    // unaligned load reads; the target has AVX-512F (checked by the `cfg`
-    // at compile time).
-    unsafe { _mm512_reduce_add_ps(_mm512_loadu_ps(x.as_ptr())) }
-}
-
-/// [`hsum`] of 16 `f32` with AVX: two `ymm` halves added, then a tree.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx", not(target_feature = "avx512f")))]
-#[inline(always)]
-fn hsum_f32_x86(x: &[f32; LANES]) -> f32 {
-    use core::arch::x86_64::*;
-    // SAFETY: `x` is 16 initialised `f32` (64 bytes); the two unaligned
-    // loads read its halves. The target has AVX (checked by the `cfg` at
-    // compile time); every other intrinsic is register-only.
-    unsafe {
-        let v = _mm256_add_ps(_mm256_loadu_ps(x.as_ptr()), _mm256_loadu_ps(x.as_ptr().add(8)));
-        let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
-    }
-}
 
 /// Rows `i0..i0 + R` of a matrix.
 #[inline(always)]
