@@ -99,7 +99,16 @@ macro_rules! impl_scalar {
             }
             #[inline(always)]
             fn sqrt(self) -> Self {
-                $sqrt(self)
+                // The hardware square root (correctly rounded, like libm's):
+                // std's is an intrinsic loops can vectorise.
+                #[cfg(feature = "std")]
+                {
+                    <$t>::sqrt(self)
+                }
+                #[cfg(not(feature = "std"))]
+                {
+                    $sqrt(self)
+                }
             }
             #[inline(always)]
             fn softplus(self) -> Self {
