@@ -23,7 +23,7 @@
 //!
 //! # What is measured
 //!
-//! For each (model, mode, threads) (threads is 1 for now):
+//! For each (model, mode), with `--threads N` (default 1):
 //!
 //! - `train`: one unit of work is one optimizer step: `--batch` sequences,
 //!   each `loss_and_grad` on `SEQ + 1` tokens (gradients accumulated), the
@@ -31,11 +31,19 @@
 //!   clipping) over the full flat parameter vector. It counts `batch * SEQ`
 //!   tokens. GFLOP/s is `tok_s * FLOPS_TRAIN / 1e9` (forward + backward per
 //!   token; the AdamW update's own few FLOPs per parameter are not counted).
+//!   With `--threads N > 1` the batch goes through
+//!   [`nl_runtime::parallel::loss_and_grad_batch`]: split into `N`
+//!   contiguous chunks of sequences, one per worker thread (scoped threads
+//!   spawned per step; worker 0 is the calling thread), gradients reduced
+//!   deterministically in worker order; the AdamW step stays on one thread.
+//!   `--threads 1` is the sequential `Model::loss_and_grad_batch`.
 //! - `serve`: one unit of work is 64 streaming `step`s, one token each, with
 //!   the memory levels' inner loop on (a zeroed stream has
 //!   `freeze_memory == false`, so the memory adapts at every step). The
 //!   stream is reset before every run (untimed) and then fed tokens
-//!   continuously. GFLOP/s is `tok_s * FLOPS_STEP / 1e9`.
+//!   continuously. GFLOP/s is `tok_s * FLOPS_STEP / 1e9`. Serving is a
+//!   single stream and always runs on 1 thread, whatever `--threads` says
+//!   (its rows report `threads` 1).
 //!
 //! Tokens are uniform random in `0..VOCAB`, drawn from
 //! [`nl_runtime::rng::Rng`] before timing (a pool reused cyclically), so the
@@ -49,7 +57,8 @@
 //!
 //! # Peak
 //!
-//! `peak_gflops` is one core's peak FP32 FMA rate:
+//! `peak_gflops` is one core's peak FP32 FMA rate (also with `--threads`
+//! above 1, so a 2-thread `peak_fraction` can exceed one core's 100%):
 //!
 //! ```text
 //! peak = lanes * 2 (an FMA is 2 FLOPs) * fma_units * GHz
@@ -73,6 +82,7 @@ use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use nl::nl_runtime::optim::AdamW;
+use nl::nl_runtime::parallel::{self, Worker};
 use nl::nl_runtime::rng::Rng;
 use nl::nl_runtime::{boxed_zeroed, Flat, Model};
 
@@ -120,6 +130,10 @@ struct Args {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     batch: u64,
 
+    /// Worker threads for train mode (data-parallel over the batch); serve mode always uses 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    threads: u64,
+
     /// Clock for the peak, in GHz (default: the largest "cpu MHz" in /proc/cpuinfo).
     #[arg(long)]
     ghz: Option<f64>,
@@ -162,6 +176,7 @@ struct Cfg {
     min_time: f64,
     warmup: f64,
     batch: usize,
+    threads: usize,
     seed: u64,
     verbose: bool,
 }
@@ -258,6 +273,8 @@ struct TrainWork<M: Model> {
     params: Box<M::Params<f32>>,
     grads: Box<M::Params<f32>>,
     ws: Box<M::Workspace<f32>>,
+    /// Data-parallel workers (empty with one thread: the sequential path uses `ws`).
+    workers: Vec<Worker<M, f32>>,
     adam_m: Vec<f32>,
     adam_v: Vec<f32>,
     opt: AdamW,
@@ -268,7 +285,11 @@ struct TrainWork<M: Model> {
     last_loss: f32,
 }
 
-impl<M: Model> Work for TrainWork<M> {
+impl<M: Model> Work for TrainWork<M>
+where
+    M::Params<f32>: Send + Sync,
+    M::Workspace<f32>: Send,
+{
     fn tokens(&self) -> usize {
         self.batch * M::SEQ
     }
@@ -284,7 +305,11 @@ impl<M: Model> Work for TrainWork<M> {
         let s = self.next_seq * len;
         self.next_seq += self.batch;
         let batch = black_box(&self.pool[s..s + self.batch * len]);
-        let loss = M::loss_and_grad_batch(&*self.params, batch, &mut *self.ws, &mut *self.grads);
+        let loss = if self.workers.is_empty() {
+            M::loss_and_grad_batch(&*self.params, batch, &mut *self.ws, &mut *self.grads)
+        } else {
+            parallel::loss_and_grad_batch(&*self.params, batch, &mut self.workers, &mut *self.grads)
+        };
         let inv = 1.0 / self.batch as f32;
         for g in self.grads.as_flat_mut() {
             *g *= inv;
@@ -303,8 +328,12 @@ impl<M: Model> Work for TrainWork<M> {
 }
 
 /// Times training of model `M`: per batch, `loss_and_grad_batch` over the sequences
-/// and one AdamW step over all `PARAM_COUNT` parameters.
-fn bench_train<M: Model>(cfg: &Cfg) -> Measurement {
+/// (on `cfg.threads` workers) and one AdamW step over all `PARAM_COUNT` parameters.
+fn bench_train<M: Model>(cfg: &Cfg) -> Measurement
+where
+    M::Params<f32>: Send + Sync,
+    M::Workspace<f32>: Send,
+{
     let mut params = boxed_zeroed::<M::Params<f32>>();
     M::init(&mut *params, cfg.seed);
     let mut rng = Rng::new(cfg.seed ^ 0xBE9C_0000_0000_0001);
@@ -313,6 +342,7 @@ fn bench_train<M: Model>(cfg: &Cfg) -> Measurement {
         params,
         grads: boxed_zeroed(),
         ws: boxed_zeroed(),
+        workers: if cfg.threads > 1 { parallel::workers(cfg.threads) } else { Vec::new() },
         adam_m: vec![0.0; M::PARAM_COUNT],
         adam_v: vec![0.0; M::PARAM_COUNT],
         opt: AdamW::default(),
@@ -499,6 +529,7 @@ struct Row<'a> {
     entry: &'a Entry,
     mode: Mode,
     batch: usize,
+    threads: usize,
     flops_per_token: u64,
     tok_s: f64,
     tok_s_min: f64,
@@ -510,9 +541,9 @@ struct Row<'a> {
 }
 
 fn row<'a>(entry: &'a Entry, mode: Mode, cfg: &Cfg, peak: &Peak) -> Row<'a> {
-    let (m, batch, flops_per_token) = match mode {
-        Mode::Train => ((entry.train)(cfg), cfg.batch, entry.flops_train),
-        Mode::Serve => ((entry.serve)(cfg), 1, entry.flops_step),
+    let (m, batch, threads, flops_per_token) = match mode {
+        Mode::Train => ((entry.train)(cfg), cfg.batch, cfg.threads, entry.flops_train),
+        Mode::Serve => ((entry.serve)(cfg), 1, 1, entry.flops_step),
     };
     let tok_s = median(&m.rates);
     let gflops = tok_s * flops_per_token as f64 / 1e9;
@@ -520,6 +551,7 @@ fn row<'a>(entry: &'a Entry, mode: Mode, cfg: &Cfg, peak: &Peak) -> Row<'a> {
         entry,
         mode,
         batch,
+        threads,
         flops_per_token,
         tok_s,
         tok_s_min: m.rates.iter().copied().fold(f64::INFINITY, f64::min),
@@ -536,13 +568,14 @@ fn json_line(r: &Row, cfg: &Cfg, peak: &Peak, compiled: &[&str], detected: &[&st
     let mut s = String::new();
     let _ = write!(
         s,
-        "{{\"model\":{},\"name\":{},\"mode\":{},\"threads\":1,\"batch\":{},\"seq\":{},\"params\":{},\
+        "{{\"model\":{},\"name\":{},\"mode\":{},\"threads\":{},\"batch\":{},\"seq\":{},\"params\":{},\
          \"flops_per_token\":{},\"tok_s\":{},\"tok_s_min\":{},\"tok_s_max\":{},\"runs\":{},\"run_s\":{},\
          \"gflops\":{},\"peak_gflops\":{},\"peak_fraction\":{},\"peak_basis\":{},\
          \"features\":{{\"compiled\":{},\"detected\":{}}},\"dtype\":\"f32\",\"finite\":{}}}",
         json_str(e.path),
         json_str(e.name),
         json_str(r.mode.as_str()),
+        r.threads,
         r.batch,
         e.seq,
         e.params,
@@ -576,7 +609,7 @@ fn table_line(r: &Row) -> String {
         "{:<24} {:<5} {:>3} {:>5} {:>11.0} {:>11.0} {:>11.0} {:>8.3} {:>7} {:>9}",
         r.entry.path,
         r.mode.as_str(),
-        1,
+        r.threads,
         r.batch,
         r.tok_s,
         r.tok_s_min,
@@ -613,6 +646,7 @@ fn main() -> ExitCode {
         min_time: args.min_time,
         warmup,
         batch: args.batch as usize,
+        threads: args.threads as usize,
         seed: args.seed,
         verbose: args.verbose,
     };
@@ -649,8 +683,8 @@ fn main() -> ExitCode {
         );
         let _ = writeln!(
             out,
-            "median of {} runs of >= {} s after {} s warm-up; f32; 1 thread; train batch {}",
-            cfg.runs, cfg.min_time, cfg.warmup, cfg.batch
+            "median of {} runs of >= {} s after {} s warm-up; f32; train: {} thread(s), batch {}; serve: 1 thread",
+            cfg.runs, cfg.min_time, cfg.warmup, cfg.threads, cfg.batch
         );
         let _ = writeln!(out, "{}", table_header());
         let _ = out.flush();

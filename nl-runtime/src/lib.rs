@@ -26,6 +26,8 @@ pub mod gemm;
 pub mod kernels;
 pub mod memory;
 pub mod optim;
+#[cfg(feature = "std")]
+pub mod parallel;
 pub mod rng;
 mod scalar;
 
