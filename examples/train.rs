@@ -218,7 +218,6 @@ fn train<M: Model>(args: &Args) -> Res<()> {
     let mut adam_m = vec![0f32; M::PARAM_COUNT];
     let mut adam_v = vec![0f32; M::PARAM_COUNT];
     let mut rng = Rng::new(args.seed ^ 0xDA7A_5EED_0000_0001);
-    let mut tokens = vec![0u32; seq + 1];
 
     // Periodic evaluations use an evenly spaced subset, the final one all windows.
     let periodic: Vec<usize> = subset(held_windows.len(), args.eval_windows);
@@ -243,19 +242,19 @@ fn train<M: Model>(args: &Args) -> Res<()> {
     let mut smooth_w = 0.0f64;
     let mut last_norm = 0.0;
     let inv_batch = 1.0 / args.batch as f32;
+    let mut batch_tokens = vec![0u32; args.batch as usize * (seq + 1)];
     let max_start = (train_part.len() - (seq + 1)) as u64 + 1;
 
     for step in 1..=steps {
         grads.as_flat_mut().fill(0.0);
-        let mut batch_loss = 0.0f64;
-        for _ in 0..args.batch {
+        for window in batch_tokens.chunks_exact_mut(seq + 1) {
             let s = rng.below(max_start) as usize;
-            for (t, &b) in tokens.iter_mut().zip(&train_part[s..s + seq + 1]) {
+            for (t, &b) in window.iter_mut().zip(&train_part[s..s + seq + 1]) {
                 *t = u32::from(b);
             }
-            batch_loss += f64::from(M::loss_and_grad(&*params, &tokens, &mut *ws, &mut *grads));
         }
-        batch_loss /= args.batch as f64;
+        let batch_loss =
+            f64::from(M::loss_and_grad_batch(&*params, &batch_tokens, &mut *ws, &mut *grads)) / args.batch as f64;
         if !batch_loss.is_finite() {
             pb.abandon();
             return Err(format!("the training loss diverged ({batch_loss}) at step {step}; try a lower --lr").into());
