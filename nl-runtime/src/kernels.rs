@@ -281,11 +281,12 @@ pub fn attend_row<'a, S: Scalar, const D: usize, const H: usize, const HD: usize
             *pi *= inv;
         }
         ph[m..].fill(S::ZERO);
-        let oh = &mut out[cols.clone()];
-        oh.fill(S::ZERO);
+        // The head's output is summed in registers, stored once.
+        let mut oh = [S::ZERO; HD];
         for (i, &pi) in ph.iter().enumerate().take(n) {
-            axpy(pi, &value(i)[cols.clone()], oh);
+            axpy(pi, &value(i)[cols.clone()], &mut oh);
         }
+        out[cols].copy_from_slice(&oh);
     }
 }
 
@@ -343,11 +344,17 @@ pub fn attention_backward_acc<
                 sum += ph[i] * dp[i];
                 axpy(ph[i], dah, &mut dv[tau][cols.clone()]);
             }
+            // dq[t] is summed in registers over the window, added once.
+            let mut dqh = [S::ZERO; HD];
+            let qh = &q[t][cols.clone()];
             for i in 0..n {
                 let tau = t - i;
                 let ds = ph[i] * (dp[i] - sum) * scale;
-                axpy(ds, &k[tau][cols.clone()], &mut dq[t][cols.clone()]);
-                axpy(ds, &q[t][cols.clone()], &mut dk[tau][cols.clone()]);
+                axpy(ds, &k[tau][cols.clone()], &mut dqh);
+                axpy(ds, qh, &mut dk[tau][cols.clone()]);
+            }
+            for (d, x) in dq[t][cols].iter_mut().zip(&dqh) {
+                *d += *x;
             }
         }
     }
