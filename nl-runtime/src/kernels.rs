@@ -14,22 +14,23 @@
 
 use crate::Scalar;
 
-/// Dot product of two `N`-vectors, summed in 8 independent lanes so it
+/// Dot product of two `N`-vectors, summed in [`LANES`] independent lanes so it
 /// vectorises (the summation order differs from a left fold).
 #[inline(always)]
 pub fn dot<S: Scalar, const N: usize>(a: &[S; N], b: &[S; N]) -> S {
     dot_slice(a, b)
 }
 
-/// Dot product of two equal-length slices (8 lanes; see [`dot`]).
+/// Dot product of two equal-length slices: whole chunks of [`LANES`] in
+/// lanes, one horizontal sum ([`hsum`]), then the tail.
 #[inline(always)]
 pub fn dot_slice<S: Scalar>(a: &[S], b: &[S]) -> S {
     debug_assert_eq!(a.len(), b.len());
-    let mut lanes = [S::ZERO; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
+    let mut lanes = [S::ZERO; LANES];
+    let mut ca = a.chunks_exact(LANES);
+    let mut cb = b.chunks_exact(LANES);
     for (x, y) in (&mut ca).zip(&mut cb) {
-        for j in 0..8 {
+        for j in 0..LANES {
             lanes[j] = x[j].mul_add(y[j], lanes[j]);
         }
     }
@@ -37,7 +38,7 @@ pub fn dot_slice<S: Scalar>(a: &[S], b: &[S]) -> S {
     for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
         tail = x.mul_add(*y, tail);
     }
-    reduce8(&lanes) + tail
+    hsum(lanes) + tail
 }
 
 #[inline(always)]
@@ -46,7 +47,7 @@ fn reduce8<S: Scalar>(l: &[S; 8]) -> S {
 }
 
 /// Four dot products sharing one operand: `[a.b0, a.b1, a.b2, a.b3]`, so
-/// `a` is loaded once for four rows (8 lanes each; same order as [`dot`]).
+/// `a` is loaded once for four rows (8 lanes each, then a tree).
 #[inline(always)]
 pub fn dot4<S: Scalar, const N: usize>(a: &[S; N], b0: &[S; N], b1: &[S; N], b2: &[S; N], b3: &[S; N]) -> [S; 4] {
     let mut l = [[S::ZERO; 8]; 4];
