@@ -14,15 +14,15 @@
 
 use crate::Scalar;
 
-/// Dot product of two `N`-vectors, summed in [`LANES`] independent lanes so it
+/// Dot product of two `N`-vectors, summed in 16 independent lanes so it
 /// vectorises (the summation order differs from a left fold).
 #[inline(always)]
 pub fn dot<S: Scalar, const N: usize>(a: &[S; N], b: &[S; N]) -> S {
     dot_slice(a, b)
 }
 
-/// Dot product of two equal-length slices: whole chunks of [`LANES`] in
-/// lanes, one horizontal sum ([`hsum`]), then the tail.
+/// Dot product of two equal-length slices: whole chunks of 16 in
+/// lanes, one horizontal sum ([`Scalar::lane_sum`]), then the tail.
 #[inline(always)]
 pub fn dot_slice<S: Scalar>(a: &[S], b: &[S]) -> S {
     debug_assert_eq!(a.len(), b.len());
@@ -38,40 +38,7 @@ pub fn dot_slice<S: Scalar>(a: &[S], b: &[S]) -> S {
     for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
         tail = x.mul_add(*y, tail);
     }
-    hsum(lanes) + tail
-}
-
-#[inline(always)]
-fn reduce8<S: Scalar>(l: &[S; 8]) -> S {
-    ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
-}
-
-/// Four dot products sharing one operand: `[a.b0, a.b1, a.b2, a.b3]`, so
-/// `a` is loaded once for four rows (8 lanes each, then a tree).
-#[inline(always)]
-pub fn dot4<S: Scalar, const N: usize>(a: &[S; N], b0: &[S; N], b1: &[S; N], b2: &[S; N], b3: &[S; N]) -> [S; 4] {
-    let mut l = [[S::ZERO; 8]; 4];
-    let full = N / 8 * 8;
-    let mut i = 0;
-    while i < full {
-        for j in 0..8 {
-            let x = a[i + j];
-            l[0][j] = x.mul_add(b0[i + j], l[0][j]);
-            l[1][j] = x.mul_add(b1[i + j], l[1][j]);
-            l[2][j] = x.mul_add(b2[i + j], l[2][j]);
-            l[3][j] = x.mul_add(b3[i + j], l[3][j]);
-        }
-        i += 8;
-    }
-    let mut tail = [S::ZERO; 4];
-    for i in full..N {
-        let x = a[i];
-        tail[0] = x.mul_add(b0[i], tail[0]);
-        tail[1] = x.mul_add(b1[i], tail[1]);
-        tail[2] = x.mul_add(b2[i], tail[2]);
-        tail[3] = x.mul_add(b3[i], tail[3]);
-    }
-    [reduce8(&l[0]) + tail[0], reduce8(&l[1]) + tail[1], reduce8(&l[2]) + tail[2], reduce8(&l[3]) + tail[3]]
+    S::lane_sum(lanes) + tail
 }
 
 /// `y += a * x` over equal-length slices.
@@ -85,61 +52,9 @@ pub fn axpy<S: Scalar>(a: S, x: &[S], y: &mut [S]) {
 
 /// Lanes of the row kernels ([`matvec`], the memory's row blocks) and of
 /// the softmax reductions ([`max_lanes`], [`sum_lanes`]): 16 `f32` fill one
-/// AVX-512 register, two AVX or four SSE registers.
+/// AVX-512 register, two AVX or four SSE registers. (The type of
+/// [`Scalar::lane_sum`] ties it to 16.)
 pub(crate) const LANES: usize = 16;
-
-/// Sum of the lanes of a chunk accumulator.
-///
-/// For `f32` on x86-64 with AVX-512 or AVX it is one vector reduction (a
-/// tree over the lanes): besides being short, an opaque reduction keeps
-/// the SLP vectoriser on the lane dimension of a block's accumulators; a
-/// tree written in scalar code side by side for the rows of a block leads
-/// it to vectorise across the rows instead, at two to three times the
-/// instructions. Elsewhere (`f64`, other targets) the same tree in scalar
-/// code.
-#[inline(always)]
-pub(crate) fn hsum<S: Scalar>(a: [S; LANES]) -> S {
-    #[cfg(all(target_arch = "x86_64", any(target_feature = "avx512f", target_feature = "avx")))]
-    if let Some(x) = (&a as &dyn core::any::Any).downcast_ref::<[f32; LANES]>() {
-        return S::from_f64(f64::from(hsum_f32_x86(x)));
-    }
-    let mut a = a;
-    let mut w = LANES;
-    while w > 1 {
-        w /= 2;
-        for j in 0..w {
-            a[j] += a[j + w];
-        }
-    }
-    a[0]
-}
-
-/// [`hsum`] of 16 `f32` with AVX-512: one `zmm` reduction.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-#[inline(always)]
-fn hsum_f32_x86(x: &[f32; LANES]) -> f32 {
-    use core::arch::x86_64::{_mm512_loadu_ps, _mm512_reduce_add_ps};
-    // SAFETY: `x` is 16 initialised `f32` (64 bytes), exactly what the
-    // unaligned load reads; the target has AVX-512F (checked by the `cfg`
-    // at compile time).
-    unsafe { _mm512_reduce_add_ps(_mm512_loadu_ps(x.as_ptr())) }
-}
-
-/// [`hsum`] of 16 `f32` with AVX: two `ymm` halves added, then a tree.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx", not(target_feature = "avx512f")))]
-#[inline(always)]
-fn hsum_f32_x86(x: &[f32; LANES]) -> f32 {
-    use core::arch::x86_64::*;
-    // SAFETY: `x` is 16 initialised `f32` (64 bytes); the two unaligned
-    // loads read its halves. The target has AVX (checked by the `cfg` at
-    // compile time); every other intrinsic is register-only.
-    unsafe {
-        let v = _mm256_add_ps(_mm256_loadu_ps(x.as_ptr()), _mm256_loadu_ps(x.as_ptr().add(8)));
-        let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
-    }
-}
 
 /// `y = W x` for one vector: `W` is `[O, I]`. Four rows of `W` at a time
 /// share the loads of `x`; each row sums in `LANES` lanes over whole chunks
@@ -166,40 +81,13 @@ pub fn matvec<S: Scalar, const O: usize, const I: usize>(w: &[[S; I]; O], x: &[S
             for i in full..I {
                 tail = w[o + r][i].mul_add(x[i], tail);
             }
-            y[o + r] = hsum(acc[r]) + tail;
+            y[o + r] = S::lane_sum(acc[r]) + tail;
         }
         o += 4;
     }
     while o < O {
         y[o] = dot(&w[o], x);
         o += 1;
-    }
-}
-
-/// `Y = X W^T` straight from the stored weight (dot products, no packing;
-/// the training pass uses [`crate::gemm::linear_t`]): every position `t` of `x` `[T, I]` mapped by `w` `[O, I]`
-/// into `y` `[T, O]`. Four positions at a time share the loads of each
-/// weight row.
-#[inline]
-pub fn linear<S: Scalar, const T: usize, const O: usize, const I: usize>(
-    x: &[[S; I]; T],
-    w: &[[S; I]; O],
-    y: &mut [[S; O]; T],
-) {
-    let mut t = 0;
-    while t + 4 <= T {
-        for o in 0..O {
-            let r = dot4(&w[o], &x[t], &x[t + 1], &x[t + 2], &x[t + 3]);
-            y[t][o] = r[0];
-            y[t + 1][o] = r[1];
-            y[t + 2][o] = r[2];
-            y[t + 3][o] = r[3];
-        }
-        t += 4;
-    }
-    while t < T {
-        matvec(w, &x[t], &mut y[t]);
-        t += 1;
     }
 }
 

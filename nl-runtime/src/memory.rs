@@ -33,7 +33,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::gemm::{linear_backward_input_acc, linear_backward_weight_acc};
-use crate::kernels::dot;
+use crate::kernels::{dot, LANES};
 use crate::{Scalar, Zeroable};
 
 /// `eps` of the key/query normalisation `n(z) = z / sqrt(|z|^2 + eps)`.
@@ -230,7 +230,6 @@ fn gates<S: Scalar, R: Rule, const D: usize>(p: &LevelParams<'_, S, D>, k: &[S; 
     (alpha, theta_pre.softplus(), theta_pre, eta)
 }
 
-use crate::kernels::{hsum, LANES};
 /// Rows per block of the row kernels: a block's rows share every load of
 /// the vectors they are multiplied with, and their horizontal sums are
 /// reduced together.
@@ -287,7 +286,7 @@ fn sums<S: Scalar, const NR: usize, const NA: usize>(accs: &[[[S; LANES]; NA]; N
     let mut out = [[S::ZERO; NA]; NR];
     for r in 0..NR {
         for a in 0..NA {
-            out[r][a] = hsum(accs[r][a]);
+            out[r][a] = S::lane_sum(accs[r][a]);
         }
     }
     out
@@ -473,10 +472,28 @@ fn token_rows<S: Scalar, R: Rule, const D: usize, const NR: usize>(
     }
 }
 
-/// A fire on one chunk of a row: `G' = G + c k`, then `M' = keep M - G'`
-/// (or `S' = eta S - G'`, `M' = keep M + S'`), `G <- 0` (`G` is not read
-/// when known to be zero). `M`, `S` are read from `m`, `s` and the results
-/// written to `m_out`, `s_out` (`s`, `s_out` only for titans).
+/// `G' = G + c k` on one chunk of a row, and `G <- 0` (`G` is not read
+/// when known to be zero): the surprise a fire applies.
+#[inline(always)]
+fn fired_surprise<S: Scalar>(p: Step<S>, c: S, k: &[S], g: &mut [S]) -> [S; LANES] {
+    let mut gk = [S::ZERO; LANES];
+    if p.g_zero {
+        for j in 0..k.len() {
+            gk[j] = c * k[j];
+        }
+    } else {
+        for j in 0..k.len() {
+            gk[j] = c.mul_add(k[j], g[j]);
+            g[j] = S::ZERO;
+        }
+    }
+    gk
+}
+
+/// A fire on one chunk of a row: `G' =` [`fired_surprise`], then
+/// `M' = keep M - G'` (or `S' = eta S - G'`, `M' = keep M + S'`). `M`, `S`
+/// are read from `m`, `s` and the results written to `m_out`, `s_out`
+/// (`s`, `s_out` only for titans).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn fire_chunk<S: Scalar, R: Rule>(
@@ -489,25 +506,12 @@ fn fire_chunk<S: Scalar, R: Rule>(
     s: &[S],
     s_out: &mut [S],
 ) {
-    let n = k.len();
-    let mut gk = [S::ZERO; LANES];
-    if p.g_zero {
-        for j in 0..n {
-            gk[j] = c * k[j];
-        }
-    } else {
-        for j in 0..n {
-            gk[j] = c.mul_add(k[j], g[j]);
-            g[j] = S::ZERO;
-        }
-    }
-    if R::MOMENTUM {
-        for j in 0..n {
+    let gk = fired_surprise(p, c, k, g);
+    for j in 0..k.len() {
+        if R::MOMENTUM {
             s_out[j] = p.eta.mul_add(s[j], -gk[j]);
             m_out[j] = p.keep.mul_add(m[j], s_out[j]);
-        }
-    } else {
-        for j in 0..n {
+        } else {
             m_out[j] = p.keep.mul_add(m[j], -gk[j]);
         }
     }
@@ -516,25 +520,12 @@ fn fire_chunk<S: Scalar, R: Rule>(
 /// [`fire_chunk`] with `m_out = m`, `s_out = s`.
 #[inline(always)]
 fn fire_chunk_in_place<S: Scalar, R: Rule>(p: Step<S>, c: S, k: &[S], m: &mut [S], g: &mut [S], s: &mut [S]) {
-    let n = k.len();
-    let mut gk = [S::ZERO; LANES];
-    if p.g_zero {
-        for j in 0..n {
-            gk[j] = c * k[j];
-        }
-    } else {
-        for j in 0..n {
-            gk[j] = c.mul_add(k[j], g[j]);
-            g[j] = S::ZERO;
-        }
-    }
-    if R::MOMENTUM {
-        for j in 0..n {
+    let gk = fired_surprise(p, c, k, g);
+    for j in 0..k.len() {
+        if R::MOMENTUM {
             s[j] = p.eta.mul_add(s[j], -gk[j]);
             m[j] = p.keep.mul_add(m[j], s[j]);
-        }
-    } else {
-        for j in 0..n {
+        } else {
             m[j] = p.keep.mul_add(m[j], -gk[j]);
         }
     }
@@ -923,11 +914,11 @@ pub fn backward<S: Scalar, R: Rule, const T: usize, const D: usize>(
             gate_backward(db, p.w_theta, k, v, g.w_theta, g.b_theta, dk, dv);
         }
         if fire {
-            let d_alpha = -o.alpha.iter().fold(S::ZERO, |s, a| s + hsum(*a));
+            let d_alpha = -o.alpha.iter().fold(S::ZERO, |s, a| s + S::lane_sum(*a));
             let da = d_alpha * alpha * (S::ONE - alpha);
             gate_backward(da, p.w_alpha, k, v, g.w_alpha, g.b_alpha, dk, dv);
             if R::MOMENTUM {
-                let d_eta = o.eta.iter().fold(S::ZERO, |s, a| s + hsum(*a));
+                let d_eta = o.eta.iter().fold(S::ZERO, |s, a| s + S::lane_sum(*a));
                 let dc = d_eta * eta * (S::ONE - eta);
                 gate_backward(dc, p.w_eta, k, v, g.w_eta, g.b_eta, dk, dv);
             }
@@ -984,7 +975,7 @@ mod tests {
     #![allow(clippy::too_many_arguments, clippy::type_complexity)]
 
     use super::*;
-    use crate::kernels::linear;
+    use crate::kernels::matvec;
     use crate::rng::Rng;
     use alloc::vec;
     use alloc::vec::Vec;
@@ -1055,9 +1046,11 @@ mod tests {
         scale: S,
         y: &mut [[S; D]; T],
     ) {
-        linear(m_in, p.wk, &mut tr.k);
-        linear(m_in, p.wv, &mut tr.v);
-        linear(m_in, p.wq, &mut tr.q);
+        for t in 0..T {
+            matvec(p.wk, &m_in[t], &mut tr.k[t]);
+            matvec(p.wv, &m_in[t], &mut tr.v[t]);
+            matvec(p.wq, &m_in[t], &mut tr.q[t]);
+        }
         for t in 0..T {
             if normalize_keys {
                 tr.k_norm[t] = normalize(&mut tr.k[t]);
@@ -1401,11 +1394,11 @@ mod tests {
         for _ in 0..100 {
             let a: [f64; LANES] = core::array::from_fn(|_| 2.0 * r.next_f64() - 1.0);
             let plain: f64 = a.iter().sum();
-            assert!((hsum(a) - plain).abs() < 1e-14);
+            assert!((Scalar::lane_sum(a) - plain).abs() < 1e-14);
             // f32: the vector reduction where the target has one.
             let b = a.map(|x| x as f32);
             let plain: f64 = b.iter().map(|&x| f64::from(x)).sum();
-            assert!((f64::from(hsum(b)) - plain).abs() < 1e-5, "{} vs {plain}", hsum(b));
+            assert!((f64::from(Scalar::lane_sum(b)) - plain).abs() < 1e-5, "{} vs {plain}", Scalar::lane_sum(b));
         }
     }
 
