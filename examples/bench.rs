@@ -319,13 +319,10 @@ where
             *g *= inv;
         }
         self.t += 1;
-        let norm = self.opt.step(
-            self.params.as_flat_mut(),
-            self.grads.as_flat_mut(),
-            &mut self.adam_m,
-            &mut self.adam_v,
-            self.t,
-        );
+        let norm = self
+            .opt
+            .step(self.params.as_flat_mut(), self.grads.as_flat_mut(), &mut self.adam_m, &mut self.adam_v, self.t)
+            .expect("finite AdamW step");
         black_box(norm);
         self.last_loss = black_box(loss * inv);
     }

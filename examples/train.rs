@@ -1,21 +1,36 @@
 //! Trains a generated model as a byte-level language model on a text corpus.
 //!
 //! ```text
-//! cargo run --release --example train                # the seed's micro model on data/corpus.txt
-//! cargo run --release --example train -- --help      # every setting
+//! cargo run --release --example train                          # the seed's micro model on data/corpus.txt
+//! cargo run --release --example train -- --model micro_memory   # another compiled-in spec
+//! cargo run --release --example train -- --threads 2            # data-parallel over the batch
+//! cargo run --release --example train -- --help                 # every setting
 //! ```
 //!
 //! The last 10% of the corpus bytes are held out. Training samples random
 //! windows of `SEQ + 1` bytes from the rest; each optimizer step accumulates
 //! the gradients of `--batch` sequences and takes one AdamW step (linear
-//! warmup, then cosine decay to 10% of `--lr`, global-norm clipping). The
-//! held-out loss is reported in bits per byte, a text sample is generated
-//! with the streaming state, and the parameters are saved as a safetensors
-//! checkpoint (`nl_runtime::checkpoint`: one F32 tensor per `TENSORS` entry,
-//! the spec's SHA-256 in the metadata; written atomically).
+//! warmup, then cosine decay to 10% of `--lr`, global-norm clipping). With
+//! `--threads N > 1` each batch goes through `nl_runtime::parallel` (one
+//! contiguous chunk of sequences per worker thread, each with its own
+//! workspace and gradient buffer, gradients added in worker order), so a run
+//! is deterministic for a given `N`.
+//!
+//! The held-out text is scored twice at the end, in bits per byte:
+//! - windows from a reset state: `SEQ + 1`-byte windows at stride `SEQ`, each
+//!   through [`Model::loss`] (the periodic evaluations use a subset of them);
+//! - one continuous stream, state carried: [`Model::reset`] once, then
+//!   [`Model::step`] for every held-out byte, each next byte scored by
+//!   `-log softmax(logits)[next]` (computed in f64).
+//!
+//! Then a text sample is generated with the streaming state, and the
+//! parameters are saved as a safetensors checkpoint (`nl_runtime::checkpoint`:
+//! one F32 tensor per `TENSORS` entry, the spec's SHA-256 in the metadata;
+//! written atomically).
 //!
 //! The trainer is generic over [`nl_runtime::Model`]: `train::<M>(&args)`
-//! works for any generated model; `main` picks `micro`.
+//! works for any generated model; `main` looks `--model` up in [`MODELS`],
+//! the specs compiled into this example.
 
 use std::error::Error;
 use std::fs;
@@ -24,20 +39,59 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use nl::nl_runtime::optim::AdamW;
+use nl::nl_runtime::parallel;
 use nl::nl_runtime::rng::{sample_logits, Rng};
 use nl::nl_runtime::{boxed_zeroed, Flat, Model};
 
 nl::nl_model!("models/micro.toml");
+nl::nl_model!("models/micro_memory.toml");
+nl::nl_model!("models/micro_titans.toml");
+
+/// A compiled-in model the main job can train.
+struct Entry {
+    /// The model's name (`Model::NAME`, the spec's file stem), as given to `--model`.
+    name: &'static str,
+    /// The whole run for this model: `train::<X::Model>`.
+    train: fn(&Args) -> Res<()>,
+}
+
+/// The models `--model` chooses among (each compiled from `models/<name>.toml`).
+const MODELS: &[Entry] = &[
+    Entry { name: <micro::Model as Model>::NAME, train: train::<micro::Model> },
+    Entry { name: <micro_memory::Model as Model>::NAME, train: train::<micro_memory::Model> },
+    Entry { name: <micro_titans::Model as Model>::NAME, train: train::<micro_titans::Model> },
+];
+
+/// The names in [`MODELS`], comma-separated.
+fn model_names() -> String {
+    MODELS.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")
+}
+
+/// The [`MODELS`] entry called `name`, or an error listing the available names.
+fn find_model(name: &str) -> Result<&'static Entry, String> {
+    MODELS
+        .iter()
+        .find(|e| e.name == name)
+        .ok_or_else(|| format!("unknown model '{name}' (--model); available: {}", model_names()))
+}
 
 /// Fraction of the corpus (its tail) held out for evaluation.
 const HELD_OUT_FRACTION: f64 = 0.10;
 
 /// Train a generated nl model as a byte-level language model.
 #[derive(Parser, Debug, Clone)]
-#[command(version, about, long_about = None, allow_negative_numbers = true)]
+#[command(version, long_about = None, allow_negative_numbers = true)]
 struct Args {
+    /// Model to train, compiled in from models/<MODEL>.toml: micro, micro_memory or micro_titans.
+    #[arg(long, default_value = "micro")]
+    model: String,
+
+    /// Worker threads for training (data-parallel over the batch; 0: all available cores).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=1024))]
+    threads: u64,
+
     /// Training text (bytes are tokens). Default: data/corpus.txt of this package.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/corpus.txt"))]
     corpus: PathBuf,
@@ -100,11 +154,12 @@ struct Args {
     prompt_len: u64,
 }
 
+/// A result whose error is a message for the user (printed by `main`).
 type Res<T> = Result<T, Box<dyn Error>>;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match train::<micro::Model>(&args) {
+    match find_model(&args.model).map_err(Into::into).and_then(|entry| (entry.train)(&args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -130,9 +185,21 @@ fn validate(args: &Args) -> Res<()> {
     Ok(())
 }
 
+/// Worker threads for `--threads requested` (0: all available cores), at
+/// most one per sequence of a batch of `batch`, at least 1.
+fn resolve_threads(requested: u64, batch: u64) -> usize {
+    let n = if requested == 0 { std::thread::available_parallelism().map_or(1, |n| n.get() as u64) } else { requested };
+    n.clamp(1, batch.max(1)) as usize
+}
+
 /// The whole run for model `M`: load, train, evaluate, sample, save.
-fn train<M: Model>(args: &Args) -> Res<()> {
+fn train<M: Model>(args: &Args) -> Res<()>
+where
+    M::Params<f32>: Send + Sync,
+    M::Workspace<f32>: Send,
+{
     validate(args)?;
+    let threads = resolve_threads(args.threads, args.batch);
     let seq = M::SEQ;
     if M::VOCAB < 256 {
         return Err(format!("model {} has a vocabulary of {}; byte-level training needs 256", M::NAME, M::VOCAB).into());
@@ -201,7 +268,7 @@ fn train<M: Model>(args: &Args) -> Res<()> {
     );
     println!(
         "training: {steps} steps x {} sequences x {seq} tokens = {} tokens; AdamW lr {} (warmup {warmup}, cosine to 10%), \
-         weight decay {}, clip {}, seed {}",
+         weight decay {}, clip {}, seed {}, {threads} thread(s)",
         args.batch,
         total_tokens,
         args.lr,
@@ -215,6 +282,8 @@ fn train<M: Model>(args: &Args) -> Res<()> {
     M::init(&mut *params, args.seed);
     let mut grads = boxed_zeroed::<M::Params<f32>>();
     let mut ws = boxed_zeroed::<M::Workspace<f32>>();
+    // Data-parallel workers (own workspace and gradient buffer each); none on one thread.
+    let mut workers = if threads > 1 { parallel::workers::<M, f32>(threads) } else { Vec::new() };
     let mut adam_m = vec![0f32; M::PARAM_COUNT];
     let mut adam_v = vec![0f32; M::PARAM_COUNT];
     let mut rng = Rng::new(args.seed ^ 0xDA7A_5EED_0000_0001);
@@ -253,8 +322,12 @@ fn train<M: Model>(args: &Args) -> Res<()> {
                 *t = u32::from(b);
             }
         }
-        let batch_loss =
-            f64::from(M::loss_and_grad_batch(&*params, &batch_tokens, &mut *ws, &mut *grads)) / args.batch as f64;
+        let loss_sum = if workers.is_empty() {
+            M::loss_and_grad_batch(&*params, &batch_tokens, &mut *ws, &mut *grads)
+        } else {
+            parallel::loss_and_grad_batch::<M, f32>(&params, &batch_tokens, &mut workers, &mut grads)
+        };
+        let batch_loss = f64::from(loss_sum) / args.batch as f64;
         if !batch_loss.is_finite() {
             pb.abandon();
             return Err(format!("the training loss diverged ({batch_loss}) at step {step}; try a lower --lr").into());
@@ -268,7 +341,13 @@ fn train<M: Model>(args: &Args) -> Res<()> {
             clip: args.clip,
             ..AdamW::default()
         };
-        last_norm = opt.step(params.as_flat_mut(), grads.as_flat_mut(), &mut adam_m, &mut adam_v, step);
+        last_norm = match opt.step(params.as_flat_mut(), grads.as_flat_mut(), &mut adam_m, &mut adam_v, step) {
+            Ok(norm) => norm,
+            Err(e) => {
+                pb.abandon();
+                return Err(format!("training stopped at step {step}: {e}; try a lower --lr").into());
+            }
+        };
 
         smooth = 0.98 * smooth + 0.02 * batch_loss;
         smooth_w = 0.98 * smooth_w + 0.02;
@@ -304,6 +383,27 @@ fn train<M: Model>(args: &Args) -> Res<()> {
     let t0 = Instant::now();
     let all: Vec<usize> = (0..held_windows.len()).collect();
     let final_loss = evaluate::<M>(&params, held_out, &all, &mut ws);
+
+    // ---- final evaluation as one continuous stream, state carried
+    let spb = ProgressBar::with_draw_target(Some(held_out.len() as u64), ProgressDrawTarget::hidden());
+    spb.set_style(
+        ProgressStyle::with_template("stream evaluation {bar:24.cyan/blue} {pos}/{len} bytes [{elapsed}<{eta}]")
+            .map_err(|e| format!("progress bar template: {e}"))?
+            .progress_chars("=> "),
+    );
+    let s0 = Instant::now();
+    let mut shown = false;
+    let (stream_nats, stream_bytes) = evaluate_stream::<M>(&params, held_out, |done| {
+        // Only drawn if the evaluation takes more than a second.
+        if !shown && s0.elapsed() > Duration::from_secs(1) {
+            spb.set_draw_target(ProgressDrawTarget::stderr());
+            shown = true;
+        }
+        spb.set_position(done as u64);
+    });
+    spb.finish_and_clear();
+    let stream_time = s0.elapsed();
+    let stream_loss = stream_nats / stream_bytes.max(1) as f64;
     let final_eval_time = t0.elapsed();
 
     // ---- sample
@@ -343,8 +443,15 @@ fn train<M: Model>(args: &Args) -> Res<()> {
         final_loss
     );
     println!(
-        "held-out: {:.2} bits/byte (uniform: {:.2})",
-        final_loss / std::f64::consts::LN_2,
+        "held-out stream evaluation: {} predicted bytes, {:.4} nats/byte, {:.1} s",
+        stream_bytes,
+        stream_loss,
+        stream_time.as_secs_f64()
+    );
+    println!("held-out (windows from a reset state): {:.2} bits/byte", final_loss / std::f64::consts::LN_2);
+    println!(
+        "held-out (one continuous stream, state carried): {:.2} bits/byte (uniform: {:.2})",
+        stream_loss / std::f64::consts::LN_2,
         (M::VOCAB as f64).log2()
     );
     Ok(())
@@ -409,6 +516,35 @@ fn evaluate<M: Model>(params: &M::Params<f32>, held_out: &[u8], which: &[usize],
     total / which.len().max(1) as f64
 }
 
+/// `-ln softmax(logits)[target]`, computed in f64 (log-sum-exp with the
+/// maximum subtracted): the surprise of `target`, in nats.
+fn surprise(logits: &[f32], target: usize) -> f64 {
+    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(f64::from(l)));
+    let sum: f64 = logits.iter().map(|&l| (f64::from(l) - max).exp()).sum();
+    max + sum.ln() - f64::from(logits[target])
+}
+
+/// Scores `text` as one continuous stream: [`Model::reset`] once, then
+/// [`Model::step`] for every byte but the last, each step's logits scoring
+/// the next byte by [`surprise`]. Returns (total nats, predicted bytes =
+/// `text.len() - 1`, or 0 for a text shorter than 2 bytes). `progress` is
+/// called every few thousand bytes with the number of bytes fed so far.
+fn evaluate_stream<M: Model>(params: &M::Params<f32>, text: &[u8], mut progress: impl FnMut(usize)) -> (f64, usize) {
+    let mut stream = boxed_zeroed::<M::Stream<f32>>();
+    M::reset(&mut *stream);
+    let mut total = 0.0f64;
+    for (i, pair) in text.windows(2).enumerate() {
+        let logits = M::step(&mut *stream, params, u32::from(pair[0]));
+        total += surprise(logits, usize::from(pair[1]));
+        if i % 4096 == 4095 {
+            progress(i + 1);
+        }
+    }
+    let predicted = text.len().saturating_sub(1);
+    progress(predicted);
+    (total, predicted)
+}
+
 /// Feeds a prompt from the held-out text to a fresh stream, then samples
 /// `len` bytes. Returns `[prompt]continuation`, with non-printable bytes escaped.
 fn generate<M: Model>(
@@ -463,8 +599,8 @@ fn save_checkpoint<M: Model>(params: &M::Params<f32>, out: &Path) -> Res<u64> {
         fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create the checkpoint directory {}: {e}", dir.display()))?;
     }
-    nl::nl_runtime::checkpoint::save::<M, f32>(out, params)
-        .map_err(|e| format!("cannot write the checkpoint {}: {e}", out.display()))?;
+    // The error names the path it was writing.
+    nl::nl_runtime::checkpoint::save::<M, f32>(out, params)?;
     let size = fs::metadata(out).map_err(|e| format!("cannot stat {}: {e}", out.display()))?.len();
     debug_assert_eq!(size, (nl::nl_runtime::checkpoint::header_len::<M, f32>() + 4 * M::PARAM_COUNT) as u64);
     Ok(size)
@@ -480,5 +616,127 @@ mod tests {
         assert!((lr_at(10, 100, 10, 1.0) - 1.0).abs() < 1e-12);
         assert!((lr_at(100, 100, 10, 1.0) - 0.1).abs() < 1e-12);
         assert!((lr_at(1, 1, 1, 1.0) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn models_are_found_by_name() {
+        let names: Vec<&str> = MODELS.iter().map(|e| e.name).collect();
+        assert_eq!(names, ["micro", "micro_memory", "micro_titans"]);
+        for name in names {
+            assert_eq!(find_model(name).map(|e| e.name), Ok(name));
+        }
+        let err = find_model("nano").err().unwrap_or_default();
+        assert!(err.contains("'nano'") && err.contains("micro, micro_memory, micro_titans"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+        assert!(find_model("").is_err() && find_model("Micro").is_err());
+    }
+
+    #[test]
+    fn help_lists_every_model_and_default_is_micro() {
+        use clap::CommandFactory;
+        let cmd = Args::command();
+        let arg = cmd.get_arguments().find(|a| a.get_id() == "model");
+        let help = arg.and_then(|a| a.get_help()).map(|h| h.to_string()).unwrap_or_default();
+        for e in MODELS {
+            assert!(help.contains(e.name), "--model help {help:?} does not name {}", e.name);
+        }
+        let args = Args::try_parse_from(["train"]).map_err(|e| e.to_string());
+        assert_eq!(args.as_ref().map(|a| (a.model.as_str(), a.threads)), Ok(("micro", 1)));
+    }
+
+    #[test]
+    fn threads_resolve() {
+        assert_eq!(resolve_threads(1, 16), 1);
+        assert_eq!(resolve_threads(2, 16), 2);
+        assert_eq!(resolve_threads(64, 16), 16);
+        assert_eq!(resolve_threads(3, 0), 1);
+        let all = resolve_threads(0, 1 << 20);
+        assert!(all >= 1);
+        assert_eq!(all, std::thread::available_parallelism().map_or(1, |n| n.get()));
+    }
+
+    #[test]
+    fn surprise_is_minus_log_softmax() {
+        let uniform = [0.5f32; 256];
+        assert!((surprise(&uniform, 7) / std::f64::consts::LN_2 - 8.0).abs() < 1e-12);
+        let logits = [1.0f32, 2.0, 3.0];
+        let z: f64 = [1.0f64, 2.0, 3.0].iter().map(|x| x.exp()).sum();
+        for (k, &l) in logits.iter().enumerate() {
+            assert!((surprise(&logits, k) - (z.ln() - f64::from(l))).abs() < 1e-12);
+        }
+        // Large logits do not overflow.
+        assert!((surprise(&[1000.0, 1000.0], 0) - std::f64::consts::LN_2).abs() < 1e-12);
+    }
+
+    /// `-ln p[next]` from one step's logits, written plainly (no max subtracted).
+    fn by_hand(logits: &[f32], next: u8) -> f64 {
+        let z: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
+        -(f64::from(logits[usize::from(next)]).exp() / z).ln()
+    }
+
+    /// The continuous-stream evaluation of `M` on short texts equals the
+    /// surprises computed by hand from `Model::step`'s logits, state carried.
+    fn stream_matches_steps<M: Model>() {
+        let mut params = boxed_zeroed::<M::Params<f32>>();
+        M::init(&mut *params, 3);
+
+        // Two bytes: one prediction, from a reset state.
+        let mut stream = boxed_zeroed::<M::Stream<f32>>();
+        M::reset(&mut *stream);
+        let expect = by_hand(M::step(&mut *stream, &params, u32::from(b'h')), b'i');
+        let (nats, n) = evaluate_stream::<M>(&params, b"hi", |_| {});
+        assert_eq!(n, 1);
+        assert!((nats - expect).abs() < 1e-9 * expect.max(1.0), "{nats} vs {expect}");
+
+        // Longer: the state is carried from byte to byte (not reset).
+        let text = b"hello, world";
+        M::reset(&mut *stream);
+        let mut expect = 0.0;
+        for pair in text.windows(2) {
+            expect += by_hand(M::step(&mut *stream, &params, u32::from(pair[0])), pair[1]);
+        }
+        let mut calls = 0;
+        let (nats, n) = evaluate_stream::<M>(&params, text, |_| calls += 1);
+        assert_eq!(n, text.len() - 1);
+        assert!(calls >= 1);
+        assert!((nats - expect).abs() < 1e-9 * expect.max(1.0), "{nats} vs {expect}");
+
+        // Nothing to predict.
+        assert_eq!(evaluate_stream::<M>(&params, b"x", |_| {}), (0.0, 0));
+        assert_eq!(evaluate_stream::<M>(&params, b"", |_| {}), (0.0, 0));
+    }
+
+    /// For the attention-only `micro`, the carried stream past `SEQ` bytes
+    /// sees what a training window sees once the window holds `WINDOW`
+    /// bytes: its logits at those positions equal the window's.
+    #[test]
+    fn carried_stream_matches_a_later_window_once_it_is_full() {
+        type M = micro::Model;
+        let mut params = boxed_zeroed::<<M as Model>::Params<f32>>();
+        M::init(&mut *params, 5);
+        let mut rng = Rng::new(11);
+        let text: Vec<u8> = (0..3 * M::SEQ).map(|_| rng.below(256) as u8).collect();
+        let mut stream = boxed_zeroed::<<M as Model>::Stream<f32>>();
+        M::reset(&mut *stream);
+        let rows: Vec<Vec<f32>> = text.iter().map(|&b| M::step(&mut *stream, &params, u32::from(b)).to_vec()).collect();
+        let start = M::SEQ + 7;
+        let tokens: Vec<u32> = text[start..start + M::SEQ + 1].iter().map(|&b| u32::from(b)).collect();
+        let mut ws = boxed_zeroed::<<M as Model>::Workspace<f32>>();
+        M::loss(&params, &tokens, &mut ws);
+        for (t, row) in M::logits(&ws).chunks_exact(M::VOCAB).enumerate().skip(M::WINDOW - 1) {
+            for (a, b) in row.iter().zip(&rows[start + t]) {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "position {t}: window {a} vs stream {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn stream_evaluation_matches_steps_micro() {
+        stream_matches_steps::<micro::Model>();
+    }
+
+    #[test]
+    fn stream_evaluation_matches_steps_micro_memory() {
+        stream_matches_steps::<micro_memory::Model>();
     }
 }

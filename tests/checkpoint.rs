@@ -1,12 +1,15 @@
 //! Safetensors checkpoints (`nl_runtime::checkpoint`): round trips, atomic
-//! saves, and rejection of truncated, corrupted, foreign and mistyped files,
-//! plus a deterministic property test that `validate` never panics.
+//! saves and their errors (naming the path), rejection of truncated,
+//! corrupted, foreign and mistyped files and of NaN / infinite values
+//! (naming the tensor and index, unless opted out), plus deterministic
+//! property tests that reading never panics and that every reader agrees.
 
 use std::path::{Path, PathBuf};
 
 use nl::nl_model;
-use nl_runtime::checkpoint::{self, CheckpointError};
-use nl_runtime::{boxed_zeroed, Flat, Model};
+use nl_runtime::checkpoint::{self, CheckpointError, IoOp, LoadOptions};
+use nl_runtime::rng::Rng;
+use nl_runtime::{boxed_zeroed, Flat, Model, Scalar};
 
 nl_model!("models/micro_memory.toml");
 nl_model!("models/micro.toml");
@@ -297,8 +300,212 @@ fn save_is_atomic_and_replaces_the_whole_file() {
     // A failed save (directory missing) leaves nothing behind and reports the error.
     let bad = dir.join("missing").join("c.safetensors");
     assert!(checkpoint::save::<MM, f32>(&bad, &p).is_err());
-    assert!(matches!(checkpoint::load::<MM, f32>(&bad, &mut boxed_zeroed()), Err(CheckpointError::Io(_))));
+    assert!(!dir.join("missing").exists());
+    assert!(matches!(
+        checkpoint::load::<MM, f32>(&bad, &mut boxed_zeroed()),
+        Err(CheckpointError::Io { op: IoOp::Read, .. })
+    ));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn save_and_load_errors_name_the_path() {
+    let dir = temp_dir("save-errors");
+    let p = params::<MM, f32>(2);
+
+    // The directory does not exist: the temporary file cannot be created.
+    let bad = dir.join("no-such-dir").join("c.safetensors");
+    let e = checkpoint::save::<MM, f32>(&bad, &p).unwrap_err();
+    let shown = e.to_string();
+    assert!(shown.contains(&bad.display().to_string()), "{shown}");
+    assert!(
+        matches!(&e, CheckpointError::Io { op: IoOp::Write, path, source }
+            if path == &bad && source.kind() == std::io::ErrorKind::NotFound),
+        "{e:?}"
+    );
+    assert!(std::error::Error::source(&e).is_some());
+    // Callers returning `std::io::Result` keep the kind and the path.
+    let io: std::io::Error = e.into();
+    assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+    assert!(io.to_string().contains(&bad.display().to_string()), "{io}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "a failed save leaves nothing behind");
+
+    // The temporary file is written but the rename fails (the destination is
+    // a non-empty directory): the temporary file is removed, the directory kept.
+    let target = dir.join("d.safetensors");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("keep"), b"x").unwrap();
+    let e = checkpoint::save::<MM, f32>(&target, &p).unwrap_err();
+    assert!(matches!(&e, CheckpointError::Io { op: IoOp::Rename, path, .. } if path == &target), "{e:?}");
+    assert!(e.to_string().contains(&target.display().to_string()), "{e}");
+    assert!(!dir.join("d.safetensors.tmp").exists(), "the temporary file remains");
+    assert_eq!(std::fs::read(target.join("keep")).unwrap(), b"x");
+
+    // Reading a missing file names it too.
+    let missing = dir.join("missing.safetensors");
+    let e = checkpoint::load::<MM, f32>(&missing, &mut boxed_zeroed()).unwrap_err();
+    assert!(matches!(&e, CheckpointError::Io { op: IoOp::Read, path, .. } if path == &missing), "{e:?}");
+    assert!(e.to_string().contains(&missing.display().to_string()), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---------------------------------------------------------------- non-finite values
+
+/// `bytes` copied to a buffer at an offset that puts its start (and so the
+/// data section, at a multiple of 8 in the file) on an 8-aligned address;
+/// `view` needs that.
+struct Aligned {
+    buf: Vec<u8>,
+    at: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn new(bytes: &[u8]) -> Aligned {
+        let mut buf = vec![0u8; bytes.len() + 8];
+        let at = (8 - buf.as_ptr() as usize % 8) % 8;
+        buf[at..at + bytes.len()].copy_from_slice(bytes);
+        Aligned { buf, at, len: bytes.len() }
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.at..self.at + self.len]
+    }
+}
+
+/// The bits of every scalar (`f32` to `f64` is exact, NaN payloads included).
+fn bits_of<S: Scalar>(x: &[S]) -> Vec<u64> {
+    x.iter().map(|x| x.to_f64().to_bits()).collect()
+}
+
+/// Row-major position of `index` in `shape`, for the expected errors.
+fn position_of(mut index: usize, shape: &[usize]) -> Vec<u64> {
+    let mut pos = vec![0u64; shape.len()];
+    for (p, &d) in pos.iter_mut().zip(shape).rev() {
+        *p = (index % d) as u64;
+        index /= d;
+    }
+    pos
+}
+
+/// Whether `e` is the non-finite error for `value` at `index` of tensor `name`.
+fn is_non_finite(e: &CheckpointError, name: &str, index: usize, shape: &[usize], value: f64) -> bool {
+    matches!(e, CheckpointError::NonFinite { tensor, index: i, position, value: v }
+        if *tensor == name && *i == index && position.as_slice() == position_of(index, shape)
+            && (v.to_bits() == value.to_bits() || v.is_nan() && value.is_nan()))
+}
+
+/// Every reader, checked and unchecked, on a checkpoint of `M` in `S` whose
+/// flat parameters are `p` with `value` at index `index` of tensor `t`.
+fn refused_everywhere<S: Scalar>(dir: &Path, t: &nl_runtime::TensorInfo, index: usize, value: f64) {
+    let mut p = params::<MM, S>(7);
+    p.as_flat_mut()[t.offset + index] = S::from_f64(value);
+    let bytes = checkpoint::to_bytes::<MM, S>(&p).unwrap();
+    let want = |e: &CheckpointError| {
+        assert!(is_non_finite(e, t.name, index, t.shape, value), "{e:?}");
+        let shown = e.to_string();
+        assert!(shown.contains(&format!("tensor `{}`", t.name)), "{shown}");
+        assert!(shown.contains(&format!("at index {index} ")), "{shown}");
+    };
+    let unchecked = LoadOptions::new().check_finite(false);
+
+    want(&checkpoint::validate::<MM, S>(&bytes).unwrap_err());
+    checkpoint::validate_with::<MM, S>(&bytes, unchecked).unwrap();
+
+    let mut q = boxed_zeroed::<micro_memory::Params<S>>();
+    want(&checkpoint::load_from_bytes::<MM, S>(&bytes, &mut q).unwrap_err());
+    assert!(q.as_flat().iter().all(|&x| x == S::ZERO), "a refused load leaves the parameters alone");
+    checkpoint::load_from_bytes_with::<MM, S>(&bytes, &mut q, unchecked).unwrap();
+    assert_eq!(bits_of(q.as_flat()), bits_of(p.as_flat()));
+
+    let a = Aligned::new(&bytes);
+    let Err(e) = checkpoint::view::<MM, S>(a.bytes()) else { panic!("view accepted a non-finite value") };
+    want(&e);
+    let v = checkpoint::view_with::<MM, S>(a.bytes(), unchecked).unwrap();
+    assert_eq!(bits_of(v.as_flat()), bits_of(p.as_flat()));
+
+    let path = dir.join(format!("{}-{index}-{}.safetensors", t.name, S::DTYPE));
+    checkpoint::save::<MM, S>(&path, &p).unwrap();
+    let mut q = boxed_zeroed::<micro_memory::Params<S>>();
+    want(&checkpoint::load::<MM, S>(&path, &mut q).unwrap_err());
+    assert!(q.as_flat().iter().all(|&x| x == S::ZERO));
+    checkpoint::load_with::<MM, S>(&path, &mut q, unchecked).unwrap();
+    assert_eq!(bits_of(q.as_flat()), bits_of(p.as_flat()));
+}
+
+fn non_finite_in<S: Scalar>(dir: &Path) {
+    let ts = MM::TENSORS;
+    let (first, mid, last) = (&ts[0], &ts[ts.len() / 2], &ts[ts.len() - 1]);
+    assert_eq!((first.name, first.shape), ("embed", &[256usize, 64][..]));
+    // NaN in `embed` at row 3, column 5; +inf in the middle of a middle
+    // tensor; -inf as the very last value of the file.
+    refused_everywhere::<S>(dir, first, 3 * 64 + 5, f64::NAN);
+    assert_eq!(position_of(3 * 64 + 5, first.shape), [3, 5]);
+    refused_everywhere::<S>(dir, mid, mid.len / 2, f64::INFINITY);
+    refused_everywhere::<S>(dir, last, last.len - 1, f64::NEG_INFINITY);
+
+    // Several: the first in file order is named.
+    let mut p = params::<MM, S>(7);
+    for (t, i, x) in [(last, 0, f64::NAN), (mid, 1, f64::INFINITY), (first, 4, f64::NEG_INFINITY)] {
+        p.as_flat_mut()[t.offset + i] = S::from_f64(x);
+    }
+    let bytes = checkpoint::to_bytes::<MM, S>(&p).unwrap();
+    let e = checkpoint::validate::<MM, S>(&bytes).unwrap_err();
+    assert!(is_non_finite(&e, first.name, 4, first.shape, f64::NEG_INFINITY), "{e:?}");
+
+    // The largest, smallest and subnormal finite values, and -0, are fine.
+    let mut p = params::<MM, S>(7);
+    let max = if S::BYTES == 4 { f32::MAX as f64 } else { f64::MAX };
+    let tiny = if S::BYTES == 4 { f32::from_bits(1) as f64 } else { f64::from_bits(1) };
+    for (i, x) in [max, -max, tiny, -tiny, -0.0].into_iter().enumerate() {
+        p.as_flat_mut()[mid.offset + i] = S::from_f64(x);
+    }
+    let bytes = checkpoint::to_bytes::<MM, S>(&p).unwrap();
+    let mut q = boxed_zeroed::<micro_memory::Params<S>>();
+    checkpoint::load_from_bytes::<MM, S>(&bytes, &mut q).unwrap();
+    assert_eq!(bits_of(q.as_flat()), bits_of(p.as_flat()));
+}
+
+#[test]
+fn non_finite_values_are_refused_with_their_tensor_and_index() {
+    let dir = temp_dir("non-finite");
+    non_finite_in::<f32>(&dir);
+    non_finite_in::<f64>(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn every_nan_and_infinity_bit_pattern_is_refused() {
+    // Signalling and negative NaNs with payloads, written straight into the
+    // data section: the check looks at the exponent bits only.
+    let (p, bytes) = valid_file();
+    let h = checkpoint::header_len::<MM, f32>();
+    let embed = &MM::TENSORS[0];
+    for (k, pattern) in
+        [0x7f80_0000u32, 0xff80_0000, 0x7fc0_0000, 0x7f80_0001, 0xffc0_1234, 0xffff_ffff].into_iter().enumerate()
+    {
+        let at = 1000 + 37 * k;
+        let mut b = bytes.clone();
+        b[h + 4 * at..h + 4 * at + 4].copy_from_slice(&pattern.to_le_bytes());
+        let e = checkpoint::validate::<MM, f32>(&b).unwrap_err();
+        let value = f64::from(f32::from_bits(pattern));
+        assert!(is_non_finite(&e, embed.name, at, embed.shape, value), "{pattern:#x}: {e:?}");
+        let mut q = boxed_zeroed::<micro_memory::Params<f32>>();
+        let unchecked = LoadOptions::new().check_finite(false);
+        checkpoint::load_from_bytes_with::<MM, f32>(&b, &mut q, unchecked).unwrap();
+        assert_eq!(q.as_flat()[at].to_bits(), pattern);
+        assert_eq!(bits(&q)[..at], bits(&p)[..at]);
+    }
+    let p64 = params::<MM, f64>(3);
+    let bytes = checkpoint::to_bytes::<MM, f64>(&p64).unwrap();
+    let h = checkpoint::header_len::<MM, f64>();
+    for pattern in [0x7ff0_0000_0000_0000u64, 0xfff0_0000_0000_0000, 0x7ff0_0000_0000_0001, 0xfff8_dead_beef_0000] {
+        let at = embed.len + 5; // in the tensor after `embed`
+        let mut b = bytes.clone();
+        b[h + 8 * at..h + 8 * at + 8].copy_from_slice(&pattern.to_le_bytes());
+        let e = checkpoint::validate::<MM, f64>(&b).unwrap_err();
+        let t = MM::TENSORS.iter().find(|t| (t.offset..t.offset + t.len).contains(&at)).unwrap();
+        assert!(is_non_finite(&e, t.name, at - t.offset, t.shape, f64::from_bits(pattern)), "{e:?}");
+    }
 }
 
 /// A small deterministic generator (splitmix64).
@@ -392,6 +599,137 @@ fn validate_never_panics_on_arbitrary_bytes() {
     }
     println!("validate: {inputs} arbitrary inputs (by kind {kinds:?}), {accepted} accepted, no panic");
     assert_eq!(inputs, N);
+}
+
+/// What every reader says about `bytes` as a checkpoint of `tiny` in `S`,
+/// with `options`; they must agree.
+fn read_all<S: Scalar>(bytes: &[u8], aligned: &[u8], options: LoadOptions) -> Result<Vec<u64>, CheckpointError>
+where
+    tiny::Params<S>: nl_runtime::ScalarStruct<S>,
+{
+    type T = tiny::Model;
+    let validated = checkpoint::validate_with::<T, S>(bytes, options);
+    let mut q = boxed_zeroed::<tiny::Params<S>>();
+    let loaded = checkpoint::load_from_bytes_with::<T, S>(bytes, &mut q, options);
+    let viewed = match checkpoint::view_with::<T, S>(aligned, options) {
+        // A corrupted header length can move the data section off the 8-byte
+        // grid; then only `view` refuses (the copying readers do not care).
+        Err(CheckpointError::Misaligned { .. }) if loaded.is_ok() => Ok(&*q),
+        v => v,
+    };
+    match (validated, loaded, viewed) {
+        (Ok(_), Ok(()), Ok(v)) => {
+            assert_eq!(bits_of(v.as_flat()), bits_of(q.as_flat()));
+            Ok(bits_of(q.as_flat()))
+        }
+        (Err(a), Err(b), Err(c)) => {
+            let _ = (a.to_string(), format!("{a:?}"));
+            // The same error, whichever reader (`view`'s alignment is given).
+            assert_eq!(format!("{a:?}"), format!("{b:?}"));
+            assert_eq!(format!("{a:?}"), format!("{c:?}"));
+            assert!(q.as_flat().iter().all(|&x| x == S::ZERO), "a rejected load wrote: {a}");
+            Err(a)
+        }
+        (a, b, c) => panic!("the readers disagree: {:?} / {:?} / {:?}", a.err(), b.err(), c.err()),
+    }
+}
+
+#[test]
+fn readers_never_panic_and_agree_on_random_corruptions() {
+    type T = tiny::Model;
+    let valid32 = checkpoint::to_bytes::<T, f32>(&params::<T, f32>(1)).unwrap();
+    let valid64 = checkpoint::to_bytes::<T, f64>(&params::<T, f64>(1)).unwrap();
+    let h32 = checkpoint::header_len::<T, f32>();
+    let h64 = checkpoint::header_len::<T, f64>();
+    let mut r = Rng::new(0xC0FFEE);
+    let mut below = |n: usize| r.below(n.max(1) as u64) as usize;
+    let checked = LoadOptions::new();
+    let unchecked = checked.check_finite(false);
+    let (mut non_finite, mut ok, mut other) = (0usize, 0usize, 0usize);
+    const N: usize = 30_000;
+    for i in 0..N {
+        let (valid, h, width) = if i % 2 == 0 { (&valid32, h32, 4) } else { (&valid64, h64, 8) };
+        let mut buf = valid.clone();
+        match below(6) {
+            // Non-finite values written over random data values: often
+            // several, of random sign and payload, from 0 to all exponent bits.
+            0 | 1 => {
+                for _ in 0..1 + below(3) {
+                    let at = h + width * below((valid.len() - h) / width);
+                    let mut x = [0u8; 8];
+                    x.iter_mut().for_each(|b| *b = below(256) as u8);
+                    let x = &mut x[..width];
+                    // The top byte holds the sign and exponent's high bits, the one below the rest.
+                    x[width - 1] |= 0x7f;
+                    x[width - 2] |= if width == 4 { 0x80 } else { 0xf0 };
+                    if below(2) == 0 {
+                        x[..width - 2].fill(0); // an infinity, or a NaN with a small payload
+                    }
+                    buf[at..at + width].copy_from_slice(x);
+                }
+            }
+            // Random bit flips anywhere.
+            2 => {
+                for _ in 0..1 + below(4) {
+                    let at = below(buf.len());
+                    buf[at] ^= 1 << below(8);
+                }
+            }
+            // Random bytes over a random range.
+            3 => {
+                let at = below(buf.len());
+                let end = at + below(buf.len() - at + 1);
+                buf[at..end].iter_mut().for_each(|b| *b = below(256) as u8);
+            }
+            // Truncation or extension.
+            4 => {
+                if below(2) == 0 {
+                    buf.truncate(below(buf.len() + 1));
+                } else {
+                    (0..1 + below(16)).for_each(|_| buf.push(below(256) as u8));
+                }
+            }
+            // A wholly random string, sometimes with a plausible length prefix.
+            _ => {
+                buf.clear();
+                if below(2) == 0 {
+                    buf.extend_from_slice(&(below(400) as u64).to_le_bytes());
+                }
+                (0..below(400)).for_each(|_| buf.push(below(256) as u8));
+            }
+        }
+        let aligned = Aligned::new(&buf);
+        for is32 in [true, false] {
+            let (c, u) = if is32 {
+                (read_all::<f32>(&buf, aligned.bytes(), checked), read_all::<f32>(&buf, aligned.bytes(), unchecked))
+            } else {
+                (read_all::<f64>(&buf, aligned.bytes(), checked), read_all::<f64>(&buf, aligned.bytes(), unchecked))
+            };
+            match (&c, &u) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a, b);
+                    ok += 1;
+                }
+                (Err(CheckpointError::NonFinite { tensor, index, position, value }), Ok(values)) => {
+                    // The unchecked load has that very value there, and only finite ones before it.
+                    let t = T::TENSORS.iter().find(|t| t.name == *tensor).unwrap();
+                    let flat = t.offset + index;
+                    let there = f64::from_bits(values[flat]);
+                    assert!(there.is_nan() && value.is_nan() || there.is_infinite() && there == *value, "{value}");
+                    assert!(values[..flat].iter().all(|&b| f64::from_bits(b).is_finite()), "not the first");
+                    assert_eq!(position.as_slice(), position_of(*index, t.shape));
+                    non_finite += 1;
+                }
+                (Err(a), Err(b)) => {
+                    assert_eq!(format!("{a:?}"), format!("{b:?}"), "unchecked reading fails alike");
+                    other += 1;
+                }
+                _ => panic!("checked {:?}, unchecked {:?}", c.as_ref().err(), u.as_ref().err()),
+            }
+        }
+    }
+    println!("{N} corruptions x 2 dtypes: {ok} accepted, {non_finite} refused as non-finite, {other} otherwise");
+    assert!(non_finite > N / 4 && ok > 0 && other > N / 2, "{ok} {non_finite} {other}");
 }
 
 /// Writes a checkpoint and the values the Python check expects

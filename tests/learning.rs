@@ -107,7 +107,7 @@ fn train<M: Model>(data: &[u32], sabotage: Sabotage) -> (f64, f64) {
             PEAK_LR * (0.1 + 0.45 * (1.0 + (std::f64::consts::PI * progress).cos()))
         };
         let opt = AdamW { lr, clip: 1.0, ..AdamW::default() };
-        opt.step(p.as_flat_mut(), g.as_flat_mut(), &mut m, &mut v, step);
+        opt.step(p.as_flat_mut(), g.as_flat_mut(), &mut m, &mut v, step).expect("finite AdamW step");
     }
     (initial, mean_loss_all_windows::<M>(&p, data, &mut ws))
 }

@@ -13,8 +13,12 @@
 //!
 //! Reading checks everything: the JSON (a small strict parser that never
 //! panics), the spec hash, every tensor's dtype, shape and offsets, that no
-//! tensor is missing or unexpected, and the data length. Parsing and
-//! validation need no allocator; [`view`] even uses the bytes in place.
+//! tensor is missing or unexpected, the data length, and that every value is
+//! finite (a NaN or an infinity is refused with
+//! [`CheckpointError::NonFinite`], naming the tensor and the index, unless
+//! the caller opts out with [`LoadOptions::check_finite`] and the `_with`
+//! functions). Parsing and validation need no allocator; [`view`] even uses
+//! the bytes in place.
 //!
 //! [safetensors]: https://github.com/huggingface/safetensors
 
@@ -99,6 +103,34 @@ impl Dims {
             *s = d;
         }
         self.n += 1;
+    }
+
+    /// The dimensions, outermost first (at most the first 8 are kept; see
+    /// [`Dims::rank`]).
+    pub fn as_slice(&self) -> &[u64] {
+        self.dims.get(..self.n).unwrap_or(&self.dims)
+    }
+
+    /// The number of dimensions (may exceed the 8 kept).
+    pub fn rank(&self) -> usize {
+        self.n
+    }
+
+    /// The position of flat (row-major) `index` in a tensor of `shape`.
+    fn unravel(index: usize, shape: &[usize]) -> Dims {
+        let mut d = Dims { dims: [0; 8], n: shape.len() };
+        let mut rest = index;
+        for (j, &len) in shape.iter().enumerate().rev() {
+            let (q, r) = match (rest.checked_div(len), rest.checked_rem(len)) {
+                (Some(q), Some(r)) => (q, r),
+                _ => (0, 0), // an empty dimension: no element has a position in it
+            };
+            if let Some(slot) = d.dims.get_mut(j) {
+                *slot = r as u64;
+            }
+            rest = q;
+        }
+        d
     }
 
     fn matches(&self, expected: &[usize]) -> bool {
@@ -228,9 +260,42 @@ pub enum CheckpointError {
         /// Bytes given.
         found: usize,
     },
-    /// Reading or writing the file failed.
+    /// A value is NaN or infinite. Refused by default; see
+    /// [`LoadOptions::check_finite`] to load such a checkpoint anyway.
+    NonFinite {
+        /// The tensor (its name in [`Model::TENSORS`]).
+        tensor: &'static str,
+        /// The flat (row-major) index of the first such value in the tensor.
+        index: usize,
+        /// The same index per dimension, outermost first.
+        position: Dims,
+        /// The value (NaN, `inf` or `-inf`; `f32` values are widened exactly).
+        value: f64,
+    },
+    /// Reading or writing a checkpoint file failed.
     #[cfg(feature = "std")]
-    Io(std::io::Error),
+    Io {
+        /// What was being done.
+        op: IoOp,
+        /// The checkpoint's path (for [`save`], the destination; the data is
+        /// first written to `<path>.tmp`).
+        path: std::path::PathBuf,
+        /// The error of the operating system.
+        source: std::io::Error,
+    },
+}
+
+/// The file operation of a [`CheckpointError::Io`].
+#[cfg(feature = "std")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IoOp {
+    /// [`load`]: reading the file.
+    Read,
+    /// [`save`]: creating, writing or syncing the temporary file `<path>.tmp`.
+    Write,
+    /// [`save`]: renaming `<path>.tmp` to the path.
+    Rename,
 }
 
 impl fmt::Display for CheckpointError {
@@ -275,8 +340,20 @@ impl fmt::Display for CheckpointError {
             BufferTooSmall { needed, found } => {
                 write!(f, "the header needs a {needed}-byte buffer, {found} bytes given")
             }
+            NonFinite { tensor, index, position, value } => write!(
+                f,
+                "tensor `{tensor}` has the non-finite value {value} at index {index} (position {position}); \
+                 refused (LoadOptions::new().check_finite(false) loads it anyway)"
+            ),
             #[cfg(feature = "std")]
-            Io(e) => write!(f, "checkpoint I/O failed: {e}"),
+            Io { op, path, source } => {
+                let path = path.display();
+                match op {
+                    IoOp::Read => write!(f, "cannot read the checkpoint {path}: {source}"),
+                    IoOp::Write => write!(f, "cannot write the checkpoint {path} (to {path}.tmp first): {source}"),
+                    IoOp::Rename => write!(f, "cannot save the checkpoint {path} (renaming {path}.tmp): {source}"),
+                }
+            }
         }
     }
 }
@@ -285,16 +362,62 @@ impl core::error::Error for CheckpointError {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
             #[cfg(feature = "std")]
-            CheckpointError::Io(e) => Some(e),
+            CheckpointError::Io { source, .. } => Some(source),
             _ => None,
         }
     }
 }
 
+/// For callers returning `std::io::Result`: the kind of the underlying I/O
+/// error (`InvalidData` for a rejected checkpoint), and this error, whose
+/// message names the path, as the payload.
 #[cfg(feature = "std")]
-impl From<std::io::Error> for CheckpointError {
-    fn from(e: std::io::Error) -> Self {
-        CheckpointError::Io(e)
+impl From<CheckpointError> for std::io::Error {
+    fn from(e: CheckpointError) -> Self {
+        let kind = match &e {
+            CheckpointError::Io { source, .. } => source.kind(),
+            _ => std::io::ErrorKind::InvalidData,
+        };
+        std::io::Error::new(kind, e)
+    }
+}
+
+/// Which optional checks loading runs. [`LoadOptions::new`] (also the
+/// `Default`) runs them all, as `load` (with `std`), [`load_from_bytes`],
+/// [`view`] and [`validate`] do; pass other options to their `_with`
+/// variants.
+///
+/// ```
+/// use nl_runtime::checkpoint::LoadOptions;
+/// // Accept NaN and infinite values (e.g. to inspect a diverged run).
+/// let unchecked = LoadOptions::new().check_finite(false);
+/// assert!(!unchecked.check_finite && LoadOptions::default().check_finite);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoadOptions {
+    /// Refuse NaN and infinite values with [`CheckpointError::NonFinite`]
+    /// (default: `true`). The check reads every value once and needs no
+    /// allocator.
+    pub check_finite: bool,
+}
+
+impl LoadOptions {
+    /// Every check on.
+    pub const fn new() -> LoadOptions {
+        LoadOptions { check_finite: true }
+    }
+
+    /// Sets whether NaN and infinite values are refused.
+    pub const fn check_finite(mut self, check: bool) -> LoadOptions {
+        self.check_finite = check;
+        self
+    }
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions::new()
     }
 }
 
@@ -434,18 +557,30 @@ pub fn to_bytes<M: Model, S: Scalar>(params: &M::Params<S>) -> Result<alloc::vec
 /// Saves `params` to `path` atomically: writes `<path>.tmp` in the same
 /// directory, flushes and syncs it, then renames it over `path`. A reader
 /// sees the old file or the new one, never a part.
+///
+/// The values are written as they are (NaN and infinities included, which
+/// loading then refuses by default).
+///
+/// # Errors
+/// [`CheckpointError::Io`], naming `path`, if the temporary file cannot be
+/// written or renamed (it is removed then: a failed save leaves no
+/// `<path>.tmp` behind and the old file, if any, untouched), and
+/// [`CheckpointError::UnsupportedScalar`] if `S` is not `f32` or `f64`.
+/// `std::io::Error` has a `From` conversion for callers returning
+/// `std::io::Result`.
 #[cfg(feature = "std")]
-pub fn save<M: Model, S: Scalar>(path: impl AsRef<std::path::Path>, params: &M::Params<S>) -> std::io::Result<()> {
+pub fn save<M: Model, S: Scalar>(
+    path: impl AsRef<std::path::Path>,
+    params: &M::Params<S>,
+) -> Result<(), CheckpointError> {
     use std::borrow::ToOwned;
     use std::io::Write;
-    use std::string::ToString;
     let path = path.as_ref();
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    let to_io = |e: CheckpointError| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string());
-    let header = header_bytes::<M, S>().map_err(to_io)?;
-    let kind = as_kind(params.as_flat()).map_err(to_io)?;
+    let header = header_bytes::<M, S>()?;
+    let kind = as_kind(params.as_flat())?;
     let write = || -> std::io::Result<()> {
         let file = std::fs::File::create(&tmp)?;
         let mut w = std::io::BufWriter::with_capacity(1 << 16, file);
@@ -457,14 +592,13 @@ pub fn save<M: Model, S: Scalar>(path: impl AsRef<std::path::Path>, params: &M::
         let file = w.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()
     };
-    if let Err(e) = write() {
+    let fail = |op, source| {
+        // Nothing to do if the temporary file was never created.
         let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+        CheckpointError::Io { op, path: path.to_owned(), source }
+    };
+    write().map_err(|e| fail(IoOp::Write, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| fail(IoOp::Rename, e))?;
     // Make the rename durable where directories can be synced (best effort).
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if let Ok(d) = std::fs::File::open(dir) {
@@ -474,14 +608,37 @@ pub fn save<M: Model, S: Scalar>(path: impl AsRef<std::path::Path>, params: &M::
     Ok(())
 }
 
-/// Reads `path` and loads it into `params` with [`load_from_bytes`].
+/// Reads `path` and loads it into `params` with [`load_from_bytes`] (every
+/// check on, non-finite values refused).
+///
+/// # Errors
+/// [`CheckpointError::Io`] naming `path` if it cannot be read, else as
+/// [`load_from_bytes`].
 #[cfg(feature = "std")]
 pub fn load<M: Model, S: Scalar>(
     path: impl AsRef<std::path::Path>,
     params: &mut M::Params<S>,
 ) -> Result<(), CheckpointError> {
-    let bytes = std::fs::read(path)?;
-    load_from_bytes::<M, S>(&bytes, params)
+    load_with::<M, S>(path, params, LoadOptions::new())
+}
+
+/// [`load`] with the checks of `options`.
+///
+/// # Errors
+/// As [`load`].
+#[cfg(feature = "std")]
+pub fn load_with<M: Model, S: Scalar>(
+    path: impl AsRef<std::path::Path>,
+    params: &mut M::Params<S>,
+    options: LoadOptions,
+) -> Result<(), CheckpointError> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
+        op: IoOp::Read,
+        path: std::borrow::ToOwned::to_owned(path),
+        source,
+    })?;
+    load_from_bytes_with::<M, S>(&bytes, params, options)
 }
 
 // ---------------------------------------------------------------- scalars
@@ -532,10 +689,24 @@ fn as_kind_mut<S: Scalar>(x: &mut [S]) -> Result<KindMut<'_>, CheckpointError> {
 
 /// Validates a whole checkpoint for model `M` with scalar `S` and returns
 /// its data section (exactly the bytes of `M::Params<S>`, little-endian).
+/// Every check is on: this succeeds exactly when [`load_from_bytes`] does.
 ///
 /// Never panics, whatever the bytes; needs no allocator.
+///
+/// # Errors
+/// The first problem found, as a [`CheckpointError`]: the structure (header,
+/// metadata, tensors, length) first, then non-finite values
+/// ([`CheckpointError::NonFinite`], the first in file order).
 pub fn validate<M: Model, S: Scalar>(bytes: &[u8]) -> Result<&[u8], CheckpointError> {
-    scalar_kind::<S>()?;
+    validate_with::<M, S>(bytes, LoadOptions::new())
+}
+
+/// [`validate`] with the checks of `options`.
+///
+/// # Errors
+/// As [`validate`].
+pub fn validate_with<M: Model, S: Scalar>(bytes: &[u8], options: LoadOptions) -> Result<&[u8], CheckpointError> {
+    let is_f32 = scalar_kind::<S>()?;
     if M::TENSORS.len() > MAX_TENSORS {
         return Err(CheckpointError::TooManyTensors(M::TENSORS.len()));
     }
@@ -578,12 +749,81 @@ pub fn validate<M: Model, S: Scalar>(bytes: &[u8]) -> Result<&[u8], CheckpointEr
     if data.len() != expected {
         return Err(CheckpointError::DataLength { found: data.len(), expected });
     }
+    if options.check_finite {
+        let first = if is_f32 { first_non_finite_f32(data) } else { first_non_finite_f64(data) };
+        if let Some((flat, value)) = first {
+            return Err(non_finite::<M>(flat, value));
+        }
+    }
     Ok(data)
 }
 
-/// Validates `bytes` and copies the parameters into `params`.
+/// Exponent bits of an `f32`: all ones for NaN and the infinities only.
+const F32_EXP: u32 = 0x7f80_0000;
+/// Exponent bits of an `f64`: all ones for NaN and the infinities only.
+const F64_EXP: u64 = 0x7ff0_0000_0000_0000;
+
+/// The flat index and value of the first NaN or infinity in little-endian
+/// `f32` data (a trailing partial value is ignored).
+fn first_non_finite_f32(data: &[u8]) -> Option<(usize, f64)> {
+    let (words, _) = data.as_chunks::<4>();
+    let bad = |w: &[u8; 4]| u32::from_le_bytes(*w) & F32_EXP == F32_EXP;
+    first(words, bad).map(|(i, w)| (i, f64::from(f32::from_le_bytes(*w))))
+}
+
+/// As [`first_non_finite_f32`], for `f64` data.
+fn first_non_finite_f64(data: &[u8]) -> Option<(usize, f64)> {
+    let (words, _) = data.as_chunks::<8>();
+    let bad = |w: &[u8; 8]| u64::from_le_bytes(*w) & F64_EXP == F64_EXP;
+    first(words, bad).map(|(i, w)| (i, f64::from_le_bytes(*w)))
+}
+
+/// The first `x` with `bad(x)`, and its index. Blocks are tested with a
+/// non-short-circuit `|`, which vectorises; only a block with a hit is
+/// searched element by element.
+#[inline(always)]
+fn first<T>(xs: &[T], bad: impl Fn(&T) -> bool) -> Option<(usize, &T)> {
+    const BLOCK: usize = 256;
+    for (b, block) in xs.chunks(BLOCK).enumerate() {
+        if block.iter().fold(false, |any, x| any | bad(x)) {
+            return block.iter().enumerate().find(|(_, x)| bad(x)).map(|(i, x)| (b * BLOCK + i, x));
+        }
+    }
+    None
+}
+
+/// [`CheckpointError::NonFinite`] for flat index `flat` of the parameters.
+fn non_finite<M: Model>(flat: usize, value: f64) -> CheckpointError {
+    // `TENSORS` cover the parameters back to back (a `Model` invariant, and
+    // `validate` checked the file's offsets against them); the fallback only
+    // keeps a malformed `TENSORS` from panicking.
+    let found = M::TENSORS.iter().find_map(|t| flat.checked_sub(t.offset).filter(|&i| i < t.len).map(|i| (t, i)));
+    let (tensor, index, shape) = match found {
+        Some((t, i)) => (t.name, i, t.shape),
+        None => ("(no tensor)", flat, &[][..]),
+    };
+    CheckpointError::NonFinite { tensor, index, position: Dims::unravel(index, shape), value }
+}
+
+/// Validates `bytes` (every check on, non-finite values refused) and copies
+/// the parameters into `params`, which are left untouched on any error.
+///
+/// # Errors
+/// As [`validate`].
 pub fn load_from_bytes<M: Model, S: Scalar>(bytes: &[u8], params: &mut M::Params<S>) -> Result<(), CheckpointError> {
-    let data = validate::<M, S>(bytes)?;
+    load_from_bytes_with::<M, S>(bytes, params, LoadOptions::new())
+}
+
+/// [`load_from_bytes`] with the checks of `options`.
+///
+/// # Errors
+/// As [`validate`].
+pub fn load_from_bytes_with<M: Model, S: Scalar>(
+    bytes: &[u8],
+    params: &mut M::Params<S>,
+    options: LoadOptions,
+) -> Result<(), CheckpointError> {
+    let data = validate_with::<M, S>(bytes, options)?;
     let flat = params.as_flat_mut();
     let expected = core::mem::size_of_val(flat);
     if data.len() != expected {
@@ -608,17 +848,34 @@ pub fn load_from_bytes<M: Model, S: Scalar>(bytes: &[u8], params: &mut M::Params
     Ok(())
 }
 
-/// Validates `bytes` and returns the parameters in place, without copying.
+/// Validates `bytes` (every check on, non-finite values refused) and
+/// returns the parameters in place, without copying and without an
+/// allocator.
 ///
 /// Needs a little-endian target ([`CheckpointError::BigEndian`] otherwise)
 /// and the data section aligned in memory for `S`
 /// ([`CheckpointError::Misaligned`] otherwise; the writer puts the data at a
 /// file offset that is a multiple of 8, so a buffer aligned to 8 works).
+///
+/// # Errors
+/// As [`validate`], and the two above.
 pub fn view<M: Model, S: Scalar>(bytes: &[u8]) -> Result<&M::Params<S>, CheckpointError>
 where
     M::Params<S>: ScalarStruct<S>,
 {
-    let data = validate::<M, S>(bytes)?;
+    view_with::<M, S>(bytes, LoadOptions::new())
+}
+
+/// [`view`] with the checks of `options` (e.g. without the finiteness
+/// check, which reads every value once, for weights checked at build time).
+///
+/// # Errors
+/// As [`view`].
+pub fn view_with<M: Model, S: Scalar>(bytes: &[u8], options: LoadOptions) -> Result<&M::Params<S>, CheckpointError>
+where
+    M::Params<S>: ScalarStruct<S>,
+{
+    let data = validate_with::<M, S>(bytes, options)?;
     if !cfg!(target_endian = "little") {
         return Err(CheckpointError::BigEndian);
     }
