@@ -97,6 +97,25 @@ normalize_keys = false
 period = 3
 "# }
 
+// Raw keys (no normalisation): theta's 1 / (|k|^2 + eps) is then a real
+// function of the key, and periods that do not divide the sequence.
+nl_model! { r#"
+name = "delta_raw"
+d_model = 7
+heads = 1
+vocab = 6
+seq_len = 9
+window = 3
+[memory]
+rule = "delta"
+composition = "mag"
+normalize_keys = false
+[[memory.levels]]
+period = 2
+[[memory.levels]]
+period = 4
+"# }
+
 // Periods that do not divide the sequence length, three levels.
 nl_model! { r#"
 name = "cms_odd"
@@ -337,6 +356,7 @@ memory_tests!(hebbian_mag_tests, hebbian_mag);
 memory_tests!(hebbian_mal_tests, hebbian_mal);
 memory_tests!(cms_odd_tests, cms_odd);
 memory_tests!(cms_titans_unnormalized_tests, cms_titans_unnormalized);
+memory_tests!(delta_raw_tests, delta_raw);
 
 #[test]
 fn memory_state_is_not_a_parameter() {

@@ -172,7 +172,7 @@ fn train<M: Model>(
             peak_lr * (0.1 + 0.45 * (1.0 + (std::f64::consts::PI * progress).cos()))
         };
         let opt = AdamW { lr, clip: 1.0, ..AdamW::default() };
-        opt.step(p.as_flat_mut(), g.as_flat_mut(), &mut m, &mut v, step);
+        opt.step(p.as_flat_mut(), g.as_flat_mut(), &mut m, &mut v, step).expect("finite AdamW step");
     }
     (p, tail_loss / ((steps - tail) as usize * batch) as f64)
 }

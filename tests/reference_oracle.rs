@@ -2,8 +2,9 @@
 //!
 //! Every expected number below is worked out in the comments from MODEL.md,
 //! with weights chosen so that the arithmetic is exact or nearly so (gate
-//! biases like `ln 3` make `sigmoid` equal `3/4`, `ln(e - 1)` makes
-//! `softplus` equal `1`).
+//! biases like `ln 3` make `sigmoid` equal `3/4`). The inner learning rate
+//! `theta = sigmoid(w_theta . u + b_theta) / (p (|k|^2 + 1e-6))` is kept as a
+//! symbol: with `w_theta = 0`, `b_theta = 0` it is [`th`]`(p, |k|^2)`.
 
 mod common;
 
@@ -14,6 +15,11 @@ const TOL: f64 = 1e-12;
 
 fn ln3() -> f64 {
     3.0f64.ln()
+}
+
+/// `theta = sigmoid(0) / (p (|k|^2 + eps)) = 1 / (2 p (|k|^2 + 1e-6))`.
+fn th(p: f64, ksq: f64) -> f64 {
+    0.5 / (p * (ksq + 1e-6))
 }
 
 fn assert_close(got: f64, want: f64, what: &str) {
@@ -77,7 +83,8 @@ fn memory_test_attn() -> BTreeMap<String, Vec<f64>> {
 /// - Wq = [[1, 1], [0, 1]], so q = [e0 + e1, e1]:
 ///   token 0 -> q = [1, 0], token 1 -> [1, 1], token 2 -> [2, 1];
 /// - alpha = sigmoid(ln3 * v1): token 0 -> 1/2, tokens 1 and 2 -> 3/4;
-/// - theta = softplus(ln(e - 1)) = ln(1 + e - 1) = 1;
+/// - theta = sigmoid(0) / (p (|k|^2 + eps)) = th(p, |k|^2): tokens 0 and 1
+///   have |k|^2 = 1, token 2 has |k|^2 = 2;
 /// - titans: eta = sigmoid(-ln3 * v0): token 0 -> 1/4, token 1 -> 1/(1+9) = 1/10.
 fn add_memory_level(p: &mut BTreeMap<String, Vec<f64>>, l: usize, titans: bool) {
     let mut put = |name: &str, v: Vec<f64>| {
@@ -89,7 +96,7 @@ fn add_memory_level(p: &mut BTreeMap<String, Vec<f64>>, l: usize, titans: bool) 
     put("w_alpha", vec![0.0, 0.0, 0.0, ln3()]);
     put("b_alpha", vec![0.0]);
     put("w_theta", vec![0.0; 4]);
-    put("b_theta", vec![(std::f64::consts::E - 1.0).ln()]);
+    put("b_theta", vec![0.0]);
     if titans {
         put("w_eta", vec![0.0, 0.0, -ln3(), 0.0]);
         put("b_eta", vec![0.0]);
@@ -204,56 +211,57 @@ fn a_attention_only_one_head_scales_by_sqrt_hd() {
 // (b) One delta level, period 1.
 // ---------------------------------------------------------------------------
 
-/// Delta, p = 1, tokens 0 1 | 2, composition mal, W = 1.
-/// t=0: k = [1,0], v = [1,0], q = [1,0], alpha = 1/2, theta = 1, M = 0.
-///   g = (M k - v) k^T = -[1,0][1,0]^T = [[-1,0],[0,0]]; G = g.
-///   fire (n+1 = 1): M = (1/2) 0 - G = [[1,0],[0,0]]; G = 0; n = 1.
-///   y_0 = M q = [1,0].
-/// t=1: k = [0,1], v = [2,1], q = [1,1], alpha = 3/4, theta = 1.
-///   M k = [0,0]; g = ([0,0] - [2,1]) [0,1]^T = [[0,-2],[0,-1]]; G = g.
-///   fire: M = (1/4) [[1,0],[0,0]] - G = [[1/4, 2],[0, 1]]; n = 2.
-///   y_1 = M [1,1] = [2.25, 1].
-/// mal: h_0 = e_0 + y_0 = [2,0], h_1 = [0,1] + [2.25,1] = [2.25,2];
+/// Delta, p = 1, tokens 0 1 | 2, composition mal, W = 1; c = th(1, 1).
+/// t=0: k = [1,0], v = [1,0], q = [1,0], alpha = 1/2, theta = c, M = 0.
+///   g = (M k - v) k^T = -[1,0][1,0]^T = [[-1,0],[0,0]]; G = c g.
+///   fire (n+1 = 1): M = (1/2) 0 - G = [[c,0],[0,0]]; G = 0; n = 1.
+///   y_0 = M q = [c,0].
+/// t=1: k = [0,1], v = [2,1], q = [1,1], alpha = 3/4, theta = c.
+///   M k = [0,0]; g = ([0,0] - [2,1]) [0,1]^T = [[0,-2],[0,-1]]; G = c g.
+///   fire: M = (1/4) [[c,0],[0,0]] - G = [[c/4, 2c],[0, c]]; n = 2.
+///   y_1 = M [1,1] = [2.25 c, c].
+/// mal: h_0 = e_0 + y_0 = [1 + c, 0], h_1 = [0,1] + [2.25 c, c] = [2.25 c, 1 + c];
 /// W = 1, Wv = Wo = I: z = h; logits = [h0, h1, 0].
-/// Targets 1, 2: loss = (ln(e^2 + 2) + ln(e^2.25 + e^2 + 1)) / 2.
+/// Targets 1, 2: loss = (ln(e^(1+c) + 2) + ln(e^(2.25 c) + e^(1+c) + 1)) / 2.
 #[test]
 fn b_delta_period_one_two_tokens() {
     let s = spec(2, 1, 2, 1, Rule::Delta, Composition::Mal, vec![1]);
     let p = memory_params(1, false);
+    let c = th(1.0, 1.0);
     let tr = forward_trace(&s, &p, &[0, 1, 2], None, true);
-    assert_state(&tr.states_after[0][0], &state([1.0, 0.0, 0.0, 0.0], Z4, Z4, 1), "after t0");
-    assert_all_close(&tr.y[0], &[1.0, 0.0], "y_0");
-    let want = state([0.25, 2.0, 0.0, 1.0], Z4, Z4, 2);
+    assert_state(&tr.states_after[0][0], &state([c, 0.0, 0.0, 0.0], Z4, Z4, 1), "after t0");
+    assert_all_close(&tr.y[0], &[c, 0.0], "y_0");
+    let want = state([c / 4.0, 2.0 * c, 0.0, c], Z4, Z4, 2);
     assert_state(&tr.output.states[0], &want, "final");
-    assert_all_close(&tr.y[1], &[2.25, 1.0], "y_1");
-    assert_all_close(&tr.h[0], &[2.0, 0.0], "h_0");
-    assert_all_close(&tr.h[1], &[2.25, 2.0], "h_1");
-    assert_all_close(&tr.output.logits[0], &[2.0, 0.0, 0.0], "logits_0");
-    assert_all_close(&tr.output.logits[1], &[2.25, 2.0, 0.0], "logits_1");
-    let e2 = 2f64.exp();
-    let loss = ((e2 + 2.0).ln() + (2.25f64.exp() + e2 + 1.0).ln()) / 2.0;
+    assert_all_close(&tr.y[1], &[2.25 * c, c], "y_1");
+    assert_all_close(&tr.h[0], &[1.0 + c, 0.0], "h_0");
+    assert_all_close(&tr.h[1], &[2.25 * c, 1.0 + c], "h_1");
+    assert_all_close(&tr.output.logits[0], &[1.0 + c, 0.0, 0.0], "logits_0");
+    assert_all_close(&tr.output.logits[1], &[2.25 * c, 1.0 + c, 0.0], "logits_1");
+    let loss = (((1.0 + c).exp() + 2.0).ln() + ((2.25 * c).exp() + (1.0 + c).exp() + 1.0).ln()) / 2.0;
     assert_close(tr.output.loss, loss, "loss");
 }
 
 /// Same as (b) with composition mag: h = e, a = e (W = 1, Wv = I),
-/// o = a * sigmoid(y): o_0 = [1 sig(1), 0 sig(0)] = [sig(1), 0],
-/// o_1 = [0 sig(2.25), 1 sig(1)] = [0, sig(1)]; logits = [o0, o1, 0].
+/// o = a * sigmoid(y): o_0 = [1 sig(c), 0 sig(0)] = [sig(c), 0],
+/// o_1 = [0 sig(2.25 c), 1 sig(c)] = [0, sig(c)]; logits = [o0, o1, 0].
 #[test]
 fn b_delta_period_one_mag() {
     let s = spec(2, 1, 2, 1, Rule::Delta, Composition::Mag, vec![1]);
     let p = memory_params(1, false);
+    let c = th(1.0, 1.0);
     let tr = forward_trace(&s, &p, &[0, 1, 2], None, true);
-    let sig1 = 1.0 / (1.0 + (-1.0f64).exp());
+    let sig_c = 1.0 / (1.0 + (-c).exp());
     assert_all_close(&tr.h[1], &[0.0, 1.0], "h_1 = e_1");
-    assert_all_close(&tr.output.logits[0], &[sig1, 0.0, 0.0], "logits_0");
-    assert_all_close(&tr.output.logits[1], &[0.0, sig1, 0.0], "logits_1");
-    assert_state(&tr.output.states[0], &state([0.25, 2.0, 0.0, 1.0], Z4, Z4, 2), "final");
+    assert_all_close(&tr.output.logits[0], &[sig_c, 0.0, 0.0], "logits_0");
+    assert_all_close(&tr.output.logits[1], &[0.0, sig_c, 0.0], "logits_1");
+    assert_state(&tr.output.states[0], &state([c / 4.0, 2.0 * c, 0.0, c], Z4, Z4, 2), "final");
 }
 
 /// The theta gate reads the key half of u: w_theta = [0, ln3, 0, 0], b = 0.
-/// One token 1: k = [0,1] -> theta = softplus(ln3) = ln(1 + 3) = ln4.
+/// One token 1: k = [0,1] -> theta = sigmoid(ln3) / (|k|^2 + eps) = (3/4) / (1 + 1e-6).
 /// g = -v k^T = -[2,1][0,1]^T = [[0,-2],[0,-1]];
-/// M = (1/4) 0 - ln4 g = ln4 [[0,2],[0,1]].
+/// M = (1/4) 0 - theta g = theta [[0,2],[0,1]].
 #[test]
 fn b_theta_gate_reads_key_half() {
     let s = spec(2, 1, 1, 1, Rule::Delta, Composition::Mag, vec![1]);
@@ -261,33 +269,54 @@ fn b_theta_gate_reads_key_half() {
     p.insert("mem.0.w_theta".into(), vec![0.0, ln3(), 0.0, 0.0]);
     p.insert("mem.0.b_theta".into(), vec![0.0]);
     let out = forward(&s, &p, &[1, 0], None, true);
-    let l4 = 4f64.ln();
-    assert_all_close(&out.states[0].m, &[0.0, 2.0 * l4, 0.0, l4], "M");
+    let theta = 0.75 / (1.0 + 1e-6);
+    assert_all_close(&out.states[0].m, &[0.0, 2.0 * theta, 0.0, theta], "M");
+}
+
+/// The inner learning rate is divided by the period and by |k|^2 + eps
+/// (raw keys): Wk = 3 I, one token 2 (e = [1,1], k = [3,3], |k|^2 = 18),
+/// p = 1, v = [3,1]: theta = (1/2) / (18 + 1e-6), g = -v k^T (M = 0),
+/// M = (1 - 3/4) 0 - theta g = theta [[9,9],[3,3]]. The same with p = 2
+/// does not fire; it holds G = theta' g with theta' = theta / 2.
+#[test]
+fn b_theta_is_normalised_by_key_and_period() {
+    let mut p = memory_params(1, false);
+    p.insert("mem.0.wk".into(), vec![3.0, 0.0, 0.0, 3.0]);
+    let theta = 0.5 / (18.0 + 1e-6);
+    let s = spec(2, 1, 1, 1, Rule::Delta, Composition::Mal, vec![1]);
+    let out = forward(&s, &p, &[2, 0], None, true);
+    assert_all_close(&out.states[0].m, &[9.0 * theta, 9.0 * theta, 3.0 * theta, 3.0 * theta], "M, p = 1");
+    let s = spec(2, 1, 1, 1, Rule::Delta, Composition::Mal, vec![2]);
+    let out = forward(&s, &p, &[2, 0], None, true);
+    let h = theta / 2.0;
+    assert_state(&out.states[0], &state(Z4, [-9.0 * h, -9.0 * h, -3.0 * h, -3.0 * h], Z4, 1), "p = 2");
 }
 
 // ---------------------------------------------------------------------------
 // (c) Period 2.
 // ---------------------------------------------------------------------------
 
-/// Delta, p = 2, tokens 0 1 0 | 0.
-/// t=0: G = theta g = [[-1,0],[0,0]] (as in (b)); (n+1) = 1 not a multiple
+/// Delta, p = 2, tokens 0 1 0 | 0; c = th(2, 1) (theta is divided by p).
+/// t=0: G = c g = [[-c,0],[0,0]] (g as in (b)); (n+1) = 1 not a multiple
 ///   of 2: no fire, M = 0, n = 1; y_0 = 0.
 /// t=1: g against the frozen M = 0: ([0,0] - [2,1]) [0,1]^T = [[0,-2],[0,-1]];
-///   G = [[-1,-2],[0,-1]]; (n+1) = 2: fire, alpha = 3/4:
-///   M = (1/4) 0 - G = [[1,2],[0,1]]; G = 0; n = 2; y_1 = M [1,1] = [3,1].
-/// t=2: k = [1,0], v = [1,0]: M k - v = [1,0] - [1,0] = 0, so G stays 0;
-///   (n+1) = 3: no fire; n = 3; y_2 = M [1,0] = [1,0].
+///   G = c [[-1,-2],[0,-1]]; (n+1) = 2: fire, alpha = 3/4:
+///   M = (1/4) 0 - G = c [[1,2],[0,1]]; G = 0; n = 2; y_1 = M [1,1] = [3c, c].
+/// t=2: k = [1,0], v = [1,0]: M k - v = [c - 1, 0], so G = c (c - 1) [[1,0],[0,0]];
+///   (n+1) = 3: no fire; n = 3; y_2 = M [1,0] = [c, 0].
 #[test]
 fn c_period_two_fires_on_second_token() {
     let s = spec(2, 1, 3, 1, Rule::Delta, Composition::Mal, vec![2]);
     let p = memory_params(1, false);
+    let c = th(2.0, 1.0);
     let tr = forward_trace(&s, &p, &[0, 1, 0, 0], None, true);
-    assert_state(&tr.states_after[0][0], &state(Z4, [-1.0, 0.0, 0.0, 0.0], Z4, 1), "after t0 (no fire)");
+    assert_state(&tr.states_after[0][0], &state(Z4, [-c, 0.0, 0.0, 0.0], Z4, 1), "after t0 (no fire)");
     assert_all_close(&tr.y[0], &[0.0, 0.0], "y_0");
-    assert_state(&tr.states_after[1][0], &state([1.0, 2.0, 0.0, 1.0], Z4, Z4, 2), "after t1 (fire)");
-    assert_all_close(&tr.y[1], &[3.0, 1.0], "y_1");
-    assert_state(&tr.output.states[0], &state([1.0, 2.0, 0.0, 1.0], Z4, Z4, 3), "after t2 (no fire)");
-    assert_all_close(&tr.y[2], &[1.0, 0.0], "y_2");
+    let m = [c, 2.0 * c, 0.0, c];
+    assert_state(&tr.states_after[1][0], &state(m, Z4, Z4, 2), "after t1 (fire)");
+    assert_all_close(&tr.y[1], &[3.0 * c, c], "y_1");
+    assert_state(&tr.output.states[0], &state(m, [c * (c - 1.0), 0.0, 0.0, 0.0], Z4, 3), "after t2 (no fire)");
+    assert_all_close(&tr.y[2], &[c, 0.0], "y_2");
 }
 
 /// A carried state continues its n. Carry {M = [[1,2],[0,1]], G = 0, n = 3}
@@ -309,49 +338,53 @@ fn c_carried_n_continues() {
 // (d) Titans momentum.
 // ---------------------------------------------------------------------------
 
-/// Titans, p = 1, tokens 0 1 | 2. eta_0 = 1/4, eta_1 = 1/10.
-/// t=0: G = [[-1,0],[0,0]]; S = (1/4) 0 - G = [[1,0],[0,0]];
-///   M = (1/2) 0 + S = [[1,0],[0,0]]; y_0 = [1,0].
-/// t=1: M k = [0,0], G = [[0,-2],[0,-1]];
-///   S = (1/10) [[1,0],[0,0]] - G = [[0.1,2],[0,1]];
-///   M = (1/4) [[1,0],[0,0]] + S = [[0.35,2],[0,1]];
-///   y_1 = M [1,1] = [2.35, 1].
+/// Titans, p = 1, tokens 0 1 | 2. eta_0 = 1/4, eta_1 = 1/10; c = th(1, 1).
+/// t=0: G = c [[-1,0],[0,0]]; S = (1/4) 0 - G = [[c,0],[0,0]];
+///   M = (1/2) 0 + S = [[c,0],[0,0]]; y_0 = [c,0].
+/// t=1: M k = [0,0], G = c [[0,-2],[0,-1]];
+///   S = (1/10) [[c,0],[0,0]] - G = c [[0.1,2],[0,1]];
+///   M = (1/4) [[c,0],[0,0]] + S = c [[0.35,2],[0,1]];
+///   y_1 = M [1,1] = [2.35 c, c].
 #[test]
 fn d_titans_momentum_two_fires() {
     let s = spec(2, 1, 2, 1, Rule::Titans, Composition::Mal, vec![1]);
     let p = memory_params(1, true);
+    let c = th(1.0, 1.0);
     let tr = forward_trace(&s, &p, &[0, 1, 2], None, true);
-    let one = [1.0, 0.0, 0.0, 0.0];
+    let one = [c, 0.0, 0.0, 0.0];
     assert_state(&tr.states_after[0][0], &state(one, Z4, one, 1), "after t0");
-    assert_all_close(&tr.y[0], &[1.0, 0.0], "y_0");
-    assert_state(&tr.output.states[0], &state([0.35, 2.0, 0.0, 1.0], Z4, [0.1, 2.0, 0.0, 1.0], 2), "after t1");
-    assert_all_close(&tr.y[1], &[2.35, 1.0], "y_1");
+    assert_all_close(&tr.y[0], &[c, 0.0], "y_0");
+    let (m, s1) = ([0.35 * c, 2.0 * c, 0.0, c], [0.1 * c, 2.0 * c, 0.0, c]);
+    assert_state(&tr.output.states[0], &state(m, Z4, s1, 2), "after t1");
+    assert_all_close(&tr.y[1], &[2.35 * c, c], "y_1");
 }
 
 // ---------------------------------------------------------------------------
 // (e) Hebbian sign.
 // ---------------------------------------------------------------------------
 
-/// Hebbian, p = 1, tokens 0 2 | 0.
-/// t=0: g = -v k^T = -[1,0][1,0]^T; M = (1/2) 0 - g = +v k^T = [[1,0],[0,0]].
+/// Hebbian, p = 1, tokens 0 2 | 0; a = th(1, 1) (token 0), b = th(1, 2) (token 2).
+/// t=0: g = -v k^T = -[1,0][1,0]^T; M = (1/2) 0 - a g = a v k^T = [[a,0],[0,0]].
 /// t=1 (token 2): k = [1,1], v = [3,1], q = [2,1], alpha = 3/4.
 ///   g = -[3,1][1,1]^T = [[-3,-3],[-1,-1]];
-///   M = (1/4) [[1,0],[0,0]] - g = [[3.25,3],[1,1]]; y_1 = M [2,1] = [9.5, 3].
-/// The delta rule on the same tokens differs at t=1 because M k = [1,0]:
-///   g = ([1,0] - [3,1]) [1,1]^T = [[-2,-2],[-1,-1]], M = [[2.25,2],[1,1]].
+///   M = (1/4) [[a,0],[0,0]] - b g = [[a/4 + 3b, 3b],[b, b]];
+///   y_1 = M [2,1] = [a/2 + 9b, 3b].
+/// The delta rule on the same tokens differs at t=1 because M k = [a,0]:
+///   g = ([a,0] - [3,1]) [1,1]^T, M = [[a/4 - b (a - 3), -b (a - 3)],[b, b]].
 #[test]
 fn e_hebbian_sign() {
     let p = memory_params(1, false);
+    let (a, b) = (th(1.0, 1.0), th(1.0, 2.0));
     let s = spec(2, 1, 2, 1, Rule::Hebbian, Composition::Mal, vec![1]);
     let tr = forward_trace(&s, &p, &[0, 2, 0], None, true);
-    assert_all_close(&tr.states_after[0][0].m, &[1.0, 0.0, 0.0, 0.0], "M after t0");
+    assert_all_close(&tr.states_after[0][0].m, &[a, 0.0, 0.0, 0.0], "M after t0");
     assert!(tr.states_after[0][0].m[0] > 0.0, "hebbian stores +v k^T");
-    assert_all_close(&tr.output.states[0].m, &[3.25, 3.0, 1.0, 1.0], "M after t1");
-    assert_all_close(&tr.y[1], &[9.5, 3.0], "y_1");
+    assert_all_close(&tr.output.states[0].m, &[a / 4.0 + 3.0 * b, 3.0 * b, b, b], "M after t1");
+    assert_all_close(&tr.y[1], &[a / 2.0 + 9.0 * b, 3.0 * b], "y_1");
 
     let s = spec(2, 1, 2, 1, Rule::Delta, Composition::Mal, vec![1]);
     let delta = forward(&s, &p, &[0, 2, 0], None, true);
-    assert_all_close(&delta.states[0].m, &[2.25, 2.0, 1.0, 1.0], "delta M");
+    assert_all_close(&delta.states[0].m, &[a / 4.0 - b * (a - 3.0), -b * (a - 3.0), b, b], "delta M");
 }
 
 // ---------------------------------------------------------------------------
@@ -435,8 +468,9 @@ fn g_window_one_is_value_projection() {
 
 /// n(z) = z / sqrt(|z|^2 + 1e-6). Wk = Wq = diag(3, 4), token 2 (e = [1,1]):
 /// raw k = raw q = [3,4], c = 1/sqrt(25 + 1e-6), k = q = [3c, 4c]; v = [3,1].
-/// Delta, p = 1, alpha = 3/4, theta = 1, M = 0: M = -(0 - v) k^T = v k^T
-///   = [[9c, 12c], [3c, 4c]]; y = M q = v (k.q) = v 25 c^2.
+/// Delta, p = 1, alpha = 3/4, |k|^2 = 25 c^2, theta = th(1, 25 c^2), M = 0:
+///   M = -theta (0 - v) k^T = theta v k^T = theta [[9c, 12c], [3c, 4c]];
+///   y = M q = theta v (k.q) = theta v 25 c^2.
 #[test]
 fn normalize_keys_uses_eps() {
     let mut s = spec(2, 1, 1, 1, Rule::Delta, Composition::Mal, vec![1]);
@@ -446,26 +480,28 @@ fn normalize_keys_uses_eps() {
     p.insert("mem.0.wq".into(), vec![3.0, 0.0, 0.0, 4.0]);
     let tr = forward_trace(&s, &p, &[2, 0], None, true);
     let c = 1.0 / (25.0f64 + 1e-6).sqrt();
-    let m = [9.0 * c, 12.0 * c, 3.0 * c, 4.0 * c];
+    let theta = th(1.0, 25.0 * c * c);
+    let m = [9.0 * c * theta, 12.0 * c * theta, 3.0 * c * theta, 4.0 * c * theta];
     assert_all_close(&tr.output.states[0].m, &m, "M");
-    assert_all_close(&tr.y[0], &[75.0 * c * c, 25.0 * c * c], "y_0");
+    assert_all_close(&tr.y[0], &[75.0 * c * c * theta, 25.0 * c * c * theta], "y_0");
     // Unit-length vectors are not quite fixed points: the eps shows.
-    assert!((tr.y[0][0] - 3.0).abs() > 1e-8);
+    assert!((tr.y[0][0] - 3.0 * theta).abs() > 1e-8);
 }
 
 /// y = (1/sqrt(L)) sum_l y^l. Level 0 (p = 1) as in (b), level 1 (p = 2) as
-/// in (c), same weights: y_0 = ([1,0] + [0,0]) / sqrt2,
-/// y_1 = ([2.25,1] + [3,1]) / sqrt2 = [5.25, 2] / sqrt2.
+/// in (c), same weights (a = th(1, 1), c = th(2, 1)): y_0 = ([a,0] + [0,0]) / sqrt2,
+/// y_1 = ([2.25 a, a] + [3c, c]) / sqrt2.
 #[test]
 fn two_levels_scale_by_inverse_sqrt_l() {
     let s = spec(2, 1, 2, 1, Rule::Delta, Composition::Mal, vec![1, 2]);
     let p = memory_params(2, false);
+    let (a, c) = (th(1.0, 1.0), th(2.0, 1.0));
     let tr = forward_trace(&s, &p, &[0, 1, 2], None, true);
     let r2 = 2f64.sqrt();
-    assert_all_close(&tr.y[0], &[1.0 / r2, 0.0], "y_0");
-    assert_all_close(&tr.y[1], &[5.25 / r2, 2.0 / r2], "y_1");
-    assert_all_close(&tr.output.states[0].m, &[0.25, 2.0, 0.0, 1.0], "M level 0");
-    assert_all_close(&tr.output.states[1].m, &[1.0, 2.0, 0.0, 1.0], "M level 1");
+    assert_all_close(&tr.y[0], &[a / r2, 0.0], "y_0");
+    assert_all_close(&tr.y[1], &[(2.25 * a + 3.0 * c) / r2, (a + c) / r2], "y_1");
+    assert_all_close(&tr.output.states[0].m, &[a / 4.0, 2.0 * a, 0.0, a], "M level 0");
+    assert_all_close(&tr.output.states[1].m, &[c, 2.0 * c, 0.0, c], "M level 1");
 }
 
 /// Deterministic pseudo-random numbers in [-1, 1).

@@ -9,14 +9,18 @@
 //! - The streaming state (`Stream`, 61,216 bytes in f32) lives in a `static`
 //!   (`.bss`), behind a try-lock, so nothing large is ever on the stack.
 //!
-//! The exported C ABI, [`nl_scores`], streams the bytes of [`SENTENCE`]
-//! through the model and writes the surprise (nats) of every next byte.
+//! The exported C ABI: [`nl_scores`] streams the bytes of [`SENTENCE`]
+//! through the model and writes the surprise (nats) of every next byte;
+//! [`nl_reset`] and [`nl_step`] drive the device's stream one token at a
+//! time and return an error code (never panic: on a microcontroller a
+//! panic is a hang) for a token outside the vocabulary, a bad embedded
+//! checkpoint or a re-entered call.
 #![no_std]
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use nl_runtime::checkpoint;
+use nl_runtime::{checkpoint, TokenError};
 
 nl_macros::nl_model!("../models/micro_memory.toml");
 
@@ -54,7 +58,29 @@ pub enum Error {
     Checkpoint(checkpoint::CheckpointError),
     /// The shared stream is in use (re-entered from an interrupt, or another core).
     Busy,
+    /// A token outside the vocabulary (the stream is unchanged).
+    Token(TokenError),
 }
+
+impl Error {
+    /// The C ABI's code for this error: [`NL_ERR_CHECKPOINT`], [`NL_ERR_BUSY`] or [`NL_ERR_TOKEN`].
+    pub fn code(&self) -> i32 {
+        match self {
+            Error::Checkpoint(_) => NL_ERR_CHECKPOINT,
+            Error::Busy => NL_ERR_BUSY,
+            Error::Token(_) => NL_ERR_TOKEN,
+        }
+    }
+}
+
+/// C ABI return code: success.
+pub const NL_OK: i32 = 0;
+/// C ABI return code: the token is not below the vocabulary size (256); the stream is unchanged.
+pub const NL_ERR_TOKEN: i32 = -1;
+/// C ABI return code: the embedded checkpoint does not fit the model.
+pub const NL_ERR_CHECKPOINT: i32 = -2;
+/// C ABI return code: the stream is in use (re-entered).
+pub const NL_ERR_BUSY: i32 = -3;
 
 /// The one streaming state, in `.bss`, handed out by a try-lock.
 struct StreamCell {
@@ -93,10 +119,62 @@ pub fn scores(out: &mut [f32; N_SCORES]) -> Result<(), Error> {
     with_stream(|st| {
         st.reset();
         for (i, w) in SENTENCE.windows(2).enumerate() {
-            st.step(p, u32::from(w[0]));
+            st.try_step(p, u32::from(w[0])).map_err(Error::Token)?;
             out[i] = st.surprise(u32::from(w[1])).unwrap_or(f32::NAN);
         }
-    })
+        Ok(())
+    })?
+}
+
+/// Resets the device's stream (empty window, zero memory).
+pub fn reset() -> Result<(), Error> {
+    with_stream(|st| st.reset())
+}
+
+/// Feeds one token to the device's stream and returns its surprise (nats)
+/// under the prediction before it (`NaN` for the first token after a
+/// reset). A token outside the vocabulary is an error and changes nothing.
+pub fn step(token: u32) -> Result<f32, Error> {
+    let p = params().map_err(Error::Checkpoint)?;
+    with_stream(|st| {
+        if token as usize >= micro_memory::VOCAB {
+            return Err(Error::Token(TokenError { token, vocab: micro_memory::VOCAB }));
+        }
+        let surprise = st.surprise(token).unwrap_or(f32::NAN);
+        st.try_step(p, token).map_err(Error::Token)?;
+        Ok(surprise)
+    })?
+}
+
+/// C ABI: resets the device's stream. Returns [`NL_OK`] or [`NL_ERR_BUSY`].
+#[no_mangle]
+pub extern "C" fn nl_reset() -> i32 {
+    match reset() {
+        Ok(()) => NL_OK,
+        Err(e) => e.code(),
+    }
+}
+
+/// C ABI: feeds `token` to the device's stream (the memory adapts) and, if
+/// `surprise` is not null, writes the token's surprise (nats) under the
+/// prediction before it (`NaN` right after a reset). Returns [`NL_OK`], or
+/// a negative code ([`NL_ERR_TOKEN`], [`NL_ERR_CHECKPOINT`], [`NL_ERR_BUSY`])
+/// with the stream and `*surprise` unchanged.
+///
+/// # Safety
+/// `surprise` is null or valid for one `f32` write.
+#[no_mangle]
+pub unsafe extern "C" fn nl_step(token: u32, surprise: *mut f32) -> i32 {
+    match step(token) {
+        Ok(s) => {
+            if !surprise.is_null() {
+                // SAFETY: the caller guarantees a non-null `surprise` is valid for one write.
+                unsafe { surprise.write(s) };
+            }
+            NL_OK
+        }
+        Err(e) => e.code(),
+    }
 }
 
 /// C ABI: writes up to `cap` surprise scores (nats) to `out` and returns how

@@ -210,6 +210,35 @@ pub trait Model: 'static {
     /// Feeds one token to a streaming state and returns the logits predicting the next.
     ///
     /// # Panics
-    /// If `token >= VOCAB`.
+    /// If `token >= VOCAB` ([`Model::try_step`] returns an error instead).
     fn step<'a, S: Scalar>(stream: &'a mut Self::Stream<S>, params: &Self::Params<S>, token: u32) -> &'a [S];
+    /// As [`Model::step`], but a token outside the vocabulary is an error
+    /// (the stream is left unchanged) instead of a panic: the form for a
+    /// device, where a panic is a hang.
+    fn try_step<'a, S: Scalar>(
+        stream: &'a mut Self::Stream<S>,
+        params: &Self::Params<S>,
+        token: u32,
+    ) -> Result<&'a [S], TokenError>;
+    /// A read-only view of memory level `level`'s inner-loop state in a
+    /// streaming state (`None` if the model has no such level).
+    fn memory_level<S: Scalar>(stream: &Self::Stream<S>, level: usize) -> Option<memory::LevelView<'_, S>>;
 }
+
+/// A token that is not below the model's vocabulary size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenError {
+    /// The token given.
+    pub token: u32,
+    /// The model's vocabulary size.
+    pub vocab: usize,
+}
+
+impl core::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "token {} is out of range for a vocabulary of {}", self.token, self.vocab)
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for TokenError {}

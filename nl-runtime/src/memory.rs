@@ -9,8 +9,10 @@
 //!
 //! Notation per token `t` (0-based) of one level: `kr = Wk m`, `k = n(kr)`,
 //! `v = Wv m`, `qr = Wq m`, `q = n(qr)`, `u = [k; v]`, gates `alpha =
-//! sigmoid(w_alpha.u + b_alpha)`, `theta = softplus(w_theta.u + b_theta)`,
-//! `eta = sigmoid(w_eta.u + b_eta)`. The surprise is written `g = r k^T`
+//! sigmoid(w_alpha.u + b_alpha)`, `theta = sigmoid(w_theta.u + b_theta) /
+//! (period (|k|^2 + eps))` (the bounded, NLMS-normalised inner learning
+//! rate: every fire is a contraction, see [`THETA_EPS`]), `eta =
+//! sigmoid(w_eta.u + b_eta)`. The surprise is written `g = r k^T`
 //! with `r = M k - v` (delta, titans) or `r = -v` (hebbian), `M` the
 //! memory before the token. `G += theta g`; on a fire (`(n + 1) % period ==
 //! 0`) `M <- (1 - alpha) M - G` (delta, hebbian) or `S <- eta S - G`,
@@ -38,6 +40,19 @@ use crate::{Scalar, Zeroable};
 
 /// `eps` of the key/query normalisation `n(z) = z / sqrt(|z|^2 + eps)`.
 pub const NORM_EPS: f64 = 1e-6;
+
+/// `eps` of the inner learning rate `theta = sigmoid(w_theta . u + b_theta)
+/// / (period (|k|^2 + eps))`.
+///
+/// Why this form: between fires `M` is frozen, and a fire of a `delta`
+/// level applies `M <- M ((1 - alpha) I - A) + sum_i theta_i v_i k_i^T`
+/// with `A = sum_i theta_i k_i k_i^T` over the at most `period` tokens of
+/// the chunk. `A` is positive semi-definite with `trace A = sum_i sigma_i
+/// |k_i|^2 / (period (|k_i|^2 + eps)) < 1`, so the eigenvalues of `(1 -
+/// alpha) I - A` lie in `(-alpha, 1 - alpha]`: a contraction plus a
+/// bounded input, whatever the keys (normalised or not) and however
+/// repetitive the stream. `hebbian` is a contraction by `1 - alpha`.
+pub const THETA_EPS: f64 = 1e-6;
 
 /// A memory update rule, as a type so each level's code is monomorphised.
 pub trait Rule: 'static {
@@ -105,6 +120,49 @@ impl<S: Scalar, const D: usize> LevelState<S, D> {
         self.s = other.s;
         self.n = other.n;
     }
+
+    /// The state as flat row-major slices, for generic tools (monitoring,
+    /// stability tests) that do not know `D` at compile time.
+    pub fn view(&self) -> LevelView<'_, S> {
+        LevelView { d: D, m: self.m.as_flattened(), g: self.g.as_flattened(), s: self.s.as_flattened(), n: self.n }
+    }
+}
+
+/// A read-only view of one level's inner-loop state with its width as a
+/// value ([`LevelState::view`]); what [`crate::Model::memory_level`] returns.
+#[derive(Clone, Copy, Debug)]
+pub struct LevelView<'a, S> {
+    /// The width `D`: every matrix is `D x D`, row-major.
+    pub d: usize,
+    /// The memory `M`.
+    pub m: &'a [S],
+    /// The accumulator `G` of the current chunk.
+    pub g: &'a [S],
+    /// The momentum `S` (zero unless titans).
+    pub s: &'a [S],
+    /// Tokens seen since the last reset.
+    pub n: u64,
+}
+
+impl<S: Scalar> LevelView<'_, S> {
+    /// Frobenius norm of `M`, in f64 (NaN if any entry is NaN, inf if one is infinite).
+    pub fn m_norm(&self) -> f64 {
+        frobenius(self.m)
+    }
+    /// Frobenius norm of the momentum `S`, in f64.
+    pub fn s_norm(&self) -> f64 {
+        frobenius(self.s)
+    }
+}
+
+/// `sqrt(sum x^2)` in f64, propagating NaN and infinities.
+fn frobenius<S: Scalar>(x: &[S]) -> f64 {
+    let mut acc = 0.0f64;
+    for v in x {
+        let v = v.to_f64();
+        acc += v * v;
+    }
+    libm::sqrt(acc)
 }
 
 /// One level's parameters, borrowed from the generated `Params`.
@@ -172,7 +230,7 @@ pub struct LevelTrace<S, const T: usize, const D: usize> {
     pub alpha: [S; T],
     /// Inner learning rate `theta_t`.
     pub theta: [S; T],
-    /// Pre-activation of `theta_t` (for the softplus derivative).
+    /// Pre-activation `w_theta . u_t + b_theta` of `theta_t` (for its derivative).
     pub theta_pre: [S; T],
     /// Momentum gate `eta_t` (titans).
     pub eta: [S; T],
@@ -221,13 +279,47 @@ pub fn gate_pre<S: Scalar, const D: usize>(w: &[S], b: S, k: &[S; D], v: &[S; D]
     crate::kernels::dot_slice(wk, k) + crate::kernels::dot_slice(wv, v) + b
 }
 
-/// Gates of one token: `(alpha, theta, theta_pre, eta)`.
+/// Gates of one token of a level with period `period`: `(alpha, theta,
+/// theta_pre, eta)`, where `theta = sigmoid(theta_pre) / (period (|k|^2 +
+/// eps))` and `theta_pre = w_theta . [k; v] + b_theta`.
 #[inline]
-fn gates<S: Scalar, R: Rule, const D: usize>(p: &LevelParams<'_, S, D>, k: &[S; D], v: &[S; D]) -> (S, S, S, S) {
+fn gates<S: Scalar, R: Rule, const D: usize>(
+    p: &LevelParams<'_, S, D>,
+    period: u64,
+    k: &[S; D],
+    v: &[S; D],
+) -> (S, S, S, S) {
     let alpha = gate_pre(p.w_alpha, p.b_alpha, k, v).sigmoid();
     let theta_pre = gate_pre(p.w_theta, p.b_theta, k, v);
     let eta = if R::MOMENTUM { gate_pre(p.w_eta, p.b_eta, k, v).sigmoid() } else { S::ZERO };
-    (alpha, theta_pre.softplus(), theta_pre, eta)
+    let denom = S::from_f64(period as f64) * (dot(k, k) + S::from_f64(THETA_EPS));
+    (alpha, theta_pre.sigmoid() / denom, theta_pre, eta)
+}
+
+/// Backward of `theta = sigmoid(b) / (period (|k|^2 + eps))`, `b = w_theta
+/// . [k; v] + b_theta`, given `d_theta`: `d b = d_theta theta (1 -
+/// sigmoid(b))` (into the gate's parameters and `dk`, `dv`) and the direct
+/// term `dk += -2 d_theta theta k / (|k|^2 + eps)`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn theta_backward<S: Scalar, const D: usize>(
+    d_theta: S,
+    theta: S,
+    theta_pre: S,
+    w: &[S],
+    k: &[S; D],
+    v: &[S; D],
+    dw: &mut [S],
+    db: &mut S,
+    dk: &mut [S; D],
+    dv: &mut [S; D],
+) {
+    // 1 - sigmoid(b) as sigmoid(-b): exact where sigmoid(b) rounds to 1.
+    gate_backward(d_theta * theta * (-theta_pre).sigmoid(), w, k, v, dw, db, dk, dv);
+    let c = -(d_theta + d_theta) * theta / (dot(k, k) + S::from_f64(THETA_EPS));
+    for i in 0..D {
+        dk[i] = c.mul_add(k[i], dk[i]);
+    }
 }
 
 /// Rows per block of the row kernels: a block's rows share every load of
@@ -645,7 +737,7 @@ pub fn step<S: Scalar, R: Rule, const D: usize>(
         normalize(&mut sc.k);
         normalize(&mut sc.q);
     }
-    let (alpha, theta, _, eta) = gates::<S, R, D>(p, &sc.k, &sc.v);
+    let (alpha, theta, _, eta) = gates::<S, R, D>(p, period, &sc.k, &sc.v);
     let fire = fires(st.n, period, frozen);
     if !frozen {
         st.n += 1;
@@ -681,7 +773,7 @@ pub fn forward<S: Scalar, R: Rule, const T: usize, const D: usize>(
             tr.k_norm[t] = S::ONE;
             tr.q_norm[t] = S::ONE;
         }
-        let (alpha, theta, theta_pre, eta) = gates::<S, R, D>(p, &tr.k[t], &tr.v[t]);
+        let (alpha, theta, theta_pre, eta) = gates::<S, R, D>(p, period, &tr.k[t], &tr.v[t]);
         tr.alpha[t] = alpha;
         tr.theta[t] = theta;
         tr.theta_pre[t] = theta_pre;
@@ -906,12 +998,11 @@ pub fn backward<S: Scalar, R: Rule, const T: usize, const D: usize>(
         }
         let (k, v) = (x.k, x.v);
         let (dq, dk, dv) = (&mut o.dq, &mut o.dk, &mut o.dv);
-        // Gates: alpha = sigmoid(a), theta = softplus(b), eta = sigmoid(c),
-        // each of w.[k; v] + bias. (Frozen, all their gradients are zero;
-        // without a fire, those of alpha and eta.)
+        // Gates: alpha = sigmoid(a), theta = sigmoid(b) / (period (|k|^2 +
+        // eps)), eta = sigmoid(c), each of w.[k; v] + bias. (Frozen, all
+        // their gradients are zero; without a fire, those of alpha and eta.)
         if !frozen {
-            let db = o.d_theta * tr.theta_pre[t].sigmoid();
-            gate_backward(db, p.w_theta, k, v, g.w_theta, g.b_theta, dk, dv);
+            theta_backward(o.d_theta, theta, tr.theta_pre[t], p.w_theta, k, v, g.w_theta, g.b_theta, dk, dv);
         }
         if fire {
             let d_alpha = -o.alpha.iter().fold(S::ZERO, |s, a| s + S::lane_sum(*a));
@@ -1059,7 +1150,7 @@ mod tests {
                 tr.k_norm[t] = S::ONE;
                 tr.q_norm[t] = S::ONE;
             }
-            let (alpha, theta, theta_pre, eta) = gates::<S, R, D>(p, &tr.k[t], &tr.v[t]);
+            let (alpha, theta, theta_pre, eta) = gates::<S, R, D>(p, period, &tr.k[t], &tr.v[t]);
             tr.alpha[t] = alpha;
             tr.theta[t] = theta;
             tr.theta_pre[t] = theta_pre;
@@ -1191,12 +1282,11 @@ mod tests {
                     }
                 }
             }
-            // Gates: alpha = sigmoid(a), theta = softplus(b), eta = sigmoid(c), each of w.[k; v] + bias.
+            // Gates: alpha = sigmoid(a), theta = sigmoid(b) / (period (|k|^2 + eps)), eta = sigmoid(c).
             let da = d_alpha * alpha * (S::ONE - alpha);
-            let db = d_theta * tr.theta_pre[t].sigmoid();
             let dc = if R::MOMENTUM { d_eta * eta * (S::ONE - eta) } else { S::ZERO };
             gate_backward(da, p.w_alpha, k, v, g.w_alpha, g.b_alpha, dk, dv);
-            gate_backward(db, p.w_theta, k, v, g.w_theta, g.b_theta, dk, dv);
+            theta_backward(d_theta, theta, tr.theta_pre[t], p.w_theta, k, v, g.w_theta, g.b_theta, dk, dv);
             if R::MOMENTUM {
                 gate_backward(dc, p.w_eta, k, v, g.w_eta, g.b_eta, dk, dv);
             }

@@ -1,8 +1,8 @@
 //! Slow, plain reference interpreter of the `nl` model family, used as a test
 //! oracle.
 //!
-//! It is written from `shared/MODEL.md` alone: every step below cites the
-//! step number of the "Forward" section of that page. Everything is `f64`,
+//! It is written from the model's statement (`docs/model.md`) alone: every step
+//! below cites the step number of its "Forward" section. Everything is `f64`,
 //! shapes are run-time values, storage is `Vec<f64>` in row-major order, and
 //! the loops are written out one index at a time on purpose. Speed and
 //! elegance are not goals; being obviously equal to the math is.
@@ -292,7 +292,8 @@ pub fn forward_trace(
                 u.extend_from_slice(&k);
                 u.extend_from_slice(&v);
                 let alpha = sigmoid(dot(lp.w_alpha, &u) + lp.b_alpha);
-                let theta = softplus(dot(lp.w_theta, &u) + lp.b_theta);
+                // theta_t = sigmoid(w_theta . u_t + b_theta) / (p_l * (|k_t|^2 + eps)), eps = 1e-6.
+                let theta = sigmoid(dot(lp.w_theta, &u) + lp.b_theta) / (period as f64 * (dot(&k, &k) + 1e-6));
 
                 // Step 2: surprise against the current M, then G <- G + theta g.
                 // delta, titans: g = (M k - v) k^T; hebbian: g = -v k^T.
@@ -493,15 +494,6 @@ pub fn sigmoid(x: f64) -> f64 {
     } else {
         let e = x.exp();
         e / (1.0 + e)
-    }
-}
-
-/// `ln(1 + exp(x))`, evaluated without overflow.
-pub fn softplus(x: f64) -> f64 {
-    if x > 0.0 {
-        x + (-x).exp().ln_1p()
-    } else {
-        x.exp().ln_1p()
     }
 }
 

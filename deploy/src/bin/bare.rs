@@ -86,6 +86,16 @@ mod bare {
                 exit(1);
             }
         }
+        // A token outside the vocabulary is an error code on the device,
+        // not a panic (which would hang here), and the stream still works.
+        let mut x = 0f32;
+        // SAFETY: `x` is a valid f32 to write.
+        let refused = unsafe { nl_deploy::nl_step(256, &mut x) } == nl_deploy::NL_ERR_TOKEN;
+        // SAFETY: as above.
+        let works = nl_deploy::nl_reset() == nl_deploy::NL_OK && unsafe { nl_deploy::nl_step(b'a'.into(), &mut x) } == nl_deploy::NL_OK;
+        if !(refused && works && x.is_nan()) {
+            exit(3);
+        }
         exit(0)
     }
 }
