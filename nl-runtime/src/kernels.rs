@@ -249,6 +249,214 @@ pub fn attention_backward_acc<
     }
 }
 
+/// One query row of sliding-window attention with a score function:
+/// `score(i, qh, kh)` is the unscaled score of head columns `qh` and the key
+/// `i` steps back; the logit is `score * scale (+ bias[h][i])`. The softmax
+/// and the output are as in [`attend_row`] (same padding, same passes).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_row_with<'a, S: Scalar, const D: usize, const H: usize, const HD: usize, const W: usize>(
+    q: &[S; D],
+    n: usize,
+    key: impl Fn(usize) -> &'a [S; D],
+    value: impl Fn(usize) -> &'a [S; D],
+    score: impl Fn(usize, &[S], &[S]) -> S,
+    bias: Option<&[[S; W]; H]>,
+    p: &mut [[S; W]; H],
+    out: &mut [S; D],
+) {
+    const { assert!(H * HD == D, "heads * head_dim must equal d_model") };
+    debug_assert!(n >= 1 && n <= W);
+    let scale = S::ONE / S::from_usize(HD).sqrt();
+    let m = n.next_multiple_of(LANES).min(W);
+    for (h, ph) in p.iter_mut().enumerate() {
+        let cols = h * HD..(h + 1) * HD;
+        let qh = &q[cols.clone()];
+        for (i, pi) in ph.iter_mut().enumerate().take(n) {
+            *pi = score(i, qh, &key(i)[cols.clone()]) * scale;
+        }
+        if let Some(b) = bias {
+            for (pi, &bi) in ph.iter_mut().zip(&b[h]).take(n) {
+                *pi += bi;
+            }
+        }
+        ph[n..m].fill(S::from_f64(f64::NEG_INFINITY));
+        let row = &mut ph[..m];
+        let mx = max_lanes(row);
+        for pi in row.iter_mut() {
+            *pi = (*pi - mx).exp();
+        }
+        let inv = S::ONE / sum_lanes(row);
+        for pi in row.iter_mut() {
+            *pi *= inv;
+        }
+        ph[m..].fill(S::ZERO);
+        let mut oh = [S::ZERO; HD];
+        for (i, &pi) in ph.iter().enumerate().take(n) {
+            axpy(pi, &value(i)[cols.clone()], &mut oh);
+        }
+        out[cols].copy_from_slice(&oh);
+    }
+}
+
+/// The RoPE score of one head in offset form: for each pair
+/// `(x, y) = (2j, 2j + 1)`, `c_j (qx kx + qy ky) + s_j (qx ky - qy kx)`,
+/// which is `(R(t w) q) . (R(tau w) k)` for `c_j = cos(o w_j)`,
+/// `s_j = sin(o w_j)`, `o = t - tau`.
+#[inline(always)]
+fn rope_offset_dot<S: Scalar, const HALF: usize>(qh: &[S], kh: &[S], c: &[S; HALF], s: &[S; HALF]) -> S {
+    debug_assert!(qh.len() == 2 * HALF && kh.len() == 2 * HALF);
+    let mut acc = S::ZERO;
+    for j in 0..HALF {
+        let (qx, qy) = (qh[2 * j], qh[2 * j + 1]);
+        let (kx, ky) = (kh[2 * j], kh[2 * j + 1]);
+        let re = qx.mul_add(kx, qy * ky);
+        let im = qx.mul_add(ky, -(qy * kx));
+        acc = c[j].mul_add(re, acc);
+        acc = s[j].mul_add(im, acc);
+    }
+    acc
+}
+
+/// Sliding-window causal attention for one query position with positions:
+/// the streaming form of [`attention_bias`] and of RoPE attention.
+///
+/// As [`attend_row`] (`n` visible keys, `key(i)`/`value(i)` the key and
+/// value `i` steps back, probabilities to `p[h][i]`, zeros past `n`), with
+/// the logit of head `h` and offset `i`
+/// `score(q, key(i)) / sqrt(HD) + bias[h][i]` (no bias term if `bias` is
+/// `None`), where `score` is:
+/// - `rope = None`: the plain dot product of the head's columns;
+/// - `rope = Some((cos, sin))`, tables indexed by the OFFSET `i`
+///   ([`rope_table`](crate::positions::rope_table) with `start = 0`,
+///   `N = W`), keys and query UNROTATED: per pair `(x, y) = (2j, 2j + 1)` of
+///   the head, `cos[i][j] (qx kx + qy ky) + sin[i][j] (qx ky - qy kx)`. This
+///   equals the dot product of the query rotated at its position `t` and the
+///   key rotated at `t - i` for every `t`, and involves no absolute
+///   position, so it keeps full precision on an unbounded stream.
+///
+/// `HALF` is only used by `rope` (pass `HD / 2`; with `rope = None` any
+/// value works).
+///
+/// # Panics
+/// If `rope` is given and `HD != 2 * HALF`.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+#[inline]
+pub fn attend_row_pos<
+    'a,
+    S: Scalar,
+    const D: usize,
+    const H: usize,
+    const HD: usize,
+    const HALF: usize,
+    const W: usize,
+>(
+    q: &[S; D],
+    n: usize,
+    key: impl Fn(usize) -> &'a [S; D],
+    value: impl Fn(usize) -> &'a [S; D],
+    rope: Option<(&[[S; HALF]; W], &[[S; HALF]; W])>,
+    bias: Option<&[[S; W]; H]>,
+    p: &mut [[S; W]; H],
+    out: &mut [S; D],
+) {
+    match rope {
+        None => attend_row_with::<S, D, H, HD, W>(q, n, key, value, |_, qh, kh| dot_slice(qh, kh), bias, p, out),
+        Some((cos, sin)) => {
+            assert!(HD == 2 * HALF, "RoPE needs head_dim = 2 * HALF");
+            let score = |i: usize, qh: &[S], kh: &[S]| rope_offset_dot(qh, kh, &cos[i], &sin[i]);
+            attend_row_with::<S, D, H, HD, W>(q, n, key, value, score, bias, p, out)
+        }
+    }
+}
+
+/// [`attention`] with a learned position bias: the logit of query `t`,
+/// head `h`, key `t - i` is `q.k / sqrt(HD) + bias[h][i]` (`i` the offset,
+/// `0..W`). Probabilities are kept in `p` as in [`attention`]. For RoPE,
+/// rotate `q` and `k` first ([`rope_apply`](crate::positions::rope_apply));
+/// without a bias, use [`attention`].
+#[inline]
+pub fn attention_bias<S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize>(
+    q: &[[S; D]; T],
+    k: &[[S; D]; T],
+    v: &[[S; D]; T],
+    bias: &[[S; W]; H],
+    p: &mut [[[S; W]; H]; T],
+    out: &mut [[S; D]; T],
+) {
+    for t in 0..T {
+        let n = (t + 1).min(W);
+        let score = |_: usize, qh: &[S], kh: &[S]| dot_slice(qh, kh);
+        attend_row_with::<S, D, H, HD, W>(
+            &q[t],
+            n,
+            |i| &k[t - i],
+            |i| &v[t - i],
+            score,
+            Some(bias),
+            &mut p[t],
+            &mut out[t],
+        );
+    }
+}
+
+/// Backward of [`attention_bias`]: from `da` adds the gradients of `q`,
+/// `k`, `v` and the bias into `dq`, `dk`, `dv` and `dbias`
+/// (`dbias[h][i] += dlogit` over every query `t` with a key `i` back).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn attention_bias_backward_acc<
+    S: Scalar,
+    const T: usize,
+    const D: usize,
+    const H: usize,
+    const HD: usize,
+    const W: usize,
+>(
+    q: &[[S; D]; T],
+    k: &[[S; D]; T],
+    v: &[[S; D]; T],
+    p: &[[[S; W]; H]; T],
+    da: &[[S; D]; T],
+    dq: &mut [[S; D]; T],
+    dk: &mut [[S; D]; T],
+    dv: &mut [[S; D]; T],
+    dbias: &mut [[S; W]; H],
+) {
+    const { assert!(H * HD == D, "heads * head_dim must equal d_model") };
+    let scale = S::ONE / S::from_usize(HD).sqrt();
+    let mut dp = [S::ZERO; W];
+    for t in 0..T {
+        let n = (t + 1).min(W);
+        for h in 0..H {
+            let cols = h * HD..(h + 1) * HD;
+            let ph = &p[t][h];
+            let dah = &da[t][cols.clone()];
+            let mut sum = S::ZERO;
+            for i in 0..n {
+                let tau = t - i;
+                dp[i] = dot_slice(dah, &v[tau][cols.clone()]);
+                sum += ph[i] * dp[i];
+                axpy(ph[i], dah, &mut dv[tau][cols.clone()]);
+            }
+            let mut dqh = [S::ZERO; HD];
+            let qh = &q[t][cols.clone()];
+            for i in 0..n {
+                let tau = t - i;
+                // The gradient of the logit; the bias enters it unscaled.
+                let dl = ph[i] * (dp[i] - sum);
+                dbias[h][i] += dl;
+                let ds = dl * scale;
+                axpy(ds, &k[tau][cols.clone()], &mut dqh);
+                axpy(ds, qh, &mut dk[tau][cols.clone()]);
+            }
+            for (d, x) in dq[t][cols].iter_mut().zip(&dqh) {
+                *d += *x;
+            }
+        }
+    }
+}
+
 /// The largest element of `x` (`-inf` if `x` is empty), kept in [`LANES`]
 /// running maxima so the pass vectorises. The maximum is exact, so the lanes
 /// change nothing (up to NaN propagation and the sign of a zero).
@@ -529,5 +737,291 @@ mod tests {
         assert_eq!(out[1], [1.5, 15.0]);
         assert_eq!(out[2], [3.0, 30.0]);
         assert_eq!(p[0][0], [1.0, 0.0]);
+    }
+}
+
+#[cfg(test)]
+mod position_tests {
+    use super::*;
+    use crate::positions::{rope_apply, rope_table};
+    use crate::rng::Rng;
+
+    const T: usize = 9;
+    const D: usize = 8;
+    const H: usize = 2;
+    const HD: usize = 4;
+    const HALF: usize = 2;
+    const W: usize = 4;
+
+    fn random<const R: usize, const C: usize>(rng: &mut Rng, amp: f64) -> [[f64; C]; R] {
+        core::array::from_fn(|_| core::array::from_fn(|_| amp * (2.0 * rng.next_f64() - 1.0)))
+    }
+
+    /// Plain triple-loop attention with a position bias, in f64.
+    fn plain_attention_bias(
+        q: &[[f64; D]; T],
+        k: &[[f64; D]; T],
+        v: &[[f64; D]; T],
+        bias: &[[f64; W]; H],
+    ) -> ([[[f64; W]; H]; T], [[f64; D]; T]) {
+        let mut p = [[[0.0; W]; H]; T];
+        let mut out = [[0.0; D]; T];
+        for t in 0..T {
+            for h in 0..H {
+                let lo = (t + 1).saturating_sub(W);
+                let mut s = [0.0; W];
+                for tau in lo..=t {
+                    let mut dotp = 0.0;
+                    for j in h * HD..(h + 1) * HD {
+                        dotp += q[t][j] * k[tau][j];
+                    }
+                    s[t - tau] = dotp / (HD as f64).sqrt() + bias[h][t - tau];
+                }
+                let n = t - lo + 1;
+                let mx = s[..n].iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x));
+                let z: f64 = s[..n].iter().map(|&x| libm::exp(x - mx)).sum();
+                for i in 0..n {
+                    p[t][h][i] = libm::exp(s[i] - mx) / z;
+                    for j in h * HD..(h + 1) * HD {
+                        out[t][j] += p[t][h][i] * v[t - i][j];
+                    }
+                }
+            }
+        }
+        (p, out)
+    }
+
+    #[test]
+    fn attention_bias_matches_triple_loop() {
+        let mut rng = Rng::new(41);
+        let (q, k, v) = (random::<T, D>(&mut rng, 2.0), random::<T, D>(&mut rng, 2.0), random::<T, D>(&mut rng, 1.0));
+        let bias = random::<H, W>(&mut rng, 1.5);
+        let (want_p, want_out) = plain_attention_bias(&q, &k, &v, &bias);
+        let mut p = [[[9.0; W]; H]; T];
+        let mut out = [[9.0; D]; T];
+        attention_bias::<f64, T, D, H, HD, W>(&q, &k, &v, &bias, &mut p, &mut out);
+        for t in 0..T {
+            for h in 0..H {
+                for i in 0..W {
+                    assert!((p[t][h][i] - want_p[t][h][i]).abs() < 1e-14, "p[{t}][{h}][{i}]");
+                }
+            }
+            for j in 0..D {
+                assert!((out[t][j] - want_out[t][j]).abs() < 1e-14, "out[{t}][{j}]");
+            }
+        }
+        // A zero bias is plain attention, bit for bit.
+        let (mut p0, mut out0) = ([[[0.0; W]; H]; T], [[0.0; D]; T]);
+        attention_bias::<f64, T, D, H, HD, W>(&q, &k, &v, &[[0.0; W]; H], &mut p, &mut out);
+        attention::<f64, T, D, H, HD, W>(&q, &k, &v, &mut p0, &mut out0);
+        assert_eq!((p, out), (p0, out0));
+    }
+
+    /// Central differences of `L = sum(c * attention_bias(q, k, v, bias))`
+    /// for every element of `q`, `k`, `v` and `bias`.
+    #[test]
+    fn attention_bias_backward_matches_finite_differences() {
+        let mut rng = Rng::new(42);
+        let (q, k, v) = (random::<T, D>(&mut rng, 1.5), random::<T, D>(&mut rng, 1.5), random::<T, D>(&mut rng, 1.0));
+        let bias = random::<H, W>(&mut rng, 1.0);
+        let c = random::<T, D>(&mut rng, 1.0);
+        let loss = |q: &[[f64; D]; T], k: &[[f64; D]; T], v: &[[f64; D]; T], b: &[[f64; W]; H]| {
+            let (mut p, mut out) = ([[[0.0; W]; H]; T], [[0.0; D]; T]);
+            attention_bias::<f64, T, D, H, HD, W>(q, k, v, b, &mut p, &mut out);
+            (0..T).map(|t| (0..D).map(|j| c[t][j] * out[t][j]).sum::<f64>()).sum::<f64>()
+        };
+        let (mut p, mut out) = ([[[0.0; W]; H]; T], [[0.0; D]; T]);
+        attention_bias::<f64, T, D, H, HD, W>(&q, &k, &v, &bias, &mut p, &mut out);
+        // Accumulation: nonzero starting gradients, subtracted after.
+        let g0 = random::<T, D>(&mut rng, 1.0);
+        let b0 = random::<H, W>(&mut rng, 1.0);
+        let (mut dq, mut dk, mut dv, mut db) = (g0, g0, g0, b0);
+        attention_bias_backward_acc::<f64, T, D, H, HD, W>(&q, &k, &v, &p, &c, &mut dq, &mut dk, &mut dv, &mut db);
+        let h = 1e-5;
+        let mut worst = 0.0f64;
+        let mut check = |an: f64, num: f64| worst = worst.max((an - num).abs() / num.abs().max(1e-2));
+        for t in 0..T {
+            for j in 0..D {
+                let bump = |x: &[[f64; D]; T], e: f64| {
+                    let mut y = *x;
+                    y[t][j] += e;
+                    y
+                };
+                check(
+                    dq[t][j] - g0[t][j],
+                    (loss(&bump(&q, h), &k, &v, &bias) - loss(&bump(&q, -h), &k, &v, &bias)) / (2.0 * h),
+                );
+                check(
+                    dk[t][j] - g0[t][j],
+                    (loss(&q, &bump(&k, h), &v, &bias) - loss(&q, &bump(&k, -h), &v, &bias)) / (2.0 * h),
+                );
+                check(
+                    dv[t][j] - g0[t][j],
+                    (loss(&q, &k, &bump(&v, h), &bias) - loss(&q, &k, &bump(&v, -h), &bias)) / (2.0 * h),
+                );
+            }
+        }
+        for hh in 0..H {
+            for i in 0..W {
+                let (mut bp, mut bm) = (bias, bias);
+                bp[hh][i] += h;
+                bm[hh][i] -= h;
+                check(db[hh][i] - b0[hh][i], (loss(&q, &k, &v, &bp) - loss(&q, &k, &v, &bm)) / (2.0 * h));
+            }
+        }
+        assert!(worst < 1e-6, "max relative error {worst:e}");
+    }
+
+    /// The streaming row (offset-form RoPE, unrotated keys) against the
+    /// training path (rotate q and k at their positions, then attend), row by row.
+    #[test]
+    fn attend_row_pos_matches_the_training_path() {
+        let mut rng = Rng::new(43);
+        let (q, k, v) = (random::<T, D>(&mut rng, 2.0), random::<T, D>(&mut rng, 2.0), random::<T, D>(&mut rng, 1.0));
+        let bias = random::<H, W>(&mut rng, 1.0);
+        let (mut ct, mut st) = ([[0.0; HALF]; T], [[0.0; HALF]; T]);
+        rope_table(0, &mut ct, &mut st);
+        let (mut co, mut so) = ([[0.0; HALF]; W], [[0.0; HALF]; W]);
+        rope_table(0, &mut co, &mut so);
+        let (mut qr, mut kr) = (q, k);
+        rope_apply::<f64, T, D, HD, HALF>(&mut qr, &ct, &st);
+        rope_apply::<f64, T, D, HD, HALF>(&mut kr, &ct, &st);
+        let (mut pb, mut ob) = ([[[0.0; W]; H]; T], [[0.0; D]; T]);
+        attention_bias::<f64, T, D, H, HD, W>(&qr, &kr, &v, &bias, &mut pb, &mut ob);
+        let (mut pa, mut oa) = ([[[0.0; W]; H]; T], [[0.0; D]; T]);
+        attention::<f64, T, D, H, HD, W>(&qr, &kr, &v, &mut pa, &mut oa);
+        let (mut pn, mut on) = ([[[0.0; W]; H]; T], [[0.0; D]; T]);
+        attention::<f64, T, D, H, HD, W>(&q, &k, &v, &mut pn, &mut on);
+        for t in 0..T {
+            let n = (t + 1).min(W);
+            let close = |p: &[[f64; W]; H], o: &[f64; D], wp: &[[f64; W]; H], wo: &[f64; D]| {
+                (0..H).all(|h| (0..W).all(|i| (p[h][i] - wp[h][i]).abs() < 1e-13))
+                    && (0..D).all(|j| (o[j] - wo[j]).abs() < 1e-13)
+            };
+            let (mut p, mut o) = ([[7.0; W]; H], [7.0; D]);
+            let rope = Some((&co, &so));
+            attend_row_pos::<f64, D, H, HD, HALF, W>(
+                &q[t],
+                n,
+                |i| &k[t - i],
+                |i| &v[t - i],
+                rope,
+                Some(&bias),
+                &mut p,
+                &mut o,
+            );
+            assert!(close(&p, &o, &pb[t], &ob[t]), "rope + bias, row {t}");
+            attend_row_pos::<f64, D, H, HD, HALF, W>(
+                &q[t],
+                n,
+                |i| &k[t - i],
+                |i| &v[t - i],
+                rope,
+                None,
+                &mut p,
+                &mut o,
+            );
+            assert!(close(&p, &o, &pa[t], &oa[t]), "rope, row {t}");
+            // Neither: exactly attend_row.
+            attend_row_pos::<f64, D, H, HD, HALF, W>(
+                &q[t],
+                n,
+                |i| &k[t - i],
+                |i| &v[t - i],
+                None,
+                None,
+                &mut p,
+                &mut o,
+            );
+            assert_eq!((p, o), (pn[t], on[t]), "plain, row {t}");
+        }
+    }
+
+    /// At absolute position 10^7 + 5 the f32 streaming row equals the f64
+    /// result of rotating at the small positions 5.. (and at the huge ones,
+    /// in f64) within 1e-5 relative: the offset form has no absolute angle.
+    #[test]
+    fn attend_row_pos_keeps_precision_at_huge_positions() {
+        const D: usize = 32;
+        const H: usize = 2;
+        const HD: usize = 16;
+        const HALF: usize = 8;
+        const W: usize = 12;
+        let mut rng = Rng::new(44);
+        for trial in 0..20 {
+            // The query at `pos`, key i at `pos - i`.
+            let q: [f64; D] = core::array::from_fn(|_| (2.0 * rng.next_f64() - 1.0) as f32 as f64);
+            let k = random::<W, D>(&mut rng, 1.5).map(|r| r.map(|x| x as f32 as f64));
+            let v = random::<W, D>(&mut rng, 1.0).map(|r| r.map(|x| x as f32 as f64));
+            let bias = random::<H, W>(&mut rng, 0.5).map(|r| r.map(|x| x as f32 as f64));
+            let n = if trial % 2 == 0 { W } else { 1 + trial % W };
+            // f64 references: rotate q and every key at absolute positions, attend.
+            let reference = |pos: u64| {
+                let first = pos + 1 - W as u64; // table row r is position first + r
+                let (mut c, mut s) = ([[0.0f64; HALF]; W], [[0.0f64; HALF]; W]);
+                rope_table(first, &mut c, &mut s);
+                let row = |r: usize| (&c[r], &s[r]);
+                let mut qr = [q];
+                let (qc, qs) = row(W - 1);
+                rope_apply::<f64, 1, D, HD, HALF>(&mut qr, &[*qc], &[*qs]);
+                let mut kr = k;
+                for i in 0..W {
+                    let (kc, ks) = row(W - 1 - i);
+                    let mut one = [k[i]];
+                    rope_apply::<f64, 1, D, HD, HALF>(&mut one, &[*kc], &[*ks]);
+                    kr[i] = one[0];
+                }
+                let mut p = [[0.0; W]; H];
+                let mut out = [0.0; D];
+                for h in 0..H {
+                    let cols = h * HD..(h + 1) * HD;
+                    let s: [f64; W] = core::array::from_fn(|i| {
+                        cols.clone().map(|j| qr[0][j] * kr[i][j]).sum::<f64>() / (HD as f64).sqrt() + bias[h][i]
+                    });
+                    let mx = s[..n].iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x));
+                    let z: f64 = s[..n].iter().map(|&x| libm::exp(x - mx)).sum();
+                    for i in 0..n {
+                        p[h][i] = libm::exp(s[i] - mx) / z;
+                        for j in cols.clone() {
+                            out[j] += p[h][i] * v[i][j];
+                        }
+                    }
+                }
+                (p, out)
+            };
+            let (p_small, o_small) = reference(W as u64 - 1 + 5);
+            let (p_huge, o_huge) = reference(10_000_005);
+            let mut c32 = [[0.0f32; HALF]; W];
+            let mut s32 = [[0.0f32; HALF]; W];
+            rope_table(0, &mut c32, &mut s32);
+            let q32 = q.map(|x| x as f32);
+            let k32 = k.map(|r| r.map(|x| x as f32));
+            let v32 = v.map(|r| r.map(|x| x as f32));
+            let b32 = bias.map(|r| r.map(|x| x as f32));
+            let (mut p, mut o) = ([[0.0f32; W]; H], [0.0f32; D]);
+            attend_row_pos::<f32, D, H, HD, HALF, W>(
+                &q32,
+                n,
+                |i| &k32[i],
+                |i| &v32[i],
+                Some((&c32, &s32)),
+                Some(&b32),
+                &mut p,
+                &mut o,
+            );
+            let oscale = o_small.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            for h in 0..H {
+                for i in 0..W {
+                    assert!((p_small[h][i] - p_huge[h][i]).abs() < 1e-8, "f64 references differ");
+                    let err = (p[h][i] as f64 - p_small[h][i]).abs();
+                    assert!(err <= 1e-5 * p_small[h][i].max(1e-3), "trial {trial} p[{h}][{i}]: {err:e}");
+                }
+            }
+            for j in 0..D {
+                assert!((o_small[j] - o_huge[j]).abs() < 1e-8 * oscale, "f64 references differ");
+                let err = (o[j] as f64 - o_small[j]).abs();
+                assert!(err <= 1e-5 * oscale, "trial {trial} out[{j}]: {err:e}");
+            }
+        }
     }
 }

@@ -25,9 +25,12 @@ pub mod checkpoint;
 pub mod gemm;
 pub mod kernels;
 pub mod memory;
+pub mod mlp;
+pub mod norm;
 pub mod optim;
 #[cfg(feature = "std")]
 pub mod parallel;
+pub mod positions;
 pub mod rng;
 mod scalar;
 
