@@ -108,3 +108,31 @@ fn batch_of_partial_sequences_is_refused() {
     let mut g = boxed_zeroed::<micro::Params<f64>>();
     micro::loss_and_grad_batch(&p, &[0; micro::SEQ + 2], &mut ws, &mut g);
 }
+
+/// The plan's footprint (what a spec costs before it is compiled, and what
+/// the workspace limit checks) against the sizes of the generated structs:
+/// within a few bytes of padding.
+fn footprint_matches_generated_structs<M: nl::nl_runtime::Model>() {
+    let plan = nl_spec::plan_from_str(M::SPEC, M::NAME).expect("valid spec");
+    let f = plan.footprint;
+    let sizes = [
+        ("Params", f.params, std::mem::size_of::<M::Params<f32>>()),
+        ("Workspace", f.workspace, std::mem::size_of::<M::Workspace<f32>>()),
+        ("Stream", f.stream, std::mem::size_of::<M::Stream<f32>>()),
+    ];
+    for (what, planned, actual) in sizes {
+        assert!(planned.abs_diff(actual) <= 16, "{}: {what} planned {planned} bytes, generated {actual}", M::NAME);
+    }
+}
+
+#[test]
+fn plan_footprint_is_the_size_of_the_generated_structs() {
+    footprint_matches_generated_structs::<micro::Model>();
+    footprint_matches_generated_structs::<micro_memory::Model>();
+    footprint_matches_generated_structs::<micro_titans::Model>();
+    footprint_matches_generated_structs::<micro_hebbian::Model>();
+    footprint_matches_generated_structs::<micro_mal::Model>();
+    footprint_matches_generated_structs::<micro_cms4::Model>();
+    footprint_matches_generated_structs::<sensor::Model>();
+    footprint_matches_generated_structs::<d128_memory::Model>();
+}

@@ -21,8 +21,8 @@ mod plan;
 mod spec;
 
 pub use error::SpecError;
-pub use plan::{sha256, sha256_hex, Flops, Init, MemoryPlan, Plan, TensorPlan};
-pub use spec::{Composition, Limits, Rule, Spec, LIMITS};
+pub use plan::{footprint, sha256, sha256_hex, Flops, Footprint, Init, MemoryPlan, Plan, TensorPlan};
+pub use spec::{Composition, Limits, Rule, Spec, DEFAULT_WORKSPACE_LIMIT_MIB, LIMITS};
 
 /// Parses and validates a spec, then builds its plan.
 ///

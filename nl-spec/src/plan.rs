@@ -17,6 +17,23 @@
 //! ~ U(-1/sqrt(in), 1/sqrt(in)); gate weights are 0; gate biases are the
 //! spec's `b_alpha`, `b_theta`, `b_eta`.
 //!
+//! # Footprint
+//!
+//! [`Footprint`] counts, in f32, the arrays of the generated structs (to
+//! within the padding of a few scalar fields): `Params` is the parameter
+//! count; `Workspace` holds per position the activations and their
+//! gradients (`12 T d`, `2 T d` more with `mag`), the attention
+//! probabilities (`T h W`), logits and their gradient (`2 T V`), the packed
+//! transposed weights (`4 d^2 + V d`), and with memory `4 T d` (the
+//! branch's input, read, gate and gradient), per level `7 T d + 6 T` (keys,
+//! values, queries, surprise factors, their gradients, the gates) plus the
+//! history `2 T d^2` (`M` and `S` after each fire), the start and end
+//! states (`4 d^2` each: `M`, `G`, `S`, `W`) and the adjoint `4 d^2`;
+//! `Stream` holds the attention ring (`2 W d`), logits and per-token
+//! vectors, and each level's state. The history dominates as soon as
+//! `d_model` is more than a few times `vocab / seq_len`: a spec whose
+//! workspace exceeds its `workspace_limit_mib` (default 1024) is rejected.
+//!
 //! # FLOPs per token
 //!
 //! A multiply-add counts 2. Counted: every matrix product and dot product;
@@ -30,7 +47,8 @@
 //! - per memory level: `3 * 2 d^2` (projections) `+ 2 * 2 * 2d * gates`
 //!   (gate dot products, `gates` = 2, or 3 for titans) `+ 2 d^2` (read
 //!   `M q`) `+ 2 d^2` (accumulate `theta (Mk - v) k^T` into G) `+ 2 d^2`
-//!   (`M k`; not for hebbian) `+ (2 d^2 [+ 2 d^2 titans]) / p` (the fire);
+//!   (`M k`; not for hebbian) `[+ 2 d^2` (titans: accumulate `theta v k^T`
+//!   into W)`] + (2 d^2 [+ 2 d^2 titans]) / p` (the fire);
 //! - forward + backward = 3 x forward (the backward of a product costs two
 //!   products);
 //! - a streaming step is the forward with `avg_w = W` (a full window).
@@ -79,6 +97,21 @@ pub struct MemoryPlan {
     pub periods: Vec<usize>,
 }
 
+/// Bytes of the generated structs in `f32` (formulas in the module docs,
+/// "Footprint"): what a model costs in RAM before it is compiled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    /// `Params` (also the gradient buffer, and each of AdamW's two moments).
+    pub params: usize,
+    /// `Workspace`: everything one training sequence keeps for its backward.
+    pub workspace: usize,
+    /// The part of `workspace` that is the memory levels' history (`M` and
+    /// `S` after every fire: `2 * levels * seq_len * d_model^2` values).
+    pub memory_history: usize,
+    /// `Stream`: the serving state (attention ring, memory levels).
+    pub stream: usize,
+}
+
 /// FLOP counts per token (formulas in the module docs).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Flops {
@@ -119,6 +152,8 @@ pub struct Plan {
     pub bytes_f32: usize,
     /// FLOPs per token.
     pub flops: Flops,
+    /// Bytes of `Params`, `Workspace` and `Stream` in f32.
+    pub footprint: Footprint,
     /// SHA-256 of the spec's source text, 64 lowercase hex digits; checkpoints
     /// carry it so a file is never loaded into another spec's model.
     /// [`crate::plan_from_str`] fills it; [`Plan::new`] (which has no source
@@ -167,6 +202,7 @@ impl Plan {
             periods: m.periods.clone(),
         });
         let flops = flops(spec);
+        let footprint = footprint(spec);
         Plan {
             name: spec.name.clone(),
             d,
@@ -181,6 +217,7 @@ impl Plan {
             param_count,
             bytes_f32: param_count * 4,
             flops,
+            footprint,
             spec_sha256: String::new(),
         }
     }
@@ -259,6 +296,33 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// The bytes of the generated `Params`, `Workspace` and `Stream` in f32
+/// (the module docs list the fields counted).
+pub fn footprint(spec: &Spec) -> Footprint {
+    const S: usize = 4;
+    let (t, d, h, w, v) = (spec.seq_len, spec.d_model, spec.heads, spec.window, spec.vocab);
+    let l = spec.levels();
+    let mag = usize::from(spec.composition == Composition::Mag);
+    // A level's state: M, G, S, W and the count n.
+    let state = 4 * d * d * S + 8;
+    let mut workspace = (12 + 2 * mag) * t * d + t * h * w + 2 * t * v + 4 * d * d + v * d;
+    let mut history = 0;
+    let mut stream = 2 * w * d + v + (4 + mag) * d + h * w;
+    if l > 0 {
+        history = l * 2 * t * d * d;
+        // e, y, gate, dy; per level: k, v, q, r, dk, dv, dq, six per-token
+        // scalars, and the history; the adjoint (dM, dG, dS, dW).
+        workspace += 4 * t * d + l * (7 * t * d + 6 * t) + history + 4 * d * d;
+        stream += d + 4 * d;
+    }
+    Footprint {
+        params: spec.param_count() * S,
+        workspace: workspace * S + 2 * l * state + 8,
+        memory_history: history * S,
+        stream: stream * S + l * state + 16,
+    }
+}
+
 fn flops(spec: &Spec) -> Flops {
     let d = spec.d_model as f64;
     let t = spec.seq_len;
@@ -271,7 +335,11 @@ fn flops(spec: &Spec) -> Flops {
             .iter()
             .map(|&p| {
                 let gates = if m.rule == Rule::Titans { 3.0 } else { 2.0 };
-                let mk = if m.rule == Rule::Hebbian { 0.0 } else { 2.0 * d * d };
+                let mk = match m.rule {
+                    Rule::Hebbian => 0.0,
+                    Rule::Delta => 2.0 * d * d,
+                    Rule::Titans => 4.0 * d * d,
+                };
                 let fire = if m.rule == Rule::Titans { 4.0 * d * d } else { 2.0 * d * d };
                 6.0 * d * d + 2.0 * 2.0 * 2.0 * d * gates + 2.0 * d * d + 2.0 * d * d + mk + fire / p as f64
             })

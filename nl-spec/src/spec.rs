@@ -88,6 +88,7 @@ struct RawSpec {
     vocab: Spanned<usize>,
     seq_len: Spanned<usize>,
     window: Option<Spanned<usize>>,
+    workspace_limit_mib: Option<Spanned<usize>>,
     memory: Option<Spanned<RawMemory>>,
 }
 
@@ -145,7 +146,12 @@ pub struct Spec {
     pub composition: Composition,
     /// The memory branch; `None` when the spec has no levels.
     pub memory: Option<MemorySpec>,
+    /// Largest training workspace allowed, in MiB (`workspace_limit_mib`, default 1024).
+    pub workspace_limit_mib: usize,
 }
+
+/// Default of `workspace_limit_mib`: 1 GiB.
+pub const DEFAULT_WORKSPACE_LIMIT_MIB: usize = 1024;
 
 const KEYWORDS: &[&str] = &[
     "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum", "extern", "false", "fn",
@@ -353,7 +359,21 @@ impl Spec {
             }
         };
 
-        let spec = Spec { name, d_model: d, heads, vocab, seq_len, window, composition, memory };
+        let workspace_limit_mib = match &raw.workspace_limit_mib {
+            Some(m) => {
+                let mv = *m.get_ref();
+                if mv == 0 || mv > 1 << 20 {
+                    return err(
+                        "workspace_limit_mib",
+                        m.span(),
+                        format!("{mv} is out of range; allowed: 1..=1048576 (MiB)"),
+                    );
+                }
+                mv
+            }
+            None => DEFAULT_WORKSPACE_LIMIT_MIB,
+        };
+        let spec = Spec { name, d_model: d, heads, vocab, seq_len, window, composition, memory, workspace_limit_mib };
         let params = spec.param_count();
         if params > lim.max_params {
             return Err(SpecError::new(
@@ -363,6 +383,31 @@ impl Spec {
                 format!(
                     "the model would have {params} parameters; allowed: at most {} (a micro model)",
                     lim.max_params
+                ),
+            ));
+        }
+        let f = crate::plan::footprint(&spec);
+        if f.workspace > workspace_limit_mib << 20 {
+            let (span, key) = match &raw.workspace_limit_mib {
+                Some(m) => (m.span(), "workspace_limit_mib"),
+                None => (raw.seq_len.span(), "seq_len"),
+            };
+            let history = if f.memory_history > 0 {
+                format!(
+                    ", of which {} is the memory history ({} level(s) x seq_len {seq_len} x d_model {d}^2 x M and S x 4 bytes)",
+                    human_bytes(f.memory_history),
+                    spec.levels()
+                )
+            } else {
+                String::new()
+            };
+            return Err(SpecError::new(
+                source,
+                key,
+                Some(span),
+                format!(
+                    "the training workspace would be {}{history}; allowed: at most {workspace_limit_mib} MiB (`workspace_limit_mib`): reduce seq_len, d_model or the memory levels, or raise workspace_limit_mib",
+                    human_bytes(f.workspace)
                 ),
             ));
         }
@@ -383,6 +428,22 @@ impl Spec {
             Some(m) => 3 * d * d + 2 * (2 * d + 1) + if m.rule == Rule::Titans { 2 * d + 1 } else { 0 },
         };
         base + self.levels() * per_level
+    }
+}
+
+/// `n` bytes in the largest binary unit that keeps it at least 1, e.g. `97.7 GiB`.
+fn human_bytes(n: usize) -> String {
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = n as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < units.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} bytes")
+    } else {
+        format!("{x:.1} {} ({n} bytes)", units[u])
     }
 }
 
@@ -549,6 +610,24 @@ mod tests {
         assert!(e.message.contains("\"delta\", \"titans\" or \"hebbian\""), "{e}");
         let e = parse_err(&format!("{MICRO}[memory]\nrule = \"delta\"\n[[memory.levels]]\nperiod = 1\nrate = 2\n"));
         assert!(e.message.contains("allowed keys: `period`"), "{e}");
+    }
+
+    #[test]
+    fn workspace_limit_rejects_what_would_not_fit() {
+        // d = 1024, T = 4096, three levels: the history alone is
+        // 3 * 2 * 4096 * 1024^2 * 4 bytes = 96 GiB.
+        let big = "d_model = 1024\nheads = 8\nvocab = 256\nseq_len = 4096\n[memory]\nrule = \"delta\"\n[[memory.levels]]\nperiod = 1\n[[memory.levels]]\nperiod = 4\n[[memory.levels]]\nperiod = 16\n";
+        let e = parse_err(big);
+        assert_eq!((e.key.as_str(), e.line), ("seq_len", 4), "{e}");
+        assert!(e.message.contains("of which 96.0 GiB (103079215104 bytes) is the memory history"), "{e}");
+        assert!(e.message.contains("at most 1024 MiB"), "{e}");
+        // Raising the limit accepts it; a limit below a small model's workspace rejects that.
+        assert!(Spec::parse(&format!("workspace_limit_mib = 200000\n{big}"), "m").is_ok());
+        let e = parse_err(&format!("workspace_limit_mib = 50000\n{big}"));
+        assert_eq!((e.key.as_str(), e.line), ("workspace_limit_mib", 1), "{e}");
+        // micro's workspace is about 0.3 MiB.
+        assert!(Spec::parse(&format!("workspace_limit_mib = 1\n{MICRO}"), "m").is_ok());
+        assert_eq!(parse_err(&format!("workspace_limit_mib = 0\n{MICRO}")).key, "workspace_limit_mib");
     }
 
     #[test]
