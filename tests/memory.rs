@@ -161,7 +161,7 @@ fn random_states(d: usize, levels: usize, seed: u64) -> Vec<LevelState> {
     (0..levels)
         .map(|l| {
             let mut rand = |s: f64| (0..d * d).map(|_| s * (2.0 * r.next_f64() - 1.0)).collect::<Vec<f64>>();
-            LevelState { m: rand(0.3), g: rand(0.05), s: rand(0.1), n: 5 + l * 7 }
+            LevelState { m: rand(0.3), g: rand(0.05), s: rand(0.1), w: rand(0.05), n: 5 + l * 7 }
         })
         .collect()
 }
@@ -187,6 +187,7 @@ macro_rules! memory_tests {
                         dst.m[i][j] = S::from_f64(src.m[i * m::D + j]);
                         dst.g[i][j] = S::from_f64(src.g[i * m::D + j]);
                         dst.s[i][j] = if titans() { S::from_f64(src.s[i * m::D + j]) } else { S::ZERO };
+                        dst.w[i][j] = if titans() { S::from_f64(src.w[i * m::D + j]) } else { S::ZERO };
                     }
                 }
                 dst.n = src.n as u64;
@@ -197,6 +198,7 @@ macro_rules! memory_tests {
                 if !titans() {
                     for l in s.iter_mut() {
                         l.s.iter_mut().for_each(|x| *x = 0.0);
+                        l.w.iter_mut().for_each(|x| *x = 0.0);
                     }
                 }
                 s
@@ -235,6 +237,7 @@ macro_rules! memory_tests {
                                 assert!((ws.end[l].m[i][j] - out.states[l].m[i * m::D + j]).abs() < 1e-10);
                                 assert!((ws.end[l].g[i][j] - out.states[l].g[i * m::D + j]).abs() < 1e-10);
                                 assert!((ws.end[l].s[i][j] - out.states[l].s[i * m::D + j]).abs() < 1e-10);
+                                assert!((ws.end[l].w[i][j] - out.states[l].w[i * m::D + j]).abs() < 1e-10);
                             }
                         }
                         assert_eq!(ws.end[l].n as usize, out.states[l].n);

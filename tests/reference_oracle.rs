@@ -112,13 +112,14 @@ fn memory_params(levels: usize, titans: bool) -> BTreeMap<String, Vec<f64>> {
 }
 
 fn state(m: [f64; 4], g: [f64; 4], s: [f64; 4], n: usize) -> LevelState {
-    LevelState { m: m.to_vec(), g: g.to_vec(), s: s.to_vec(), n }
+    LevelState { m: m.to_vec(), g: g.to_vec(), s: s.to_vec(), w: vec![0.0; 4], n }
 }
 
 fn assert_state(got: &LevelState, want: &LevelState, what: &str) {
     assert_all_close(&got.m, &want.m, &format!("{what}.m"));
     assert_all_close(&got.g, &want.g, &format!("{what}.g"));
     assert_all_close(&got.s, &want.s, &format!("{what}.s"));
+    assert_all_close(&got.w, &want.w, &format!("{what}.w"));
     assert_eq!(got.n, want.n, "{what}.n");
 }
 
@@ -338,25 +339,39 @@ fn c_carried_n_continues() {
 // (d) Titans momentum.
 // ---------------------------------------------------------------------------
 
-/// Titans, p = 1, tokens 0 1 | 2. eta_0 = 1/4, eta_1 = 1/10; c = th(1, 1).
-/// t=0: G = c [[-1,0],[0,0]]; S = (1/4) 0 - G = [[c,0],[0,0]];
-///   M = (1/2) 0 + S = [[c,0],[0,0]]; y_0 = [c,0].
-/// t=1: M k = [0,0], G = c [[0,-2],[0,-1]];
-///   S = (1/10) [[c,0],[0,0]] - G = c [[0.1,2],[0,1]];
-///   M = (1/4) [[c,0],[0,0]] + S = c [[0.35,2],[0,1]];
-///   y_1 = M [1,1] = [2.35 c, c].
+/// Titans, p = 1, tokens 0 1 0 | 2. eta_0 = 1/4, eta_1 = 1/10; c = th(1, 1).
+/// Each token: G' = G + theta r k^T (r = M k - v), W' = W + theta v k^T; a
+/// fire sets M <- (1 - alpha) M - G' + eta S, S <- eta S + W', G = W = 0.
+/// t=0: r = -v = [-1,0]: G = c [[-1,0],[0,0]], W = c [[1,0],[0,0]];
+///   M = (1/2) 0 - G + (1/4) 0 = [[c,0],[0,0]]; S = W = [[c,0],[0,0]]; y_0 = [c,0].
+/// t=1: M k = [0,0], r = [-2,-1]: G = c [[0,-2],[0,-1]], W = c [[0,2],[0,1]];
+///   M = (1/4) [[c,0],[0,0]] - G + (1/10) [[c,0],[0,0]] = c [[0.35,2],[0,1]];
+///   S = (1/10) [[c,0],[0,0]] + W = c [[0.1,2],[0,1]]; y_1 = M [1,1] = [2.35 c, c].
+/// t=2 (token 0, alpha = 1/2, eta = 1/4): M k = [0.35 c, 0], r = [0.35 c - 1, 0]:
+///   G = [[c (0.35 c - 1), 0],[0,0]], W = [[c,0],[0,0]];
+///   M = (1/2) c [[0.35,2],[0,1]] - G + (1/4) c [[0.1,2],[0,1]]
+///     = [[1.2 c - 0.35 c^2, 1.5 c],[0, 0.75 c]];
+///   S = (1/4) c [[0.1,2],[0,1]] + W = c [[1.025, 0.5],[0, 0.25]].
+/// (Momentum on the whole surprise, S <- eta S - G', M <- (1 - alpha) M + S,
+/// gives the same M but S = c [[1.025 - 0.35 c, 0.5],[0, 0.25]]: the two
+/// differ from the first fire where M k is not zero, in S, and so in M
+/// from the fire after it.)
 #[test]
-fn d_titans_momentum_two_fires() {
-    let s = spec(2, 1, 2, 1, Rule::Titans, Composition::Mal, vec![1]);
+fn d_titans_momentum_three_fires() {
+    let s = spec(2, 1, 3, 1, Rule::Titans, Composition::Mal, vec![1]);
     let p = memory_params(1, true);
     let c = th(1.0, 1.0);
-    let tr = forward_trace(&s, &p, &[0, 1, 2], None, true);
+    let tr = forward_trace(&s, &p, &[0, 1, 0, 2], None, true);
     let one = [c, 0.0, 0.0, 0.0];
-    assert_state(&tr.states_after[0][0], &state(one, Z4, one, 1), "after t0");
+    let after0 = LevelState { m: one.to_vec(), g: Z4.to_vec(), s: one.to_vec(), w: Z4.to_vec(), n: 1 };
+    assert_state(&tr.states_after[0][0], &after0, "after t0");
     assert_all_close(&tr.y[0], &[c, 0.0], "y_0");
     let (m, s1) = ([0.35 * c, 2.0 * c, 0.0, c], [0.1 * c, 2.0 * c, 0.0, c]);
-    assert_state(&tr.output.states[0], &state(m, Z4, s1, 2), "after t1");
+    assert_state(&tr.states_after[1][0], &state(m, Z4, s1, 2), "after t1");
     assert_all_close(&tr.y[1], &[2.35 * c, c], "y_1");
+    let m2 = [1.2 * c - 0.35 * c * c, 1.5 * c, 0.0, 0.75 * c];
+    let s2 = [1.025 * c, 0.5 * c, 0.0, 0.25 * c];
+    assert_state(&tr.output.states[0], &state(m2, Z4, s2, 3), "after t2");
 }
 
 // ---------------------------------------------------------------------------

@@ -14,9 +14,12 @@
 //! rate: every fire is a contraction, see [`THETA_EPS`]), `eta =
 //! sigmoid(w_eta.u + b_eta)`. The surprise is written `g = r k^T`
 //! with `r = M k - v` (delta, titans) or `r = -v` (hebbian), `M` the
-//! memory before the token. `G += theta g`; on a fire (`(n + 1) % period ==
-//! 0`) `M <- (1 - alpha) M - G` (delta, hebbian) or `S <- eta S - G`,
-//! `M <- (1 - alpha) M + S` (titans), then `G <- 0`. The read is `M q`.
+//! memory before the token. `G += theta g`, and for titans also the write
+//! accumulator `W += theta v k^T`; on a fire (`(n + 1) % period == 0`)
+//! `M <- (1 - alpha) M - G` (delta, hebbian) or `M <- (1 - alpha) M - G +
+//! eta S`, `S <- eta S + W` (titans: momentum on the write term, so the
+//! momentum is an average of bounded writes and every fire stays a
+//! contraction; see docs/model.md), then `G, W <- 0`. The read is `M q`.
 //!
 //! How it is computed: everything of one token that touches the `D x D`
 //! state is fused by rows, since each row of `M` needs only itself (`r_i =
@@ -65,7 +68,8 @@ pub trait Rule: 'static {
 /// `g = (M k - v) k^T`, `M <- (1 - alpha) M - G`.
 #[derive(Clone, Copy, Debug)]
 pub struct Delta;
-/// `g = (M k - v) k^T`, `S <- eta S - G`, `M <- (1 - alpha) M + S`.
+/// `g = (M k - v) k^T` with momentum on the write term: `W += theta v
+/// k^T`; on a fire `M <- (1 - alpha) M - G + eta S`, `S <- eta S + W`.
 #[derive(Clone, Copy, Debug)]
 pub struct Titans;
 /// `g = -v k^T`, `M <- (1 - alpha) M - G`.
@@ -97,6 +101,8 @@ pub struct LevelState<S, const D: usize> {
     pub g: [[S; D]; D],
     /// Momentum `S` (titans).
     pub s: [[S; D]; D],
+    /// Write accumulator `W = sum theta v k^T` of the current chunk (titans; zero otherwise).
+    pub w: [[S; D]; D],
     /// Tokens seen since the last reset.
     pub n: u64,
 }
@@ -107,7 +113,7 @@ unsafe impl<S: Scalar, const D: usize> Zeroable for LevelState<S, D> {}
 impl<S: Scalar, const D: usize> LevelState<S, D> {
     /// Clears the state (zero memory, accumulator, momentum and count).
     pub fn reset(&mut self) {
-        for r in self.m.iter_mut().chain(self.g.iter_mut()).chain(self.s.iter_mut()) {
+        for r in self.m.iter_mut().chain(self.g.iter_mut()).chain(self.s.iter_mut()).chain(self.w.iter_mut()) {
             r.fill(S::ZERO);
         }
         self.n = 0;
@@ -118,13 +124,21 @@ impl<S: Scalar, const D: usize> LevelState<S, D> {
         self.m = other.m;
         self.g = other.g;
         self.s = other.s;
+        self.w = other.w;
         self.n = other.n;
     }
 
     /// The state as flat row-major slices, for generic tools (monitoring,
     /// stability tests) that do not know `D` at compile time.
     pub fn view(&self) -> LevelView<'_, S> {
-        LevelView { d: D, m: self.m.as_flattened(), g: self.g.as_flattened(), s: self.s.as_flattened(), n: self.n }
+        LevelView {
+            d: D,
+            m: self.m.as_flattened(),
+            g: self.g.as_flattened(),
+            s: self.s.as_flattened(),
+            w: self.w.as_flattened(),
+            n: self.n,
+        }
     }
 }
 
@@ -140,6 +154,8 @@ pub struct LevelView<'a, S> {
     pub g: &'a [S],
     /// The momentum `S` (zero unless titans).
     pub s: &'a [S],
+    /// The write accumulator `W` (zero unless titans).
+    pub w: &'a [S],
     /// Tokens seen since the last reset.
     pub n: u64,
 }
@@ -484,6 +500,7 @@ fn token_rows<S: Scalar, R: Rule, const D: usize, const NR: usize>(
     i0: usize,
     mem: &mut Mem<'_, S, D>,
     g: &mut [[S; D]; D],
+    w: &mut [[S; D]; D],
     p: Step<S>,
     x: Vecs<'_, S, D>,
     r: &mut [S; D],
@@ -491,6 +508,14 @@ fn token_rows<S: Scalar, R: Rule, const D: usize, const NR: usize>(
 ) {
     let (k, v, q) = (x.k, x.v, x.q);
     let g = rows_mut::<S, D, NR>(g, i0);
+    let w = rows_mut::<S, D, NR>(w, i0);
+    // The write term's coefficients theta v_i (titans' W += theta v k^T).
+    let mut cw = [S::ZERO; NR];
+    if R::MOMENTUM {
+        for rr in 0..NR {
+            cw[rr] = p.theta * v[i0 + rr];
+        }
+    }
     if !p.fire {
         // M stays: r = M k - v and the read M q in one pass; G += theta r k^T.
         let m = rows::<S, D, NR>(mem.m(), i0);
@@ -509,13 +534,19 @@ fn token_rows<S: Scalar, R: Rule, const D: usize, const NR: usize>(
             y[i0 + rr] = p.scale.mul_add(sums[rr][1], y[i0 + rr]);
         }
         if p.update {
-            let _ = cols!(D, NR, 0, |o, n, rr, acc| axpy(c[rr], ch(k, o, n), ch_mut(&mut g[rr], o, n)));
+            let _ = cols!(D, NR, 0, |o, n, rr, acc| {
+                axpy(c[rr], ch(k, o, n), ch_mut(&mut g[rr], o, n));
+                if R::MOMENTUM {
+                    axpy(cw[rr], ch(k, o, n), ch_mut(&mut w[rr], o, n));
+                }
+            });
         }
         return;
     }
     // A fire: r against the memory before it, then G' = G + theta r k^T,
-    // M <- keep M - G' (or S <- eta S - G', M <- keep M + S), G <- 0 and
-    // the read of the new row, in one more pass.
+    // M <- keep M - G' (titans: W' = W + theta v k^T, M <- keep M - G' +
+    // eta S, S <- eta S + W'), G, W <- 0 and the read of the new row, in
+    // one more pass.
     let mut c = [S::ZERO; NR];
     let rk = if R::READS_MEMORY {
         let m = rows::<S, D, NR>(mem.m(), i0);
@@ -533,8 +564,8 @@ fn token_rows<S: Scalar, R: Rule, const D: usize, const NR: usize>(
             let (m, s) = (rows_mut::<S, D, NR>(m, i0), rows_mut::<S, D, NR>(s, i0));
             cols!(D, NR, 1, |o, n, rr, acc| {
                 let mc = ch_mut(&mut m[rr], o, n);
-                let g = ch_mut(&mut g[rr], o, n);
-                fire_chunk_in_place::<S, R>(p, c[rr], ch(k, o, n), mc, g, ch_mut(&mut s[rr], o, n));
+                let acc_gw = (ch_mut(&mut g[rr], o, n), ch_mut(&mut w[rr], o, n));
+                fire_chunk_in_place::<S, R>(p, (c[rr], cw[rr]), ch(k, o, n), mc, acc_gw, ch_mut(&mut s[rr], o, n));
                 fma_acc(&mut acc[0], mc, ch(q, o, n));
             })
         }
@@ -543,14 +574,14 @@ fn token_rows<S: Scalar, R: Rule, const D: usize, const NR: usize>(
             let (md, sd) = (rows_mut::<S, D, NR>(md, i0), rows_mut::<S, D, NR>(sd, i0));
             cols!(D, NR, 1, |o, n, rr, acc| {
                 let mc = ch_mut(&mut md[rr], o, n);
-                let g = ch_mut(&mut g[rr], o, n);
+                let acc_gw = (ch_mut(&mut g[rr], o, n), ch_mut(&mut w[rr], o, n));
                 fire_chunk::<S, R>(
                     p,
-                    c[rr],
+                    (c[rr], cw[rr]),
                     ch(k, o, n),
                     ch(&m[rr], o, n),
                     mc,
-                    g,
+                    acc_gw,
                     ch(&s[rr], o, n),
                     ch_mut(&mut sd[rr], o, n),
                 );
@@ -582,28 +613,33 @@ fn fired_surprise<S: Scalar>(p: Step<S>, c: S, k: &[S], g: &mut [S]) -> [S; LANE
     gk
 }
 
-/// A fire on one chunk of a row: `G' =` [`fired_surprise`], then
-/// `M' = keep M - G'` (or `S' = eta S - G'`, `M' = keep M + S'`). `M`, `S`
-/// are read from `m`, `s` and the results written to `m_out`, `s_out`
-/// (`s`, `s_out` only for titans).
+/// A fire on one chunk of a row: `G' =` [`fired_surprise`] (coefficient
+/// `c.0 = theta r_i`), then `M' = keep M - G'`; for titans also `W' = W +
+/// c.1 k` (`c.1 = theta v_i`), `M' = keep M - G' + eta S`, `S' = eta S +
+/// W'`. `M`, `S` are read from `m`, `s` and the results written to `m_out`,
+/// `s_out` (`s`, `s_out`, `gw.1` only for titans).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn fire_chunk<S: Scalar, R: Rule>(
     p: Step<S>,
-    c: S,
+    c: (S, S),
     k: &[S],
     m: &[S],
     m_out: &mut [S],
-    g: &mut [S],
+    gw: (&mut [S], &mut [S]),
     s: &[S],
     s_out: &mut [S],
 ) {
-    let gk = fired_surprise(p, c, k, g);
-    for j in 0..k.len() {
-        if R::MOMENTUM {
-            s_out[j] = p.eta.mul_add(s[j], -gk[j]);
-            m_out[j] = p.keep.mul_add(m[j], s_out[j]);
-        } else {
+    let gk = fired_surprise(p, c.0, k, gw.0);
+    if R::MOMENTUM {
+        let wk = fired_surprise(p, c.1, k, gw.1);
+        for j in 0..k.len() {
+            let es = p.eta * s[j];
+            m_out[j] = p.keep.mul_add(m[j], es - gk[j]);
+            s_out[j] = es + wk[j];
+        }
+    } else {
+        for j in 0..k.len() {
             m_out[j] = p.keep.mul_add(m[j], -gk[j]);
         }
     }
@@ -611,13 +647,24 @@ fn fire_chunk<S: Scalar, R: Rule>(
 
 /// [`fire_chunk`] with `m_out = m`, `s_out = s`.
 #[inline(always)]
-fn fire_chunk_in_place<S: Scalar, R: Rule>(p: Step<S>, c: S, k: &[S], m: &mut [S], g: &mut [S], s: &mut [S]) {
-    let gk = fired_surprise(p, c, k, g);
-    for j in 0..k.len() {
-        if R::MOMENTUM {
-            s[j] = p.eta.mul_add(s[j], -gk[j]);
-            m[j] = p.keep.mul_add(m[j], s[j]);
-        } else {
+fn fire_chunk_in_place<S: Scalar, R: Rule>(
+    p: Step<S>,
+    c: (S, S),
+    k: &[S],
+    m: &mut [S],
+    gw: (&mut [S], &mut [S]),
+    s: &mut [S],
+) {
+    let gk = fired_surprise(p, c.0, k, gw.0);
+    if R::MOMENTUM {
+        let wk = fired_surprise(p, c.1, k, gw.1);
+        for j in 0..k.len() {
+            let es = p.eta * s[j];
+            m[j] = p.keep.mul_add(m[j], es - gk[j]);
+            s[j] = es + wk[j];
+        }
+    } else {
+        for j in 0..k.len() {
             m[j] = p.keep.mul_add(m[j], -gk[j]);
         }
     }
@@ -633,12 +680,13 @@ fn fire_chunk_in_place<S: Scalar, R: Rule>(p: Step<S>, c: S, k: &[S], m: &mut [S
 fn token<S: Scalar, R: Rule, const D: usize>(
     mut mem: Mem<'_, S, D>,
     g: &mut [[S; D]; D],
+    w: &mut [[S; D]; D],
     p: Step<S>,
     x: Vecs<'_, S, D>,
     r: &mut [S; D],
     y: &mut [S; D],
 ) {
-    for_blocks!(D, |i0| token_rows::<S, R, D>(i0, &mut mem, g, p, x, r, y));
+    for_blocks!(D, |i0| token_rows::<S, R, D>(i0, &mut mem, g, w, p, x, r, y));
 }
 
 /// Rows `i0..i0 + NR` of `y += scale * M q`.
@@ -744,7 +792,7 @@ pub fn step<S: Scalar, R: Rule, const D: usize>(
     }
     let sp = Step { fire, update: !frozen, g_zero: false, keep: S::ONE - alpha, theta, eta, scale };
     let x = Vecs { k: &sc.k, v: &sc.v, q: &sc.q };
-    token::<S, R, D>(Mem::InPlace(&mut st.m, &mut st.s), &mut st.g, sp, x, &mut sc.r, y);
+    token::<S, R, D>(Mem::InPlace(&mut st.m, &mut st.s), &mut st.g, &mut st.w, sp, x, &mut sc.r, y);
 }
 
 /// The training forward of one level over a sequence: from input `m_in`
@@ -783,6 +831,7 @@ pub fn forward<S: Scalar, R: Rule, const T: usize, const D: usize>(
     // the next history slot, which the tokens after it read; `end` gets
     // the last at the end. `G` is worked on in `end`.
     end.g = start.g;
+    end.w = start.w;
     end.n = start.n;
     // After a fire G is zero until a token that does not fire adds to it.
     let mut g_zero = false;
@@ -806,7 +855,7 @@ pub fn forward<S: Scalar, R: Rule, const T: usize, const D: usize>(
         let (m, s) = (m_done.last().unwrap_or(&start.m), s_done.last().unwrap_or(&start.s));
         let mem = if fire { Mem::To(m, s, &mut m_next[0], &mut s_next[0]) } else { Mem::Read(m) };
         let x = Vecs { k: &tr.k[t], v: &tr.v[t], q: &tr.q[t] };
-        token::<S, R, D>(mem, &mut end.g, sp, x, &mut tr.r[t], &mut y[t]);
+        token::<S, R, D>(mem, &mut end.g, &mut end.w, sp, x, &mut tr.r[t], &mut y[t]);
         if fire {
             f += 1;
             g_zero = true;
@@ -832,6 +881,8 @@ pub struct LevelAdjoint<S, const D: usize> {
     pub dg: [[S; D]; D],
     /// Gradient with respect to `S` after the current token.
     pub ds: [[S; D]; D],
+    /// Gradient with respect to `W` after the current token (titans).
+    pub dw: [[S; D]; D],
 }
 
 // SAFETY: arrays of `S: Scalar` only.
@@ -861,11 +912,12 @@ struct BackOut<S, const D: usize> {
 }
 
 /// Rows `i0..i0 + NR` of the backward of one token (not frozen): the read
-/// (`dq += M_t^T dyl`, `dM += dyl q^T`), the fire (`dG' = -dM` or `-(dS +
-/// dM)`, `dS <- eta (dS + dM)`, `dM <- keep dM`, the gate sums), then
+/// (`dq += M_t^T dyl`, `dM += dyl q^T`), the fire (`dG' = -dM`; titans:
+/// `dW' = dS`, `dS <- eta (dS + dM)`; `dM <- keep dM`, the gate sums), then
 /// `G' = G + theta r k^T` (`dr = theta dG' k`, `d_theta += r . dG' k`, `dk
-/// += theta dG'^T r`) and `r = M_prev k - v` (`dM += dr k^T`, `dk +=
-/// M_prev^T dr`, `dv = -dr`).
+/// += theta dG'^T r`), titans' `W' = W + theta v k^T` (`dv += theta dW' k`,
+/// `d_theta += v . dW' k`, `dk += theta dW'^T v`) and `r = M_prev k - v`
+/// (`dM += dr k^T`, `dk += M_prev^T dr`, `dv -= dr`).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn back_rows<S: Scalar, R: Rule, const D: usize, const NR: usize>(
@@ -883,26 +935,28 @@ fn back_rows<S: Scalar, R: Rule, const D: usize, const NR: usize>(
     let dm = rows_mut::<S, D, NR>(&mut adj.dm, i0);
     let dg = rows_mut::<S, D, NR>(&mut adj.dg, i0);
     let ds = rows_mut::<S, D, NR>(&mut adj.ds, i0);
+    let dw = rows_mut::<S, D, NR>(&mut adj.dw, i0);
     let mut a = [S::ZERO; NR];
     a.copy_from_slice(&b.dyl[i0..i0 + NR]);
     let (dq, alpha, eta) = (&mut o.dq, &mut o.alpha, &mut o.eta);
-    let gk = cols!(D, NR, 1, |o, n, rr, acc| {
+    let gk = cols!(D, NR, 2, |o, n, rr, acc| {
         axpy(a[rr], ch(&mt[rr], o, n), ch_mut(dq, o, n));
         let dmc = ch_mut(&mut dm[rr], o, n);
         axpy(a[rr], ch(q, o, n), dmc);
         let dgc = ch_mut(&mut dg[rr], o, n);
+        let dwc = ch_mut(&mut dw[rr], o, n);
         if p.fire {
+            for j in 0..n {
+                dgc[j] = -dmc[j];
+            }
             if R::MOMENTUM {
+                // M' = keep M - G' + eta S, S' = eta S + W'.
                 let (dsc, spc) = (ch_mut(&mut ds[rr], o, n), ch(&sp[rr], o, n));
                 for j in 0..n {
                     let tot = dsc[j] + dmc[j];
                     eta[rr][j] = tot.mul_add(spc[j], eta[rr][j]);
-                    dgc[j] = -tot;
+                    dwc[j] = dsc[j];
                     dsc[j] = p.eta * tot;
-                }
-            } else {
-                for j in 0..n {
-                    dgc[j] = -dmc[j];
                 }
             }
             fma_acc(&mut alpha[rr], dmc, ch(&mp[rr], o, n));
@@ -911,20 +965,33 @@ fn back_rows<S: Scalar, R: Rule, const D: usize, const NR: usize>(
             }
         }
         fma_acc(&mut acc[0], dgc, ch(k, o, n));
+        if R::MOMENTUM {
+            fma_acc(&mut acc[1], dwc, ch(k, o, n));
+        }
     });
     let mut dr = [S::ZERO; NR];
     let mut cr = [S::ZERO; NR];
+    let mut cv = [S::ZERO; NR];
     for rr in 0..NR {
         let ri = b.r[i0 + rr];
         o.d_theta = ri.mul_add(gk[rr][0], o.d_theta);
         dr[rr] = p.theta * gk[rr][0];
         cr[rr] = p.theta * ri;
         o.dv[i0 + rr] = -dr[rr];
+        if R::MOMENTUM {
+            let vi = x.v[i0 + rr];
+            o.d_theta = vi.mul_add(gk[rr][1], o.d_theta);
+            o.dv[i0 + rr] = p.theta.mul_add(gk[rr][1], o.dv[i0 + rr]);
+            cv[rr] = p.theta * vi;
+        }
     }
     let dk = &mut o.dk;
     let _ = cols!(D, NR, 0, |o, n, rr, acc| {
         let dkc = ch_mut(dk, o, n);
         axpy(cr[rr], ch(&dg[rr], o, n), dkc);
+        if R::MOMENTUM {
+            axpy(cv[rr], ch(&dw[rr], o, n), dkc);
+        }
         if R::READS_MEMORY {
             axpy(dr[rr], ch(&mp[rr], o, n), dkc);
             axpy(dr[rr], ch(k, o, n), ch_mut(&mut dm[rr], o, n));
@@ -952,7 +1019,7 @@ pub fn backward<S: Scalar, R: Rule, const T: usize, const D: usize>(
     g: &mut LevelGrads<'_, S, D>,
     dm_in: &mut [[S; D]; T],
 ) {
-    for r in adj.dm.iter_mut().chain(adj.dg.iter_mut()).chain(adj.ds.iter_mut()) {
+    for r in adj.dm.iter_mut().chain(adj.dg.iter_mut()).chain(adj.ds.iter_mut()).chain(adj.dw.iter_mut()) {
         r.fill(S::ZERO);
     }
     // f = the number of fires among tokens 0..=t: M after token t is
@@ -1092,22 +1159,29 @@ mod tests {
         }
         let fire = (st.n + 1).is_multiple_of(period);
         st.n += 1;
-        // One pass over the D x D state: G' = G + theta r k^T, then on a fire
-        // M <- (1 - alpha) M - G' (or S <- eta S - G', M <- (1 - alpha) M + S)
-        // and G <- 0; otherwise G <- G'.
+        // One pass over the D x D state: G' = G + theta r k^T (titans also
+        // W' = W + theta v k^T), then on a fire M <- (1 - alpha) M - G' (or
+        // M <- (1 - alpha) M - G' + eta S, S <- eta S + W') and G, W <- 0;
+        // otherwise G <- G', W <- W'.
         let keep = S::ONE - alpha;
         for i in 0..D {
             let c = theta * r[i];
-            let (m, g, s) = (&mut st.m[i], &mut st.g[i], &mut st.s[i]);
+            let cw = theta * v[i];
+            let (m, g, s, w) = (&mut st.m[i], &mut st.g[i], &mut st.s[i], &mut st.w[i]);
             if !fire {
                 for j in 0..D {
                     g[j] += c * k[j];
+                    if R::MOMENTUM {
+                        w[j] += cw * k[j];
+                    }
                 }
             } else if R::MOMENTUM {
                 for j in 0..D {
-                    s[j] = eta * s[j] - (g[j] + c * k[j]);
-                    m[j] = keep * m[j] + s[j];
+                    let s_old = s[j];
+                    m[j] = keep * m[j] - (g[j] + c * k[j]) + eta * s_old;
+                    s[j] = eta * s_old + (w[j] + cw * k[j]);
                     g[j] = S::ZERO;
+                    w[j] = S::ZERO;
                 }
             } else {
                 for j in 0..D {
@@ -1192,7 +1266,7 @@ mod tests {
         g: &mut LevelGrads<'_, S, D>,
         dm_in: &mut [[S; D]; T],
     ) {
-        for r in adj.dm.iter_mut().chain(adj.dg.iter_mut()).chain(adj.ds.iter_mut()) {
+        for r in adj.dm.iter_mut().chain(adj.dg.iter_mut()).chain(adj.ds.iter_mut()).chain(adj.dw.iter_mut()) {
             r.fill(S::ZERO);
         }
         let mut dyl = [S::ZERO; D];
@@ -1227,8 +1301,8 @@ mod tests {
             if !frozen {
                 if fire {
                     // delta/hebbian: M_t = (1 - alpha) M_{t-1} - G'_t
-                    // titans: S_t = eta S_{t-1} - G'_t ; M_t = (1 - alpha) M_{t-1} + S_t
-                    // G_t = 0: the incoming dG is dropped, and `dg` becomes dG'_t.
+                    // titans: M_t = (1 - alpha) M_{t-1} - G'_t + eta S_{t-1} ; S_t = eta S_{t-1} + W'_t
+                    // G_t = W_t = 0: the incoming dG, dW are dropped; `dg`, `dw` become dG'_t, dW'_t.
                     let keep = S::ONE - alpha;
                     if R::MOMENTUM {
                         let s_prev: &[[S; D]; D] = if t == 0 { &start.s } else { &tr.s_hist[t - 1] };
@@ -1237,7 +1311,8 @@ mod tests {
                                 let ds_tot = adj.ds[i][j] + adj.dm[i][j];
                                 d_alpha -= adj.dm[i][j] * m_prev[i][j];
                                 d_eta += ds_tot * s_prev[i][j];
-                                adj.dg[i][j] = -ds_tot;
+                                adj.dg[i][j] = -adj.dm[i][j];
+                                adj.dw[i][j] = adj.ds[i][j];
                                 adj.ds[i][j] = eta * ds_tot;
                                 adj.dm[i][j] *= keep;
                             }
@@ -1264,6 +1339,16 @@ mod tests {
                     let c = theta * r[i];
                     for j in 0..D {
                         dk[j] += c * adj.dg[i][j];
+                    }
+                    if R::MOMENTUM {
+                        // W'_t = W_{t-1} + theta v k^T: d_theta += v . dW' k ; dv += theta dW' k ; dk += theta dW'^T v
+                        let wk = dot(&adj.dw[i], k);
+                        d_theta += v[i] * wk;
+                        dv[i] += theta * wk;
+                        let cv = theta * v[i];
+                        for j in 0..D {
+                            dk[j] += cv * adj.dw[i][j];
+                        }
                     }
                 }
                 if R::READS_MEMORY {
@@ -1359,6 +1444,7 @@ mod tests {
             fill(&mut rng, &mut start.g, 0.05);
             if R::MOMENTUM {
                 fill(&mut rng, &mut start.s, 0.1);
+                fill(&mut rng, &mut start.w, 0.05);
             }
             start.n = 5;
         }
@@ -1388,6 +1474,7 @@ mod tests {
         assert!(max_diff(&flat(&end.m), &flat(&ref_end.m)) < tol, "M");
         assert!(max_diff(&flat(&end.g), &flat(&ref_end.g)) < tol, "G");
         assert!(max_diff(&flat(&end.s), &flat(&ref_end.s)) < tol, "S");
+        assert!(max_diff(&flat(&end.w), &flat(&ref_end.w)) < tol, "W");
         assert_eq!(end.n, ref_end.n);
 
         // Streaming, token by token, gives the training forward.

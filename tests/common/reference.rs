@@ -89,6 +89,8 @@ pub struct LevelState {
     pub g: Vec<f64>,
     /// Momentum `S` (`titans` only), `d * d`, row-major.
     pub s: Vec<f64>,
+    /// Accumulated writes `W = sum theta v k^T` since the last fire (`titans` only).
+    pub w: Vec<f64>,
     /// Tokens seen since the last reset.
     pub n: usize,
 }
@@ -96,7 +98,7 @@ pub struct LevelState {
 impl LevelState {
     /// The reset state: all matrices zero, `n = 0`.
     pub fn zero(d: usize) -> Self {
-        LevelState { m: vec![0.0; d * d], g: vec![0.0; d * d], s: vec![0.0; d * d], n: 0 }
+        LevelState { m: vec![0.0; d * d], g: vec![0.0; d * d], s: vec![0.0; d * d], w: vec![0.0; d * d], n: 0 }
     }
 }
 
@@ -315,6 +317,14 @@ pub fn forward_trace(
                         st.g[i * d + j] += theta * (r[i] * k[j]);
                     }
                 }
+                // titans: the writes W <- W + theta v k^T, the momentum's input.
+                if spec.rule == Rule::Titans {
+                    for i in 0..d {
+                        for j in 0..d {
+                            st.w[i * d + j] += theta * (v[i] * k[j]);
+                        }
+                    }
+                }
 
                 // Step 2: fire when (n + 1) mod p == 0.
                 let chunk_position = (st.n + 1) % period;
@@ -329,18 +339,19 @@ pub fn forward_trace(
                         Rule::Titans => {
                             let (w_eta, b_eta) = lp.eta.expect("titans level has eta");
                             let eta = sigmoid(dot(w_eta, &u) + b_eta);
-                            // S <- eta S - G, then M <- (1 - alpha) M + S
+                            // M <- (1 - alpha) M - G + eta S, then S <- eta S + W
                             for idx in 0..d * d {
-                                st.s[idx] = eta * st.s[idx] - st.g[idx];
+                                st.m[idx] = (1.0 - alpha) * st.m[idx] - st.g[idx] + eta * st.s[idx];
                             }
                             for idx in 0..d * d {
-                                st.m[idx] = (1.0 - alpha) * st.m[idx] + st.s[idx];
+                                st.s[idx] = eta * st.s[idx] + st.w[idx];
                             }
                         }
                     }
-                    // G <- 0
+                    // G <- 0, W <- 0
                     for idx in 0..d * d {
                         st.g[idx] = 0.0;
+                        st.w[idx] = 0.0;
                     }
                 }
                 // n counts the tokens seen since the last reset.

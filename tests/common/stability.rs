@@ -21,16 +21,10 @@
 //! From a reset state (`M = 0`) this gives `|M| <= b / (1 - rho)` at every
 //! token. `hebbian` is the same with `rho = 1 - alpha_min`.
 //!
-//! `titans` (`S <- eta S - G`, `M <- (1 - alpha) M + S`) gives `|S'| <=
-//! lambda |M| + eta_max |S| + b` and `|M'| <= rho |M| + eta_max |S| + b`,
-//! so `N = |M| + c |S|` (any `c > 0`) obeys `N' <= kappa N + (1 + c) b`
-//! with `kappa = max(rho + c lambda, eta_max (1 + c) / c)`; where some `c`
-//! makes `kappa < 1`, `|M| <= (1 + c) b / (1 - kappa)`. Where none does (a
-//! slow forget gate with strong momentum, as at the default gate biases),
-//! this argument gives no bound: momentum with gates that switch from
-//! token to token is not a contraction in general (docs/model.md shows a
-//! two-token example that grows), and the test then checks that the
-//! memory stays finite and reports its largest norm.
+//! `titans` puts its momentum on the write term: a fire applies `S' = eta
+//! S + W` with `W = sum_i theta_i v_i k_i^T` (`|W| <= b`) and `M' = M ((1 -
+//! alpha) I - A) + S'`, so `|S| <= b / (1 - eta_max)` and
+//! `|M| <= b / ((1 - eta_max) (1 - rho))`.
 
 #![allow(clippy::needless_range_loop)]
 
@@ -47,11 +41,11 @@ const EPS: f64 = 1e-6;
 /// The contraction bound of one level, from its per-token quantities.
 #[derive(Clone, Copy, Debug)]
 pub struct LevelBound {
-    /// Contraction factor of `M` per fire (delta, hebbian), or `kappa` (titans).
+    /// Contraction factor of `M` per fire.
     pub rho: f64,
-    /// Largest input per fire.
+    /// Largest input per fire (titans: the bound on `|S|`).
     pub b: f64,
-    /// The bound on `|M|_F` from a reset state (`None`: the argument gives none).
+    /// The bound on `|M|_F` from a reset state (`None` only if `rho` is not below 1).
     pub bound: Option<f64>,
 }
 
@@ -105,22 +99,9 @@ pub fn level_bounds<M: Model>(p: &M::Params<f32>) -> Vec<LevelBound> {
                 Rule::Hebbian => 1.0 - a_min,
                 _ => (1.0 - a_min).max(a_max + lambda - 1.0),
             };
-            if spec.rule != Rule::Titans {
-                return LevelBound { rho, b, bound: (rho < 1.0).then(|| b / (1.0 - rho)) };
-            }
-            // titans: the best c over a log grid.
-            let mut best = LevelBound { rho: f64::INFINITY, b, bound: None };
-            for i in 0..=400 {
-                let c = 10f64.powf(-4.0 + 8.0 * f64::from(i) / 400.0);
-                let kappa = (rho + c * lambda).max(eta_max * (1.0 + c) / c);
-                if kappa < 1.0 {
-                    let bound = (1.0 + c) * b / (1.0 - kappa);
-                    if best.bound.is_none_or(|x| bound < x) {
-                        best = LevelBound { rho: kappa, b, bound: Some(bound) };
-                    }
-                }
-            }
-            best
+            // titans: the momentum is a bounded average of writes.
+            let input = if spec.rule == Rule::Titans { b / (1.0 - eta_max) } else { b };
+            LevelBound { rho, b: input, bound: (rho < 1.0).then(|| input / (1.0 - rho)) }
         })
         .collect()
 }
@@ -288,9 +269,6 @@ pub fn check<M: Model>(p: &M::Params<f32>, label: &str, steps: u64) {
                 &format!(" level {l} max |M| {:.4e} (bound {bound}, rho {:.6}, b {:.3e});", r.max_norm[l], b.rho, b.b);
         }
         eprintln!("{line}");
-        if std::env::var_os("NL_REPORT_ONLY").is_some() {
-            continue;
-        }
         assert_eq!(r.first_non_finite, None, "{line}: non-finite logits");
         for (l, b) in bounds.iter().enumerate() {
             assert!(r.max_norm[l].is_finite(), "{line}: level {l} memory not finite");
