@@ -340,37 +340,34 @@ fn c_carried_n_continues() {
 // ---------------------------------------------------------------------------
 
 /// Titans, p = 1, tokens 0 1 0 | 2. eta_0 = 1/4, eta_1 = 1/10; c = th(1, 1).
-/// Each token: G' = G + theta r k^T (r = M k - v), W' = W + theta v k^T; a
-/// fire sets M <- (1 - alpha) M - G' + eta S, S <- eta S + W', G = W = 0.
-/// t=0: r = -v = [-1,0]: G = c [[-1,0],[0,0]], W = c [[1,0],[0,0]];
-///   M = (1/2) 0 - G + (1/4) 0 = [[c,0],[0,0]]; S = W = [[c,0],[0,0]]; y_0 = [c,0].
-/// t=1: M k = [0,0], r = [-2,-1]: G = c [[0,-2],[0,-1]], W = c [[0,2],[0,1]];
-///   M = (1/4) [[c,0],[0,0]] - G + (1/10) [[c,0],[0,0]] = c [[0.35,2],[0,1]];
-///   S = (1/10) [[c,0],[0,0]] + W = c [[0.1,2],[0,1]]; y_1 = M [1,1] = [2.35 c, c].
-/// t=2 (token 0, alpha = 1/2, eta = 1/4): M k = [0.35 c, 0], r = [0.35 c - 1, 0]:
-///   G = [[c (0.35 c - 1), 0],[0,0]], W = [[c,0],[0,0]];
-///   M = (1/2) c [[0.35,2],[0,1]] - G + (1/4) c [[0.1,2],[0,1]]
-///     = [[1.2 c - 0.35 c^2, 1.5 c],[0, 0.75 c]];
-///   S = (1/4) c [[0.1,2],[0,1]] + W = c [[1.025, 0.5],[0, 0.25]].
+/// Each token: G' = G + theta r k^T (r = M k - v), W' = W + theta (1 - eta)
+/// v k^T; a fire sets M <- (1 - alpha) M - G' + eta S, S <- eta S + W',
+/// G = W = 0.
+/// t=0: r = -v = [-1,0]: G = c [[-1,0],[0,0]], W = (3/4) c [[1,0],[0,0]];
+///   M = (1/2) 0 - G + (1/4) 0 = [[c,0],[0,0]]; S = W = [[0.75 c,0],[0,0]]; y_0 = [c,0].
+/// t=1: M k = [0,0], r = [-2,-1]: G = c [[0,-2],[0,-1]], W = 0.9 c [[0,2],[0,1]];
+///   M = (1/4) [[c,0],[0,0]] - G + (1/10) [[0.75 c,0],[0,0]] = c [[0.325,2],[0,1]];
+///   S = (1/10) [[0.75 c,0],[0,0]] + W = c [[0.075,1.8],[0,0.9]]; y_1 = M [1,1] = [2.325 c, c].
+/// t=2 (token 0, alpha = 1/2, eta = 1/4): M k = [0.325 c, 0], r = [0.325 c - 1, 0]:
+///   G = [[c (0.325 c - 1), 0],[0,0]], W = (3/4) c [[1,0],[0,0]];
+///   M = (1/2) c [[0.325,2],[0,1]] - G + (1/4) c [[0.075,1.8],[0,0.9]]
+///     = [[1.18125 c - 0.325 c^2, 1.45 c],[0, 0.725 c]];
+///   S = (1/4) c [[0.075,1.8],[0,0.9]] + W = c [[0.76875, 0.45],[0, 0.225]].
 /// (Momentum on the whole surprise, S <- eta S - G', M <- (1 - alpha) M + S,
-/// gives the same M but S = c [[1.025 - 0.35 c, 0.5],[0, 0.25]]: the two
-/// differ from the first fire where M k is not zero, in S, and so in M
-/// from the fire after it.)
+/// gives other numbers from the first fire on: S = [[c,0],[0,0]] after t=0.)
 #[test]
 fn d_titans_momentum_three_fires() {
     let s = spec(2, 1, 3, 1, Rule::Titans, Composition::Mal, vec![1]);
     let p = memory_params(1, true);
     let c = th(1.0, 1.0);
     let tr = forward_trace(&s, &p, &[0, 1, 0, 2], None, true);
-    let one = [c, 0.0, 0.0, 0.0];
-    let after0 = LevelState { m: one.to_vec(), g: Z4.to_vec(), s: one.to_vec(), w: Z4.to_vec(), n: 1 };
-    assert_state(&tr.states_after[0][0], &after0, "after t0");
+    assert_state(&tr.states_after[0][0], &state([c, 0.0, 0.0, 0.0], Z4, [0.75 * c, 0.0, 0.0, 0.0], 1), "after t0");
     assert_all_close(&tr.y[0], &[c, 0.0], "y_0");
-    let (m, s1) = ([0.35 * c, 2.0 * c, 0.0, c], [0.1 * c, 2.0 * c, 0.0, c]);
+    let (m, s1) = ([0.325 * c, 2.0 * c, 0.0, c], [0.075 * c, 1.8 * c, 0.0, 0.9 * c]);
     assert_state(&tr.states_after[1][0], &state(m, Z4, s1, 2), "after t1");
-    assert_all_close(&tr.y[1], &[2.35 * c, c], "y_1");
-    let m2 = [1.2 * c - 0.35 * c * c, 1.5 * c, 0.0, 0.75 * c];
-    let s2 = [1.025 * c, 0.5 * c, 0.0, 0.25 * c];
+    assert_all_close(&tr.y[1], &[2.325 * c, c], "y_1");
+    let m2 = [1.18125 * c - 0.325 * c * c, 1.45 * c, 0.0, 0.725 * c];
+    let s2 = [0.76875 * c, 0.45 * c, 0.0, 0.225 * c];
     assert_state(&tr.output.states[0], &state(m2, Z4, s2, 3), "after t2");
 }
 

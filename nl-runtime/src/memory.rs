@@ -15,7 +15,7 @@
 //! sigmoid(w_eta.u + b_eta)`. The surprise is written `g = r k^T`
 //! with `r = M k - v` (delta, titans) or `r = -v` (hebbian), `M` the
 //! memory before the token. `G += theta g`, and for titans also the write
-//! accumulator `W += theta v k^T`; on a fire (`(n + 1) % period == 0`)
+//! accumulator `W += theta (1 - eta) v k^T`; on a fire (`(n + 1) % period == 0`)
 //! `M <- (1 - alpha) M - G` (delta, hebbian) or `M <- (1 - alpha) M - G +
 //! eta S`, `S <- eta S + W` (titans: momentum on the write term, so the
 //! momentum is an average of bounded writes and every fire stays a
@@ -68,8 +68,8 @@ pub trait Rule: 'static {
 /// `g = (M k - v) k^T`, `M <- (1 - alpha) M - G`.
 #[derive(Clone, Copy, Debug)]
 pub struct Delta;
-/// `g = (M k - v) k^T` with momentum on the write term: `W += theta v
-/// k^T`; on a fire `M <- (1 - alpha) M - G + eta S`, `S <- eta S + W`.
+/// `g = (M k - v) k^T` with momentum on the write term: `W += theta (1 -
+/// eta) v k^T`; on a fire `M <- (1 - alpha) M - G + eta S`, `S <- eta S + W`.
 #[derive(Clone, Copy, Debug)]
 pub struct Titans;
 /// `g = -v k^T`, `M <- (1 - alpha) M - G`.
@@ -101,7 +101,7 @@ pub struct LevelState<S, const D: usize> {
     pub g: [[S; D]; D],
     /// Momentum `S` (titans).
     pub s: [[S; D]; D],
-    /// Write accumulator `W = sum theta v k^T` of the current chunk (titans; zero otherwise).
+    /// Write accumulator `W = sum theta (1 - eta) v k^T` of the current chunk (titans; zero otherwise).
     pub w: [[S; D]; D],
     /// Tokens seen since the last reset.
     pub n: u64,
@@ -509,11 +509,13 @@ fn token_rows<S: Scalar, R: Rule, const D: usize, const NR: usize>(
     let (k, v, q) = (x.k, x.v, x.q);
     let g = rows_mut::<S, D, NR>(g, i0);
     let w = rows_mut::<S, D, NR>(w, i0);
-    // The write term's coefficients theta v_i (titans' W += theta v k^T).
+    // The write term's coefficients theta (1 - eta) v_i (titans' W +=
+    // theta (1 - eta) v k^T).
     let mut cw = [S::ZERO; NR];
     if R::MOMENTUM {
+        let tw = p.theta * (S::ONE - p.eta);
         for rr in 0..NR {
-            cw[rr] = p.theta * v[i0 + rr];
+            cw[rr] = tw * v[i0 + rr];
         }
     }
     if !p.fire {
@@ -909,14 +911,17 @@ struct BackOut<S, const D: usize> {
     alpha: [[S; LANES]; ROWS],
     eta: [[S; LANES]; ROWS],
     d_theta: S,
+    /// `d eta` through the write term `theta (1 - eta) v k^T` (titans).
+    d_eta_w: S,
 }
 
 /// Rows `i0..i0 + NR` of the backward of one token (not frozen): the read
 /// (`dq += M_t^T dyl`, `dM += dyl q^T`), the fire (`dG' = -dM`; titans:
 /// `dW' = dS`, `dS <- eta (dS + dM)`; `dM <- keep dM`, the gate sums), then
 /// `G' = G + theta r k^T` (`dr = theta dG' k`, `d_theta += r . dG' k`, `dk
-/// += theta dG'^T r`), titans' `W' = W + theta v k^T` (`dv += theta dW' k`,
-/// `d_theta += v . dW' k`, `dk += theta dW'^T v`) and `r = M_prev k - v`
+/// += theta dG'^T r`), titans' `W' = W + c v k^T` with `c = theta (1 -
+/// eta)` (`dv += c dW' k`, `d_theta += (1 - eta) v . dW' k`, `d_eta -=
+/// theta v . dW' k`, `dk += c dW'^T v`) and `r = M_prev k - v`
 /// (`dM += dr k^T`, `dk += M_prev^T dr`, `dv -= dr`).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -979,10 +984,13 @@ fn back_rows<S: Scalar, R: Rule, const D: usize, const NR: usize>(
         cr[rr] = p.theta * ri;
         o.dv[i0 + rr] = -dr[rr];
         if R::MOMENTUM {
+            // W' = W + theta (1 - eta) v k^T.
             let vi = x.v[i0 + rr];
-            o.d_theta = vi.mul_add(gk[rr][1], o.d_theta);
-            o.dv[i0 + rr] = p.theta.mul_add(gk[rr][1], o.dv[i0 + rr]);
-            cv[rr] = p.theta * vi;
+            let tw = p.theta * (S::ONE - p.eta);
+            o.d_theta = ((S::ONE - p.eta) * vi).mul_add(gk[rr][1], o.d_theta);
+            o.d_eta_w = (-(p.theta * vi)).mul_add(gk[rr][1], o.d_eta_w);
+            o.dv[i0 + rr] = tw.mul_add(gk[rr][1], o.dv[i0 + rr]);
+            cv[rr] = tw * vi;
         }
     }
     let dk = &mut o.dk;
@@ -1032,6 +1040,7 @@ pub fn backward<S: Scalar, R: Rule, const T: usize, const D: usize>(
         alpha: [[S::ZERO; LANES]; ROWS],
         eta: [[S::ZERO; LANES]; ROWS],
         d_theta: S::ZERO,
+        d_eta_w: S::ZERO,
     };
     for t in (0..T).rev() {
         let fire = fires(start.n + t as u64, period, frozen);
@@ -1057,6 +1066,7 @@ pub fn backward<S: Scalar, R: Rule, const T: usize, const D: usize>(
         o.alpha = [[S::ZERO; LANES]; ROWS];
         o.eta = [[S::ZERO; LANES]; ROWS];
         o.d_theta = S::ZERO;
+        o.d_eta_w = S::ZERO;
         if frozen {
             // The state is a constant: only the read's dq = M_t^T dyl.
             for_blocks!(D, |i0| read_back_rows::<S, D>(i0, mt, &dyl, &mut o.dq));
@@ -1075,11 +1085,12 @@ pub fn backward<S: Scalar, R: Rule, const T: usize, const D: usize>(
             let d_alpha = -o.alpha.iter().fold(S::ZERO, |s, a| s + S::lane_sum(*a));
             let da = d_alpha * alpha * (S::ONE - alpha);
             gate_backward(da, p.w_alpha, k, v, g.w_alpha, g.b_alpha, dk, dv);
-            if R::MOMENTUM {
-                let d_eta = o.eta.iter().fold(S::ZERO, |s, a| s + S::lane_sum(*a));
-                let dc = d_eta * eta * (S::ONE - eta);
-                gate_backward(dc, p.w_eta, k, v, g.w_eta, g.b_eta, dk, dv);
-            }
+        }
+        if R::MOMENTUM && !frozen {
+            // eta scales the momentum at a fire and every token's write.
+            let fired = if fire { o.eta.iter().fold(S::ZERO, |s, a| s + S::lane_sum(*a)) } else { S::ZERO };
+            let dc = (fired + o.d_eta_w) * eta * (S::ONE - eta);
+            gate_backward(dc, p.w_eta, k, v, g.w_eta, g.b_eta, dk, dv);
         }
         if normalize_keys {
             normalize_backward(k, tr.k_norm[t], dk);
@@ -1166,7 +1177,7 @@ mod tests {
         let keep = S::ONE - alpha;
         for i in 0..D {
             let c = theta * r[i];
-            let cw = theta * v[i];
+            let cw = theta * (S::ONE - eta) * v[i];
             let (m, g, s, w) = (&mut st.m[i], &mut st.g[i], &mut st.s[i], &mut st.w[i]);
             if !fire {
                 for j in 0..D {
@@ -1341,11 +1352,13 @@ mod tests {
                         dk[j] += c * adj.dg[i][j];
                     }
                     if R::MOMENTUM {
-                        // W'_t = W_{t-1} + theta v k^T: d_theta += v . dW' k ; dv += theta dW' k ; dk += theta dW'^T v
+                        // W'_t = W_{t-1} + theta (1 - eta) v k^T: d_theta += (1 - eta) v . dW' k ;
+                        // d_eta -= theta v . dW' k ; dv += theta (1 - eta) dW' k ; dk += theta (1 - eta) dW'^T v
                         let wk = dot(&adj.dw[i], k);
-                        d_theta += v[i] * wk;
-                        dv[i] += theta * wk;
-                        let cv = theta * v[i];
+                        d_theta += (S::ONE - eta) * v[i] * wk;
+                        d_eta -= theta * v[i] * wk;
+                        dv[i] += theta * (S::ONE - eta) * wk;
+                        let cv = theta * (S::ONE - eta) * v[i];
                         for j in 0..D {
                             dk[j] += cv * adj.dw[i][j];
                         }

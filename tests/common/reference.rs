@@ -89,7 +89,7 @@ pub struct LevelState {
     pub g: Vec<f64>,
     /// Momentum `S` (`titans` only), `d * d`, row-major.
     pub s: Vec<f64>,
-    /// Accumulated writes `W = sum theta v k^T` since the last fire (`titans` only).
+    /// Accumulated writes `W = sum theta (1 - eta) v k^T` since the last fire (`titans` only).
     pub w: Vec<f64>,
     /// Tokens seen since the last reset.
     pub n: usize,
@@ -317,11 +317,16 @@ pub fn forward_trace(
                         st.g[i * d + j] += theta * (r[i] * k[j]);
                     }
                 }
-                // titans: the writes W <- W + theta v k^T, the momentum's input.
+                // titans: eta_t = sigmoid(w_eta . u_t + b_eta), and the writes
+                // W <- W + theta (1 - eta) v k^T, the momentum's input.
+                let eta = match lp.eta {
+                    Some((w_eta, b_eta)) => sigmoid(dot(w_eta, &u) + b_eta),
+                    None => 0.0,
+                };
                 if spec.rule == Rule::Titans {
                     for i in 0..d {
                         for j in 0..d {
-                            st.w[i * d + j] += theta * (v[i] * k[j]);
+                            st.w[i * d + j] += theta * (1.0 - eta) * (v[i] * k[j]);
                         }
                     }
                 }
@@ -337,8 +342,6 @@ pub fn forward_trace(
                             }
                         }
                         Rule::Titans => {
-                            let (w_eta, b_eta) = lp.eta.expect("titans level has eta");
-                            let eta = sigmoid(dot(w_eta, &u) + b_eta);
                             // M <- (1 - alpha) M - G + eta S, then S <- eta S + W
                             for idx in 0..d * d {
                                 st.m[idx] = (1.0 - alpha) * st.m[idx] - st.g[idx] + eta * st.s[idx];

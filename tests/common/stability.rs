@@ -22,7 +22,7 @@
 //! token. `hebbian` is the same with `rho = 1 - alpha_min`.
 //!
 //! `titans` puts its momentum on the write term: a fire applies `S' = eta
-//! S + W` with `W = sum_i theta_i v_i k_i^T` (`|W| <= b`) and `M' = M ((1 -
+//! S + W` with `W = sum_i theta_i (1 - eta_i) v_i k_i^T` (`|W| <= b`) and `M' = M ((1 -
 //! alpha) I - A) + S'`, so `|S| <= b / (1 - eta_max)` and
 //! `|M| <= b / ((1 - eta_max) (1 - rho))`.
 
