@@ -6,7 +6,7 @@
 //!   (8-aligned) and used **in place** through
 //!   [`nl_runtime::checkpoint::view`]: nothing is copied, the parameters stay
 //!   in flash / `.rodata`.
-//! - The streaming state (`Stream`, 61,216 bytes in f32) lives in a `static`
+//! - The streaming state (`Stream`, 77,600 bytes in f32) lives in a `static`
 //!   (`.bss`), behind a try-lock, so nothing large is ever on the stack.
 //!
 //! The exported C ABI: [`nl_scores`] streams the bytes of [`SENTENCE`]

@@ -92,7 +92,8 @@ mod bare {
         // SAFETY: `x` is a valid f32 to write.
         let refused = unsafe { nl_deploy::nl_step(256, &mut x) } == nl_deploy::NL_ERR_TOKEN;
         // SAFETY: as above.
-        let works = nl_deploy::nl_reset() == nl_deploy::NL_OK && unsafe { nl_deploy::nl_step(b'a'.into(), &mut x) } == nl_deploy::NL_OK;
+        let works = nl_deploy::nl_reset() == nl_deploy::NL_OK
+            && unsafe { nl_deploy::nl_step(b'a'.into(), &mut x) } == nl_deploy::NL_OK;
         if !(refused && works && x.is_nan()) {
             exit(3);
         }
