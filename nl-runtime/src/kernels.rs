@@ -144,39 +144,7 @@ pub fn attend_row<'a, S: Scalar, const D: usize, const H: usize, const HD: usize
     p: &mut [[S; W]; H],
     out: &mut [S; D],
 ) {
-    const { assert!(H * HD == D, "heads * head_dim must equal d_model") };
-    debug_assert!(n >= 1 && n <= W);
-    let scale = S::ONE / S::from_usize(HD).sqrt();
-    // The softmax passes run over `m >= n` entries, a whole number of
-    // reduction lanes where the window allows: the padding scores are `-inf`,
-    // whose weight `e^-inf` is exactly 0, so they change neither the sum nor
-    // the result, and the passes stay on the vectorised path.
-    let m = n.next_multiple_of(LANES).min(W);
-    for (h, ph) in p.iter_mut().enumerate() {
-        let cols = h * HD..(h + 1) * HD;
-        let qh = &q[cols.clone()];
-        for (i, pi) in ph.iter_mut().enumerate().take(n) {
-            *pi = dot_slice(qh, &key(i)[cols.clone()]) * scale;
-        }
-        ph[n..m].fill(S::from_f64(f64::NEG_INFINITY));
-        let row = &mut ph[..m];
-        let mx = max_lanes(row);
-        for pi in row.iter_mut() {
-            // As in `exp_shifted`, in place.
-            *pi = (*pi - mx).exp();
-        }
-        let inv = S::ONE / sum_lanes(row);
-        for pi in row.iter_mut() {
-            *pi *= inv;
-        }
-        ph[m..].fill(S::ZERO);
-        // The head's output is summed in registers, stored once.
-        let mut oh = [S::ZERO; HD];
-        for (i, &pi) in ph.iter().enumerate().take(n) {
-            axpy(pi, &value(i)[cols.clone()], &mut oh);
-        }
-        out[cols].copy_from_slice(&oh);
-    }
+    attend_row_with::<S, D, H, HD, W>(q, n, key, value, |_, qh, kh| dot_slice(qh, kh), None, p, out)
 }
 
 /// Sliding-window causal attention over a whole sequence: row `t` attends to
@@ -217,36 +185,7 @@ pub fn attention_backward_acc<
     dk: &mut [[S; D]; T],
     dv: &mut [[S; D]; T],
 ) {
-    const { assert!(H * HD == D, "heads * head_dim must equal d_model") };
-    let scale = S::ONE / S::from_usize(HD).sqrt();
-    let mut dp = [S::ZERO; W];
-    for t in 0..T {
-        let n = (t + 1).min(W);
-        for h in 0..H {
-            let cols = h * HD..(h + 1) * HD;
-            let ph = &p[t][h];
-            let dah = &da[t][cols.clone()];
-            let mut sum = S::ZERO;
-            for i in 0..n {
-                let tau = t - i;
-                dp[i] = dot_slice(dah, &v[tau][cols.clone()]);
-                sum += ph[i] * dp[i];
-                axpy(ph[i], dah, &mut dv[tau][cols.clone()]);
-            }
-            // dq[t] is summed in registers over the window, added once.
-            let mut dqh = [S::ZERO; HD];
-            let qh = &q[t][cols.clone()];
-            for i in 0..n {
-                let tau = t - i;
-                let ds = ph[i] * (dp[i] - sum) * scale;
-                axpy(ds, &k[tau][cols.clone()], &mut dqh);
-                axpy(ds, qh, &mut dk[tau][cols.clone()]);
-            }
-            for (d, x) in dq[t][cols].iter_mut().zip(&dqh) {
-                *d += *x;
-            }
-        }
-    }
+    attention_backward_with::<S, T, D, H, HD, W>(q, k, v, p, da, dq, dk, dv, None)
 }
 
 /// One query row of sliding-window attention with a score function:
@@ -268,6 +207,10 @@ fn attend_row_with<'a, S: Scalar, const D: usize, const H: usize, const HD: usiz
     const { assert!(H * HD == D, "heads * head_dim must equal d_model") };
     debug_assert!(n >= 1 && n <= W);
     let scale = S::ONE / S::from_usize(HD).sqrt();
+    // The softmax passes run over `m >= n` entries, a whole number of
+    // reduction lanes where the window allows: the padding scores are `-inf`,
+    // whose weight `e^-inf` is exactly 0, so they change neither the sum nor
+    // the result, and the passes stay on the vectorised path.
     let m = n.next_multiple_of(LANES).min(W);
     for (h, ph) in p.iter_mut().enumerate() {
         let cols = h * HD..(h + 1) * HD;
@@ -423,6 +366,30 @@ pub fn attention_bias_backward_acc<
     dv: &mut [[S; D]; T],
     dbias: &mut [[S; W]; H],
 ) {
+    attention_backward_with::<S, T, D, H, HD, W>(q, k, v, p, da, dq, dk, dv, Some(dbias))
+}
+
+/// The attention backward, with the position bias's gradient when `dbias` is given.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attention_backward_with<
+    S: Scalar,
+    const T: usize,
+    const D: usize,
+    const H: usize,
+    const HD: usize,
+    const W: usize,
+>(
+    q: &[[S; D]; T],
+    k: &[[S; D]; T],
+    v: &[[S; D]; T],
+    p: &[[[S; W]; H]; T],
+    da: &[[S; D]; T],
+    dq: &mut [[S; D]; T],
+    dk: &mut [[S; D]; T],
+    dv: &mut [[S; D]; T],
+    mut dbias: Option<&mut [[S; W]; H]>,
+) {
     const { assert!(H * HD == D, "heads * head_dim must equal d_model") };
     let scale = S::ONE / S::from_usize(HD).sqrt();
     let mut dp = [S::ZERO; W];
@@ -445,7 +412,9 @@ pub fn attention_bias_backward_acc<
                 let tau = t - i;
                 // The gradient of the logit; the bias enters it unscaled.
                 let dl = ph[i] * (dp[i] - sum);
-                dbias[h][i] += dl;
+                if let Some(db) = dbias.as_deref_mut() {
+                    db[h][i] += dl;
+                }
                 let ds = dl * scale;
                 axpy(ds, &k[tau][cols.clone()], &mut dqh);
                 axpy(ds, qh, &mut dk[tau][cols.clone()]);

@@ -632,18 +632,39 @@ fn fire_chunk<S: Scalar, R: Rule>(
     s: &[S],
     s_out: &mut [S],
 ) {
+    let (gk, wk) = fired_chunk_terms::<S, R>(p, c, k, gw);
+    for j in 0..k.len() {
+        let (mj, sj) = fired::<S, R>(p, m[j], s[j], gk[j], wk[j]);
+        m_out[j] = mj;
+        if R::MOMENTUM {
+            s_out[j] = sj;
+        }
+    }
+}
+
+/// The surprise and (titans) write terms of a fire on one chunk:
+/// [`fired_surprise`] of `G` and of `W`.
+#[inline(always)]
+fn fired_chunk_terms<S: Scalar, R: Rule>(
+    p: Step<S>,
+    c: (S, S),
+    k: &[S],
+    gw: (&mut [S], &mut [S]),
+) -> ([S; LANES], [S; LANES]) {
     let gk = fired_surprise(p, c.0, k, gw.0);
+    let wk = if R::MOMENTUM { fired_surprise(p, c.1, k, gw.1) } else { [S::ZERO; LANES] };
+    (gk, wk)
+}
+
+/// One element of a fire: `M' = keep M - G'` (titans: `M' = keep M - G' +
+/// eta S`, `S' = eta S + W'`), as `(M', S')`.
+#[inline(always)]
+fn fired<S: Scalar, R: Rule>(p: Step<S>, m: S, s: S, gk: S, wk: S) -> (S, S) {
     if R::MOMENTUM {
-        let wk = fired_surprise(p, c.1, k, gw.1);
-        for j in 0..k.len() {
-            let es = p.eta * s[j];
-            m_out[j] = p.keep.mul_add(m[j], es - gk[j]);
-            s_out[j] = es + wk[j];
-        }
+        let es = p.eta * s;
+        (p.keep.mul_add(m, es - gk), es + wk)
     } else {
-        for j in 0..k.len() {
-            m_out[j] = p.keep.mul_add(m[j], -gk[j]);
-        }
+        (p.keep.mul_add(m, -gk), s)
     }
 }
 
@@ -657,17 +678,12 @@ fn fire_chunk_in_place<S: Scalar, R: Rule>(
     gw: (&mut [S], &mut [S]),
     s: &mut [S],
 ) {
-    let gk = fired_surprise(p, c.0, k, gw.0);
-    if R::MOMENTUM {
-        let wk = fired_surprise(p, c.1, k, gw.1);
-        for j in 0..k.len() {
-            let es = p.eta * s[j];
-            m[j] = p.keep.mul_add(m[j], es - gk[j]);
-            s[j] = es + wk[j];
-        }
-    } else {
-        for j in 0..k.len() {
-            m[j] = p.keep.mul_add(m[j], -gk[j]);
+    let (gk, wk) = fired_chunk_terms::<S, R>(p, c, k, gw);
+    for j in 0..k.len() {
+        let (mj, sj) = fired::<S, R>(p, m[j], s[j], gk[j], wk[j]);
+        m[j] = mj;
+        if R::MOMENTUM {
+            s[j] = sj;
         }
     }
 }
