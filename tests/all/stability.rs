@@ -3,17 +3,15 @@
 //! inputs (a repeated token, two alternating tokens, the least likely
 //! token at each step, random tokens); every logit stays finite and every
 //! level's memory stays below the contraction bound of
-//! `tests/common/stability.rs` (stated there). A property test does the
+//! `tests/all/common/stability.rs` (stated there). A property test does the
 //! same over random parameters with large gate weights and biases.
 //!
 //! The default run streams a few thousand tokens per input; the `#[ignore]`d
 //! long forms stream `NL_STABILITY_TOKENS` (default 10^6) per input and are
 //! run by `.ci/run` in release mode:
-//! `cargo test --release --test stability -- --ignored`.
+//! `cargo test --release --test all -- --ignored stability::long`.
 
-mod common;
-
-use common::stability::{check, corpus, level_bounds, stream, trained, Input};
+use crate::common::stability::{check, corpus, level_bounds, stream, trained, Input};
 use nl::nl_model;
 use nl_runtime::rng::Rng;
 use nl_runtime::{boxed_zeroed, Flat, Model};

@@ -2,9 +2,7 @@
 //! against the reference interpreter, the analytic backward against finite
 //! differences, and streaming against the training forward.
 
-mod common;
-
-use common::harness::*;
+use crate::common::harness::*;
 use nl::nl_model;
 
 nl_model!("models/micro.toml");

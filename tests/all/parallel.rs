@@ -2,9 +2,7 @@
 //! sequential `loss_and_grad_batch` (up to summation order), is bit-identical
 //! across repeated runs, and rejects batches of partial sequences.
 
-mod common;
-
-use common::harness::*;
+use crate::common::harness::*;
 use nl::nl_model;
 use nl::nl_runtime::{boxed_zeroed, parallel, Flat, Model};
 

@@ -1,9 +1,7 @@
 //! Every spec shipped in `models/` compiles through `nl_model!`, and its
 //! generated forward (f64) matches the reference interpreter to 1e-10.
 
-mod common;
-
-use common::harness::*;
+use crate::common::harness::*;
 use nl::nl_model;
 
 nl_model!("models/micro.toml");
