@@ -3,9 +3,8 @@
 //! differences, and streaming against the training forward.
 
 use crate::common::harness::*;
+use crate::shipped::micro;
 use nl::nl_model;
-
-nl_model!("models/micro.toml");
 
 nl_model! { r#"
 name = "odd"

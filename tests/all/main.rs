@@ -5,6 +5,7 @@
 //! (`cargo test --test all -- stability::`).
 
 mod common;
+mod shipped;
 
 mod attention;
 mod checkpoint;

@@ -3,11 +3,8 @@
 //! across repeated runs, and rejects batches of partial sequences.
 
 use crate::common::harness::*;
-use nl::nl_model;
+use crate::shipped::{micro, micro_memory};
 use nl::nl_runtime::{boxed_zeroed, parallel, Flat, Model};
-
-nl_model!("models/micro.toml");
-nl_model!("models/micro_memory.toml");
 
 /// Sequences per test batch.
 const SEQS: usize = 6;

@@ -12,18 +12,10 @@
 //! `cargo test --release --test all -- --ignored stability::long`.
 
 use crate::common::stability::{check, corpus, level_bounds, stream, trained, Input};
+use crate::shipped::{d128_memory, micro, micro_cms4, micro_hebbian, micro_mal, micro_memory, micro_titans, sensor};
 use nl::nl_model;
 use nl_runtime::rng::Rng;
 use nl_runtime::{boxed_zeroed, Flat, Model};
-
-nl_model!("models/micro.toml");
-nl_model!("models/micro_memory.toml");
-nl_model!("models/micro_titans.toml");
-nl_model!("models/micro_hebbian.toml");
-nl_model!("models/micro_mal.toml");
-nl_model!("models/micro_cms4.toml");
-nl_model!("models/sensor.toml");
-nl_model!("models/d128_memory.toml");
 
 // Odd specs: raw keys, periods that do not divide anything, every rule.
 nl_model! { r#"
