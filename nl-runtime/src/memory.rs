@@ -1155,7 +1155,7 @@ mod tests {
     //! The kernels against the straightforward code they replace (one pass
     //! per operation, `M` and `S` stored after every token), in `f64`, at
     //! widths that exercise both the full chunks and blocks and the
-    //! remainders (`tests/memory.rs` checks the math itself against finite
+    //! remainders (`tests/all/memory.rs` checks the math itself against finite
     //! differences and the reference interpreter, at small widths).
     #![allow(clippy::too_many_arguments, clippy::type_complexity)]
 

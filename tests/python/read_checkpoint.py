@@ -8,7 +8,7 @@ Prints the tensor names and shapes, checks the `__metadata__` written by
 is exactly the tensors back to back in header order, and compares the
 values listed in EXPECTED (default: CHECKPOINT with `.safetensors`
 replaced by `.expected.txt`, as written by the Rust test
-`write_checkpoint_for_python` in tests/checkpoint.rs) bit for bit.
+`write_checkpoint_for_python` in tests/all/checkpoint.rs) bit for bit.
 Exits non-zero on any mismatch.
 """
 import json

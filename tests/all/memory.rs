@@ -3,10 +3,8 @@
 //! through the inner loop against finite differences, and streaming
 //! against the training forward, with and without a carried state.
 
-mod common;
-
-use common::harness::*;
-use common::reference::{self, LevelState};
+use crate::common::harness::*;
+use crate::common::reference::{self, LevelState};
 use nl::nl_model;
 use nl_runtime::rng::Rng;
 use nl_runtime::{boxed_zeroed, Flat, Model};

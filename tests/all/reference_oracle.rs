@@ -1,4 +1,4 @@
-//! Hand-computed checks of the reference interpreter in `tests/common/reference.rs`.
+//! Hand-computed checks of the reference interpreter in `tests/all/common/reference.rs`.
 //!
 //! Every expected number below is worked out in the comments from MODEL.md,
 //! with weights chosen so that the arithmetic is exact or nearly so (gate
@@ -6,9 +6,7 @@
 //! `theta = sigmoid(w_theta . u + b_theta) / (p (|k|^2 + 1e-6))` is kept as a
 //! symbol: with `w_theta = 0`, `b_theta = 0` it is [`th`]`(p, |k|^2)`.
 
-mod common;
-
-use common::reference::*;
+use crate::common::reference::*;
 use std::collections::BTreeMap;
 
 const TOL: f64 = 1e-12;

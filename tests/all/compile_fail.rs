@@ -3,7 +3,7 @@
 //! (the key, the file, its line and column, and what is allowed).
 //!
 //! Regenerate the expected output with
-//! `TRYBUILD=overwrite cargo test --test compile_fail`.
+//! `TRYBUILD=overwrite cargo test --test all -- compile_fail`.
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -6,13 +6,11 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::shipped::{micro, micro_memory};
 use nl::nl_model;
 use nl_runtime::checkpoint::{self, CheckpointError, IoOp, LoadOptions};
 use nl_runtime::rng::Rng;
 use nl_runtime::{boxed_zeroed, Flat, Model, Scalar};
-
-nl_model!("models/micro_memory.toml");
-nl_model!("models/micro.toml");
 
 nl_model! { r#"
 name = "tiny"

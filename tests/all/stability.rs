@@ -3,29 +3,19 @@
 //! inputs (a repeated token, two alternating tokens, the least likely
 //! token at each step, random tokens); every logit stays finite and every
 //! level's memory stays below the contraction bound of
-//! `tests/common/stability.rs` (stated there). A property test does the
+//! `tests/all/common/stability.rs` (stated there). A property test does the
 //! same over random parameters with large gate weights and biases.
 //!
 //! The default run streams a few thousand tokens per input; the `#[ignore]`d
 //! long forms stream `NL_STABILITY_TOKENS` (default 10^6) per input and are
 //! run by `.ci/run` in release mode:
-//! `cargo test --release --test stability -- --ignored`.
+//! `cargo test --release --test all -- --ignored stability::long`.
 
-mod common;
-
-use common::stability::{check, corpus, level_bounds, stream, trained, Input};
+use crate::common::stability::{check, corpus, level_bounds, stream, trained, Input};
+use crate::shipped::{d128_memory, micro, micro_cms4, micro_hebbian, micro_mal, micro_memory, micro_titans, sensor};
 use nl::nl_model;
 use nl_runtime::rng::Rng;
 use nl_runtime::{boxed_zeroed, Flat, Model};
-
-nl_model!("models/micro.toml");
-nl_model!("models/micro_memory.toml");
-nl_model!("models/micro_titans.toml");
-nl_model!("models/micro_hebbian.toml");
-nl_model!("models/micro_mal.toml");
-nl_model!("models/micro_cms4.toml");
-nl_model!("models/sensor.toml");
-nl_model!("models/d128_memory.toml");
 
 // Odd specs: raw keys, periods that do not divide anything, every rule.
 nl_model! { r#"

@@ -2,12 +2,9 @@
 //! against the reference interpreter, the analytic backward against finite
 //! differences, and streaming against the training forward.
 
-mod common;
-
-use common::harness::*;
+use crate::common::harness::*;
+use crate::shipped::micro;
 use nl::nl_model;
-
-nl_model!("models/micro.toml");
 
 nl_model! { r#"
 name = "odd"

@@ -2,14 +2,9 @@
 //! sequential `loss_and_grad_batch` (up to summation order), is bit-identical
 //! across repeated runs, and rejects batches of partial sequences.
 
-mod common;
-
-use common::harness::*;
-use nl::nl_model;
+use crate::common::harness::*;
+use crate::shipped::{micro, micro_memory};
 use nl::nl_runtime::{boxed_zeroed, parallel, Flat, Model};
-
-nl_model!("models/micro.toml");
-nl_model!("models/micro_memory.toml");
 
 /// Sequences per test batch.
 const SEQS: usize = 6;
