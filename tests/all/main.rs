@@ -17,3 +17,23 @@ mod models;
 mod parallel;
 mod reference_oracle;
 mod stability;
+
+/// With `autotests = false` a new `tests/*.rs` file would never be built:
+/// every test file lives in `tests/all/` and is declared above.
+#[test]
+fn every_test_file_is_a_module_of_this_binary() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let stray: Vec<String> = std::fs::read_dir(dir.join("tests"))
+        .expect("tests/ exists")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".rs"))
+        .collect();
+    assert!(stray.is_empty(), "move {stray:?} into tests/all/ and declare it in tests/all/main.rs");
+    let main = std::fs::read_to_string(dir.join("tests/all/main.rs")).expect("main.rs");
+    for entry in std::fs::read_dir(dir.join("tests/all")).expect("tests/all exists") {
+        let name = entry.expect("entry").file_name().to_string_lossy().into_owned();
+        if let Some(module) = name.strip_suffix(".rs").filter(|m| *m != "main") {
+            assert!(main.contains(&format!("mod {module};")), "tests/all/{name} is not declared in tests/all/main.rs");
+        }
+    }
+}
