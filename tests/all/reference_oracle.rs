@@ -40,7 +40,18 @@ fn spec(
     composition: Composition,
     periods: Vec<usize>,
 ) -> RefSpec {
-    RefSpec { d, heads, vocab: 3, seq_len, window, rule, composition, normalize_keys: false, periods }
+    RefSpec {
+        d,
+        heads,
+        vocab: 3,
+        seq_len,
+        window,
+        rule,
+        composition,
+        normalize_keys: false,
+        periods,
+        ..RefSpec::default()
+    }
 }
 
 /// The attention / embedding tensors of a d = 2, V = 3 model.
@@ -553,6 +564,7 @@ fn carried_state_splits_sequence() {
         composition: Composition::Mag,
         normalize_keys: true,
         periods: vec![1, 2, 3],
+        ..RefSpec::default()
     };
     let tokens = [3u32, 1, 4, 1, 0, 2, 4];
     let full = forward(&mk(6), &p, &tokens, None, true);
@@ -616,4 +628,475 @@ fn panics_on_wrong_token_count() {
 fn panics_on_token_out_of_range() {
     let s = spec(2, 1, 2, 1, Rule::Delta, Composition::None, vec![]);
     forward(&s, &memory_test_attn(), &[0, 1, 3], None, true);
+}
+
+// ---------------------------------------------------------------------------
+// Blocks: layers, residual stream, norms, MLP, positions, tied embeddings.
+// ---------------------------------------------------------------------------
+
+/// A d = 2, V = 3 spec with no memory and every block key at its default,
+/// for the block tests to switch on what they look at.
+fn bspec(heads: usize, seq_len: usize, window: usize) -> RefSpec {
+    RefSpec { d: 2, heads, vocab: 3, seq_len, window, normalize_keys: false, ..RefSpec::default() }
+}
+
+/// Attention tensors of block `b` under the `blocks.{b}.` names.
+fn put_block_attn(
+    p: &mut BTreeMap<String, Vec<f64>>,
+    b: usize,
+    wq: [f64; 4],
+    wk: [f64; 4],
+    wv: [f64; 4],
+    wo: [f64; 4],
+) {
+    for (name, w) in [("wq", wq), ("wk", wk), ("wv", wv), ("wo", wo)] {
+        p.insert(format!("blocks.{b}.attn.{name}"), w.to_vec());
+    }
+}
+
+/// `embed` and `unembed` (logits = [z0, z1, 0]) plus block 0's attention with
+/// `Wv = Wo = I`: with window 1 (or one token) `z_t = u_t`.
+fn identity_block(embed: [f64; 6]) -> BTreeMap<String, Vec<f64>> {
+    let mut p = BTreeMap::new();
+    p.insert("embed".to_string(), embed.to_vec());
+    p.insert("unembed".to_string(), UNEMBED_PLAIN.to_vec());
+    put_block_attn(&mut p, 0, [0.3, -0.2, 0.1, 0.5], [-0.4, 0.7, 0.2, 0.6], IDENTITY, IDENTITY);
+    p
+}
+
+/// `-log softmax(row)[target]`, written out for the loss checks.
+fn nll(row: &[f64], target: usize) -> f64 {
+    let z: f64 = row.iter().map(|x| x.exp()).sum();
+    z.ln() - row[target]
+}
+
+/// (1) Two blocks, residual, no norm, no MLP, window 1 (so `a_t = Wv h_t`).
+/// Block 0: Wv = [[1,2],[3,4]], Wo = I. Block 1: Wv = I, Wo = [[1,1],[0,1]].
+/// Tokens 0 1 | 2, E rows [1,0], [0,1], [1,1]; logits = [x0, x1, 0].
+///   t=0: x^0 = [1,0]; z^0 = Wv x^0 = [1,3]; x^1 = x^0 + z^0 = [2,3];
+///        z^1 = Wo x^1 = [5,3]; x^2 = x^1 + z^1 = [7,6] = x^0 + z^0 + z^1.
+///   t=1: x^0 = [0,1]; z^0 = [2,4]; x^1 = [2,5]; z^1 = [7,5]; x^2 = [9,10].
+/// Loss = (nll([7,6,0], 1) + nll([9,10,0], 2)) / 2.
+/// Without residual: x^1 = z^0 = [1,3], x^2 = z^1 = Wo [1,3] = [4,3] (t=0).
+#[test]
+fn blocks_two_layers_residual_stream() {
+    let mut s = bspec(1, 2, 1);
+    s.layers = 2;
+    s.residual = true;
+    let mut p = BTreeMap::new();
+    p.insert("embed".to_string(), EMBED.to_vec());
+    p.insert("unembed".to_string(), UNEMBED_PLAIN.to_vec());
+    put_block_attn(&mut p, 0, [0.3, -0.2, 0.1, 0.5], [-0.4, 0.7, 0.2, 0.6], [1.0, 2.0, 3.0, 4.0], IDENTITY);
+    put_block_attn(&mut p, 1, [1.0, 0.5, -0.5, 2.0], [0.2, 0.1, 0.0, 1.0], IDENTITY, [1.0, 1.0, 0.0, 1.0]);
+    let tr = forward_trace(&s, &p, &[0, 1, 2], None, true);
+    assert_eq!(tr.blocks.len(), 2);
+    assert_all_close(&tr.blocks[0].z[0], &[1.0, 3.0], "z^0_0");
+    assert_all_close(&tr.blocks[0].x_out[0], &[2.0, 3.0], "x^1_0");
+    assert_all_close(&tr.blocks[1].z[0], &[5.0, 3.0], "z^1_0");
+    assert_all_close(&tr.blocks[1].x_out[0], &[7.0, 6.0], "x^2_0");
+    assert_all_close(&tr.blocks[1].x_out[1], &[9.0, 10.0], "x^2_1");
+    assert_all_close(&tr.output.logits[0], &[7.0, 6.0, 0.0], "logits_0");
+    assert_all_close(&tr.output.logits[1], &[9.0, 10.0, 0.0], "logits_1");
+    let loss = (nll(&[7.0, 6.0, 0.0], 1) + nll(&[9.0, 10.0, 0.0], 2)) / 2.0;
+    assert_close(tr.output.loss, loss, "loss");
+    s.residual = false;
+    let plain = forward(&s, &p, &[0, 1, 2], None, true);
+    assert_all_close(&plain.logits[0], &[4.0, 3.0, 0.0], "logits_0 without residual");
+}
+
+/// (2a) rms norm, residual, one token, E[0] = [1,3], Wv = Wo = I.
+/// norm_a.g = [2,3]: mean(x^2) = (1 + 9)/2 = 5, r = 1/sqrt(5 + 1e-5),
+///   u = [2 r, 9 r]; z = u; x' = x + z = [1 + 2r, 3 + 9r] (the stream keeps the
+///   un-normed x).
+/// norm_f.g = [1,-1]: m = ((1 + 2r)^2 + (3 + 9r)^2) / 2,
+///   N_f = [1 + 2r, -(3 + 9r)] / sqrt(m + 1e-5); logits = [N_f, 0].
+#[test]
+fn blocks_rms_norm_values() {
+    let mut s = bspec(1, 1, 1);
+    s.norm = Norm::Rms;
+    s.residual = true;
+    let mut p = identity_block([1.0, 3.0, 0.0, 1.0, 1.0, 1.0]);
+    p.insert("blocks.0.norm_a.g".to_string(), vec![2.0, 3.0]);
+    p.insert("norm_f.g".to_string(), vec![1.0, -1.0]);
+    let tr = forward_trace(&s, &p, &[0, 0], None, true);
+    let r = 1.0 / (5.0f64 + 1e-5).sqrt();
+    assert_all_close(&tr.blocks[0].u[0], &[2.0 * r, 9.0 * r], "u");
+    let (a, b) = (1.0 + 2.0 * r, 3.0 + 9.0 * r);
+    assert_all_close(&tr.blocks[0].x_out[0], &[a, b], "x^1");
+    let den = ((a * a + b * b) / 2.0 + 1e-5).sqrt();
+    assert_all_close(&tr.final_normed[0], &[a / den, -b / den], "N_f");
+    assert_all_close(&tr.output.logits[0], &[a / den, -b / den, 0.0], "logits");
+}
+
+/// (2b) layer norm, no residual, one token, E[0] = [1,3], Wv = Wo = I.
+/// norm_a g = [2,3], beta = [0.5,-1]: mean 2, population variance
+///   ((1-2)^2 + (3-2)^2)/2 = 1, s = 1/sqrt(1 + 1e-5): u = [-2s + 0.5, 3s - 1].
+/// z = x' = u. norm_f g = [1,1], beta = [0,1]: mean(u) = (s - 0.5)/2, so
+///   u - mean = [-c, c] with c = 2.5 s - 0.75, variance c^2:
+///   N_f = [-c, c] / sqrt(c^2 + 1e-5) + [0, 1].
+#[test]
+fn blocks_layer_norm_values() {
+    let mut s = bspec(1, 1, 1);
+    s.norm = Norm::Layer;
+    let mut p = identity_block([1.0, 3.0, 0.0, 1.0, 1.0, 1.0]);
+    p.insert("blocks.0.norm_a.g".to_string(), vec![2.0, 3.0]);
+    p.insert("blocks.0.norm_a.beta".to_string(), vec![0.5, -1.0]);
+    p.insert("norm_f.g".to_string(), vec![1.0, 1.0]);
+    p.insert("norm_f.beta".to_string(), vec![0.0, 1.0]);
+    let tr = forward_trace(&s, &p, &[0, 0], None, true);
+    let sc = 1.0 / (1.0f64 + 1e-5).sqrt();
+    assert_all_close(&tr.blocks[0].u[0], &[-2.0 * sc + 0.5, 3.0 * sc - 1.0], "u");
+    let c = 2.5 * sc - 0.75;
+    let n = c / (c * c + 1e-5).sqrt();
+    assert_all_close(&tr.final_normed[0], &[-n, n + 1.0], "N_f");
+    assert_all_close(&tr.output.logits[0], &[-n, n + 1.0, 0.0], "logits");
+}
+
+/// The MLP tests' model: residual, no norm, one token 0 (e = [1,0]),
+/// Wv = Wo = I, so z = [1,0] and x' = e + z = [2,0] = w (no norm_m).
+fn mlp_case(activation: Activation, mlp: &[(&str, Vec<f64>)]) -> RefTrace {
+    let mut s = bspec(1, 1, 1);
+    s.residual = true;
+    s.mlp = Some((2, activation));
+    let mut p = identity_block(EMBED);
+    for (name, w) in mlp {
+        p.insert(format!("blocks.0.mlp.{name}"), w.clone());
+    }
+    let tr = forward_trace(&s, &p, &[0, 1], None, true);
+    assert_all_close(&tr.blocks[0].mid[0], &[2.0, 0.0], "x'");
+    tr
+}
+
+/// (3a) relu: w_up = [[1,0],[-1,0]] -> up = [2,-2] -> relu = [2,0] (the
+/// negative unit is killed); w_down = [[1,1],[0,5]] -> f = [2, 0] (it would be
+/// -10 in the second component if the unit were not killed);
+/// x^1 = x' + f = [4,0]; logits [4,0,0].
+#[test]
+fn blocks_mlp_relu() {
+    let tr = mlp_case(Activation::Relu, &[("w_up", vec![1.0, 0.0, -1.0, 0.0]), ("w_down", vec![1.0, 1.0, 0.0, 5.0])]);
+    assert_all_close(&tr.blocks[0].f[0], &[2.0, 0.0], "f");
+    assert_all_close(&tr.output.logits[0], &[4.0, 0.0, 0.0], "logits");
+}
+
+/// (3b) gelu (tanh form): w_up = [[1/2,0],[-1/2,0]] -> up = [1,-1].
+/// gelu(1) = 0.5 (1 + tanh(sqrt(2/pi) * 1.044715)) = 0.84119199060827670478...
+/// (40-digit arithmetic); gelu(-1) = -0.5 (1 - tanh(same)) = gelu(1) - 1.
+/// w_down = I -> f = [g, g - 1]; x^1 = [2 + g, g - 1].
+#[test]
+fn blocks_mlp_gelu() {
+    let g = 0.841_191_990_608_276_7;
+    assert_close(gelu(1.0), g, "gelu(1)");
+    assert_close(gelu(-1.0), g - 1.0, "gelu(-1)");
+    let tr = mlp_case(Activation::Gelu, &[("w_up", vec![0.5, 0.0, -0.5, 0.0]), ("w_down", IDENTITY.to_vec())]);
+    assert_all_close(&tr.blocks[0].f[0], &[g, g - 1.0], "f");
+    assert_all_close(&tr.output.logits[0], &[2.0 + g, g - 1.0, 0.0], "logits");
+}
+
+/// (3c) swiglu: w_gate = [[ln3/2, 0],[0,0]] -> gate = [ln3, 0];
+/// silu(ln3) = ln3 * sigmoid(ln3) = 3/4 ln3, silu(0) = 0.
+/// w_up = [[3/2,0],[7/2,0]] -> up = [3,7]; product = [9/4 ln3, 0].
+/// w_down = [[1,1],[2,0]] -> f = [9/4 ln3, 9/2 ln3]; x^1 = [2 + 9/4 ln3, 9/2 ln3].
+#[test]
+fn blocks_mlp_swiglu() {
+    let tr = mlp_case(
+        Activation::Swiglu,
+        &[
+            ("w_gate", vec![ln3() / 2.0, 0.0, 0.0, 0.0]),
+            ("w_up", vec![1.5, 0.0, 3.5, 0.0]),
+            ("w_down", vec![1.0, 1.0, 2.0, 0.0]),
+        ],
+    );
+    assert_all_close(&tr.blocks[0].f[0], &[2.25 * ln3(), 4.5 * ln3()], "f");
+    assert_all_close(&tr.output.logits[0], &[2.0 + 2.25 * ln3(), 4.5 * ln3(), 0.0], "logits");
+}
+
+/// (4) positions = bias, two heads (hd = 1), T = 2, W = 2, Wq = 0 so every
+/// raw score is 0; Wv = Wo = I; tokens 0 1 | 2 (e = [1,0], [0,1]).
+/// pos_bias [heads, window] = [[ln3, 0], [0, ln3]] (offset 0, offset 1).
+///   t=1, head 0: s(tau=0, offset 1) = 0, s(tau=1, offset 0) = ln3 ->
+///   weights 1/4, 3/4 -> a^0 = 1/4 * 1 + 3/4 * 0 = 1/4.
+///   t=1, head 1: s = ln3, 0 -> weights 3/4, 1/4 -> a^1 = 3/4 * 0 + 1/4 * 1 = 1/4.
+/// Without the bias both heads weigh 1/2, 1/2: a_1 = [1/2, 1/2].
+#[test]
+fn blocks_position_bias() {
+    let mut s = bspec(2, 2, 2);
+    s.positions = Positions::Bias;
+    let mut p = identity_block(EMBED);
+    p.insert("blocks.0.attn.wq".to_string(), vec![0.0; 4]);
+    p.insert("blocks.0.attn.pos_bias".to_string(), vec![ln3(), 0.0, 0.0, ln3()]);
+    let tr = forward_trace(&s, &p, &[0, 1, 2], None, true);
+    let b = &tr.blocks[0];
+    assert_all_close(&b.scores[1][0], &[0.0, ln3()], "scores t=1 head 0");
+    assert_all_close(&b.weights[1][0], &[0.25, 0.75], "weights t=1 head 0");
+    assert_all_close(&b.weights[1][1], &[0.75, 0.25], "weights t=1 head 1");
+    assert_all_close(&b.weights[0][0], &[1.0], "weights t=0");
+    assert_all_close(&b.attn[1], &[0.25, 0.25], "a_1");
+    assert_all_close(&tr.output.logits[1], &[0.25, 0.25, 0.0], "logits_1");
+    s.positions = Positions::None;
+    p.remove("blocks.0.attn.pos_bias");
+    let tr = forward_trace(&s, &p, &[0, 1, 2], None, true);
+    assert_all_close(&tr.attn[1], &[0.5, 0.5], "a_1 without bias");
+}
+
+/// (5) rope, one head, hd = 2 (one pair, angle = pos * 10000^0 = pos),
+/// T = 3, W = 3, every token 0 (e = [1,0]): Wq = [[1,0],[2,0]] -> q = [1,2],
+/// Wk = [[3,0],[-1,0]] -> k = [3,-1] at every position.
+/// R(a)(x,y) = (x cos a - y sin a, x sin a + y cos a); R(t) q . R(tau) k =
+/// q . R(tau - t) k. With a = t - tau, R(-a) k = (3 cos a - sin a,
+/// -3 sin a - cos a), so q . R(-a) k = 3 cos a - sin a - 6 sin a - 2 cos a
+/// = cos a - 7 sin a, and the score is (cos a - 7 sin a) / sqrt(2).
+/// Offset 0: 1/sqrt2 (= q . k / sqrt2). Scores (t, tau) = (1,0) and (2,1)
+/// have the same offset: shifting both positions leaves the score unchanged.
+#[test]
+fn blocks_rope_scores() {
+    let mut s = bspec(1, 3, 3);
+    s.positions = Positions::Rope;
+    let mut p = identity_block(EMBED);
+    p.insert("blocks.0.attn.wq".to_string(), vec![1.0, 0.0, 2.0, 0.0]);
+    p.insert("blocks.0.attn.wk".to_string(), vec![3.0, 0.0, -1.0, 0.0]);
+    let tr = forward_trace(&s, &p, &[0, 0, 0, 0], None, true);
+    let r2 = 2f64.sqrt();
+    let score = |a: f64| (a.cos() - 7.0 * a.sin()) / r2;
+    let b = &tr.blocks[0];
+    assert_all_close(&b.scores[0][0], &[1.0 / r2], "scores t=0");
+    assert_all_close(&b.scores[1][0], &[score(1.0), 1.0 / r2], "scores t=1");
+    assert_all_close(&b.scores[2][0], &[score(2.0), score(1.0), 1.0 / r2], "scores t=2");
+    assert_close(b.scores[2][0][1], b.scores[1][0][0], "shift invariance, offset 1");
+    assert_close(b.scores[2][0][2], b.scores[0][0][0], "shift invariance, offset 0");
+    // Without rope every score is q . k / sqrt2.
+    s.positions = Positions::None;
+    let tr = forward_trace(&s, &p, &[0, 0, 0, 0], None, true);
+    assert_all_close(&tr.blocks[0].scores[2][0], &[1.0 / r2; 3], "scores without rope");
+    // hd = 4: the second pair turns at 10000^(-2/4) = 1/100 per position.
+    let x = rope(&[1.0, 0.0, 1.0, 0.0], 1, 3);
+    assert_all_close(&x, &[3f64.cos(), 3f64.sin(), 0.03f64.cos(), 0.03f64.sin()], "rope hd = 4");
+    // Two heads of hd = 2: each head's pair turns by the position.
+    let x = rope(&[1.0, 0.0, 0.0, 1.0], 2, 1);
+    assert_all_close(&x, &[1f64.cos(), 1f64.sin(), -1f64.sin(), 1f64.cos()], "rope two heads");
+}
+
+/// (6) tie_embeddings: logits = E z. One token 0 (e = [1,0]), window 1,
+/// Wv = [[1,2],[3,4]], Wo = I: z = [1,3]; E rows [1,0], [0,1], [1,1]:
+/// logits = [1, 3, 4]; target 2: loss = nll([1,3,4], 2).
+#[test]
+fn blocks_tied_embeddings() {
+    let mut s = bspec(1, 1, 1);
+    s.tie_embeddings = true;
+    let mut p = identity_block(EMBED);
+    p.remove("unembed");
+    p.insert("blocks.0.attn.wv".to_string(), vec![1.0, 2.0, 3.0, 4.0]);
+    let out = forward(&s, &p, &[0, 2], None, true);
+    assert_all_close(&out.logits[0], &[1.0, 3.0, 4.0], "logits");
+    assert_close(out.loss, nll(&[1.0, 3.0, 4.0], 2), "loss");
+}
+
+#[test]
+#[should_panic(expected = "unexpected tensors")]
+fn blocks_tied_embeddings_rejects_unembed() {
+    let mut s = bspec(1, 1, 1);
+    s.tie_embeddings = true;
+    forward(&s, &identity_block(EMBED), &[0, 2], None, true);
+}
+
+/// Random d = 4, V = 5 parameters under the first version's names, two titans
+/// levels (the same generator as `carried_state_splits_sequence`).
+fn random_plain_params(seed: u64) -> BTreeMap<String, Vec<f64>> {
+    let (d, vocab) = (4, 5);
+    let mut seed = seed;
+    let mut p = BTreeMap::new();
+    let mut rand = |n: usize| (0..n).map(|_| lcg(&mut seed)).collect::<Vec<f64>>();
+    p.insert("embed".to_string(), rand(vocab * d));
+    for name in ["attn.wq", "attn.wk", "attn.wv", "attn.wo"] {
+        p.insert(name.to_string(), rand(d * d));
+    }
+    p.insert("unembed".to_string(), rand(vocab * d));
+    for l in 0..2 {
+        for name in ["wk", "wv", "wq"] {
+            p.insert(format!("mem.{l}.{name}"), rand(d * d));
+        }
+        for name in ["alpha", "theta", "eta"] {
+            p.insert(format!("mem.{l}.w_{name}"), rand(2 * d));
+            p.insert(format!("mem.{l}.b_{name}"), rand(1));
+        }
+    }
+    p
+}
+
+/// The same parameters under the `blocks.0.` names.
+fn with_block0_names(p: &BTreeMap<String, Vec<f64>>) -> BTreeMap<String, Vec<f64>> {
+    p.iter()
+        .map(|(k, v)| {
+            let name = if k == "embed" || k == "unembed" { k.clone() } else { format!("blocks.0.{k}") };
+            (name, v.clone())
+        })
+        .collect()
+}
+
+fn plain_spec() -> RefSpec {
+    RefSpec {
+        d: 4,
+        heads: 2,
+        vocab: 5,
+        seq_len: 6,
+        window: 3,
+        rule: Rule::Titans,
+        composition: Composition::Mag,
+        normalize_keys: true,
+        periods: vec![1, 2],
+        ..RefSpec::default()
+    }
+}
+
+/// FNV-1a over the bits of the logits, the loss and every state matrix.
+fn fingerprint(out: &RefOutput) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |x: f64| {
+        for byte in x.to_bits().to_le_bytes() {
+            h ^= byte as u64;
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+    };
+    for row in &out.logits {
+        row.iter().for_each(|x| eat(*x));
+    }
+    eat(out.loss);
+    for st in &out.states {
+        st.m.iter().chain(&st.g).chain(&st.s).chain(&st.w).for_each(|x| eat(*x));
+    }
+    h
+}
+
+/// (7) Every block key at its default computes bit for bit what the
+/// interpreter computed before blocks existed. The constant below is the
+/// fingerprint of that earlier interpreter's output (commit eac5b25) on this
+/// model; the new one must reproduce it under the old names and under the
+/// `blocks.0.` names alike.
+#[test]
+fn blocks_defaults_are_bit_identical_to_the_first_version() {
+    const BEFORE: u64 = 0x33cd_70ac_e5b1_334e;
+    let s = plain_spec();
+    assert!(s.is_one_plain_block());
+    let p = random_plain_params(2026);
+    let tokens = [3u32, 1, 4, 1, 0, 2, 4];
+    let old_names = forward(&s, &p, &tokens, None, true);
+    let new_names = forward(&s, &with_block0_names(&p), &tokens, None, true);
+    assert_eq!(old_names.loss.to_bits(), 1.4689816960302178f64.to_bits(), "loss of the first version");
+    assert_eq!(fingerprint(&old_names), BEFORE, "old names");
+    assert_eq!(fingerprint(&new_names), BEFORE, "blocks.0 names");
+}
+
+#[test]
+#[should_panic(expected = "missing tensor `blocks.0.attn.wk`")]
+fn blocks_default_spec_rejects_mixed_names() {
+    let mut p = random_plain_params(1);
+    let wq = p.remove("attn.wq").unwrap();
+    p.insert("blocks.0.attn.wq".to_string(), wq);
+    // Some `blocks.` name is present, so every name must be prefixed.
+    forward(&plain_spec(), &p, &[3, 1, 4, 1, 0, 2, 4], None, true);
+}
+
+#[test]
+#[should_panic(expected = "missing tensor `blocks.0.attn.wq`")]
+fn blocks_two_layers_need_prefixed_names() {
+    let mut s = plain_spec();
+    s.layers = 2;
+    forward(&s, &random_plain_params(1), &[3, 1, 4, 1, 0, 2, 4], None, true);
+}
+
+#[test]
+#[should_panic(expected = "missing tensor `blocks.0.norm_m.g`")]
+fn blocks_mlp_with_norm_needs_norm_m() {
+    let mut s = bspec(1, 1, 1);
+    s.norm = Norm::Rms;
+    s.mlp = Some((2, Activation::Relu));
+    let mut p = identity_block(EMBED);
+    p.insert("blocks.0.norm_a.g".to_string(), vec![1.0, 1.0]);
+    p.insert("norm_f.g".to_string(), vec![1.0, 1.0]);
+    p.insert("blocks.0.mlp.w_up".to_string(), vec![0.0; 4]);
+    p.insert("blocks.0.mlp.w_down".to_string(), vec![0.0; 4]);
+    forward(&s, &p, &[0, 0], None, true);
+}
+
+/// Property: with residual and two blocks, a block 1 whose `Wo` and
+/// `mlp.w_down` are zero adds exactly 0 to the stream (its memory still runs),
+/// so the logits equal the one-block model's. Exercised with everything on:
+/// rms norms, rope, a swiglu MLP, titans levels, mag.
+#[test]
+fn blocks_silent_second_block_changes_nothing() {
+    let (d, vocab, hidden) = (4, 5, 3);
+    let mut seed = 99u64;
+    let mut rand = |n: usize| (0..n).map(|_| lcg(&mut seed)).collect::<Vec<f64>>();
+    let mut p = BTreeMap::new();
+    p.insert("embed".to_string(), rand(vocab * d));
+    p.insert("unembed".to_string(), rand(vocab * d));
+    p.insert("norm_f.g".to_string(), rand(d));
+    for b in 0..2 {
+        let pre = format!("blocks.{b}.");
+        for name in ["attn.wq", "attn.wk", "attn.wv", "attn.wo"] {
+            p.insert(format!("{pre}{name}"), rand(d * d));
+        }
+        p.insert(format!("{pre}norm_a.g"), rand(d));
+        p.insert(format!("{pre}norm_m.g"), rand(d));
+        p.insert(format!("{pre}mlp.w_up"), rand(hidden * d));
+        p.insert(format!("{pre}mlp.w_gate"), rand(hidden * d));
+        p.insert(format!("{pre}mlp.w_down"), rand(d * hidden));
+        for l in 0..2 {
+            for name in ["wk", "wv", "wq"] {
+                p.insert(format!("{pre}mem.{l}.{name}"), rand(d * d));
+            }
+            for name in ["alpha", "theta", "eta"] {
+                p.insert(format!("{pre}mem.{l}.w_{name}"), rand(2 * d));
+                p.insert(format!("{pre}mem.{l}.b_{name}"), rand(1));
+            }
+        }
+    }
+    p.insert("blocks.1.attn.wo".to_string(), vec![0.0; d * d]);
+    p.insert("blocks.1.mlp.w_down".to_string(), vec![0.0; d * hidden]);
+    let mut s = RefSpec {
+        layers: 2,
+        residual: true,
+        norm: Norm::Rms,
+        positions: Positions::Rope,
+        mlp: Some((hidden, Activation::Swiglu)),
+        ..plain_spec()
+    };
+    let tokens = [3u32, 1, 4, 1, 0, 2, 4];
+    let two = forward(&s, &p, &tokens, None, true);
+    s.layers = 1;
+    let one_params: BTreeMap<String, Vec<f64>> =
+        p.iter().filter(|(k, _)| !k.starts_with("blocks.1.")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let one = forward(&s, &one_params, &tokens, None, true);
+    assert_eq!(two.logits, one.logits);
+    assert_eq!(two.loss, one.loss);
+    // States are block-major: block 0's two levels come first.
+    assert_eq!(two.states.len(), 4);
+    assert_eq!(&two.states[..2], &one.states[..]);
+    assert!(two.states[2].n == 6 && two.states[2].m != two.states[0].m);
+}
+
+/// Carrying the states of a two-block model across a split of the sequence
+/// ends in the same (block-major) states as one pass. With window 1 the input
+/// of block 1 at a position depends on that token and block 0's carried
+/// memory only (attention keeps no keys across sequences), so the split is
+/// exact for both blocks.
+#[test]
+fn blocks_carried_states_are_block_major() {
+    let mut p = BTreeMap::new();
+    for (k, v) in with_block0_names(&random_plain_params(5)) {
+        if let Some(rest) = k.strip_prefix("blocks.0.") {
+            let mut w = v.clone();
+            w.iter_mut().for_each(|x| *x *= 0.5);
+            p.insert(format!("blocks.1.{rest}"), w);
+        }
+        p.insert(k, v);
+    }
+    let mk = |seq_len: usize| RefSpec { layers: 2, residual: true, seq_len, window: 1, ..plain_spec() };
+    let tokens = [3u32, 1, 4, 1, 0, 2, 4];
+    let full = forward(&mk(6), &p, &tokens, None, true);
+    let first = forward(&mk(3), &p, &tokens[..4], None, true);
+    let second = forward(&mk(3), &p, &tokens[3..], Some(&first.states), true);
+    assert_eq!(full.states.len(), 4);
+    for i in 0..4 {
+        assert_state(&second.states[i], &full.states[i], &format!("state {i}"));
+    }
 }

@@ -40,6 +40,8 @@ pub fn ref_spec<M: Model>() -> RefSpec {
         composition,
         normalize_keys,
         periods,
+        // The plan has no block keys yet: one plain block.
+        ..RefSpec::default()
     }
 }
 
@@ -191,7 +193,8 @@ pub fn max_stream_vs_forward_rel<M: Model>(seed: u64) -> f32 {
     worst
 }
 
-/// The reference's zero state for every level of a spec.
+/// The reference's zero state for every level of every block of a spec
+/// (block-major).
 pub fn zero_states(spec: &RefSpec) -> Vec<LevelState> {
-    spec.periods.iter().map(|_| LevelState::zero(spec.d)).collect()
+    (0..spec.layers * spec.periods.len()).map(|_| LevelState::zero(spec.d)).collect()
 }
