@@ -44,9 +44,10 @@
 //! `mem.*` tensors, and (c) equals (a).
 //!
 //! The spec starts the gates at `b_theta = -1` (inner learning rate
-//! `softplus(-1) = 0.31`) and `b_alpha = -6` (forget rate 0.0025 per token);
-//! both still train. With the defaults (0.127 and 0.018) the same budget
-//! learns the task for some seeds only.
+//! `sigmoid(-1) / |k|^2 = 0.27` with normalised keys) and `b_alpha = -6`
+//! (forget rate 0.0025 per token); both still train. With the defaults
+//! (0.119 and 0.018), the first version (an unbounded softplus rate) learned
+//! the task with the same budget for some seeds only (not re-measured).
 //!
 //! # 2. Adaptation while serving
 //!
