@@ -58,7 +58,15 @@
 //! # Peak
 //!
 //! `peak_gflops` is one core's peak FP32 FMA rate (also with `--threads`
-//! above 1, so a 2-thread `peak_fraction` can exceed one core's 100%):
+//! above 1, so a 2-thread `peak_fraction` can exceed one core's 100%). By
+//! default it is measured (`--peak measured`): twelve independent FMA
+//! chains at each vector width the CPU has (512, 256 and 128 bits, detected
+//! at run time, so a portable build measures the CPU too), best of three
+//! timed runs of about 10 to 40 ms, and the fastest width is the peak. This
+//! is the rate the core sustains now, at the clock it really runs at and
+//! with the FMA units it really has: a VM's "cpu MHz" need not be its clock,
+//! and some AVX-512 cores (e.g. AMD Zen 4) split a 512-bit FMA over two
+//! 256-bit units. `--peak model` uses the formula instead:
 //!
 //! ```text
 //! peak = lanes * 2 (an FMA is 2 FLOPs) * fma_units * GHz
@@ -67,16 +75,10 @@
 //! GHz: --ghz, else the largest "cpu MHz" in /proc/cpuinfo / 1000
 //! ```
 //!
-//! This is the peak of the *CPU* (its detected features), not of the build:
-//! a baseline build cannot use AVX at all, which `peak_fraction` then shows.
-//! The formula is a model, not a measurement: "cpu MHz" may be a base clock
-//! below the boost clock, and some cores with AVX-512 (e.g. AMD Zen 4) run
-//! 512-bit FMAs at half rate on 256-bit units, so `--fma-units 1` describes
-//! them better. Every JSON line states the assumptions in `peak_basis`.
-//! The development machine (AMD EPYC, CPU family 26 = Zen 5, 2.6 GHz) has
-//! full-width 512-bit FMA pipes: the micro model's native training pass
-//! sustains over 100 GFLOP/s on one core, above the 83 GFLOP/s a half-rate
-//! core could reach, so the default two units (166 GFLOP/s) is its basis.
+//! Either way it is the peak of the *CPU*, not of the build: a baseline
+//! build cannot use AVX at all, which `peak_fraction` then shows. Every
+//! JSON line states the basis in `peak_basis` (the measured one also gives
+//! the model's figure for comparison).
 
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -142,9 +144,15 @@ struct Args {
     #[arg(long)]
     ghz: Option<f64>,
 
-    /// FMA units per core assumed for the peak.
+    /// FMA units per core assumed for the peak by the model (with --peak model).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
     fma_units: u32,
+
+    /// Basis of the peak: `measured` (a probe of independent FMA chains at
+    /// each vector width the CPU has, on this core, now) or `model` (lanes x
+    /// 2 x --fma-units x clock).
+    #[arg(long, default_value = "measured", value_parser = ["measured", "model"])]
+    peak: String,
 
     /// Seed for the parameters and the random tokens.
     #[arg(long, default_value_t = 1)]
@@ -491,6 +499,136 @@ fn peak(detected: &[&str], ghz_flag: Option<f64>, fma_units: u32) -> Peak {
     Peak { gflops, basis }
 }
 
+/// The measured peak: independent FMA chains at each vector width the CPU
+/// has, timed on this core. Clocks and execution units differ between the
+/// cores this project runs on (a VM's "cpu MHz" need not be the clock it
+/// runs at, and some AVX-512 cores split a 512-bit FMA over 256-bit units),
+/// so the bench measures rather than assumes.
+mod fma_probe {
+    /// The best rate over the widths, and what was measured.
+    pub struct Measured {
+        /// GFLOP/s of the fastest width.
+        pub best: f64,
+        /// Each width's rate, for the printed basis.
+        pub basis: String,
+    }
+
+    /// Independent accumulators per width: more than FMA latency x units
+    /// (4 x 2 on current cores), so the chains never wait on each other.
+    #[cfg(target_arch = "x86_64")]
+    const CHAINS: usize = 12;
+    /// FMAs per chain per timed run (about 10 to 40 ms at 512 bits).
+    #[cfg(target_arch = "x86_64")]
+    const ITERS: u64 = 4_000_000;
+
+    #[cfg(target_arch = "x86_64")]
+    mod x86 {
+        use super::{CHAINS, ITERS};
+        use std::arch::x86_64::*;
+        use std::hint::black_box;
+
+        #[target_feature(enable = "avx512f")]
+        pub fn chains512() -> f32 {
+            let (a, b) = (_mm512_set1_ps(black_box(0.999_999)), _mm512_set1_ps(black_box(1e-7)));
+            let mut acc = [_mm512_set1_ps(1.0); CHAINS];
+            for _ in 0..ITERS {
+                for c in acc.iter_mut() {
+                    *c = _mm512_fmadd_ps(*c, a, b);
+                }
+            }
+            let mut s = _mm512_setzero_ps();
+            for c in acc {
+                s = _mm512_add_ps(s, c);
+            }
+            _mm512_reduce_add_ps(s)
+        }
+
+        #[target_feature(enable = "avx2,fma")]
+        pub fn chains256() -> f32 {
+            let (a, b) = (_mm256_set1_ps(black_box(0.999_999)), _mm256_set1_ps(black_box(1e-7)));
+            let mut acc = [_mm256_set1_ps(1.0); CHAINS];
+            for _ in 0..ITERS {
+                for c in acc.iter_mut() {
+                    *c = _mm256_fmadd_ps(*c, a, b);
+                }
+            }
+            let mut s = _mm256_setzero_ps();
+            for c in acc {
+                s = _mm256_add_ps(s, c);
+            }
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` is 8 f32s, the 32 bytes an unaligned store writes.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
+            lanes.iter().sum()
+        }
+
+        #[target_feature(enable = "fma")]
+        pub fn chains128() -> f32 {
+            let (a, b) = (_mm_set1_ps(black_box(0.999_999)), _mm_set1_ps(black_box(1e-7)));
+            let mut acc = [_mm_set1_ps(1.0); CHAINS];
+            for _ in 0..ITERS {
+                for c in acc.iter_mut() {
+                    *c = _mm_fmadd_ps(*c, a, b);
+                }
+            }
+            let mut s = _mm_setzero_ps();
+            for c in acc {
+                s = _mm_add_ps(s, c);
+            }
+            let mut lanes = [0f32; 4];
+            // SAFETY: `lanes` is 4 f32s, the 16 bytes an unaligned store writes.
+            unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), s) };
+            lanes.iter().sum()
+        }
+    }
+
+    /// GFLOP/s of `run` (`lanes` wide), the best of three timed runs after one warm-up.
+    #[cfg(target_arch = "x86_64")]
+    fn rate(lanes: usize, run: impl Fn() -> f32) -> f64 {
+        std::hint::black_box(run());
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            std::hint::black_box(run());
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        (ITERS as f64 * CHAINS as f64 * lanes as f64 * 2.0) / best / 1e9
+    }
+
+    /// Measures every width the CPU has (`None` off x86-64 or without FMA).
+    #[cfg(target_arch = "x86_64")]
+    pub fn measure() -> Option<Measured> {
+        let mut rates: Vec<(&str, f64)> = Vec::new();
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has avx512f (checked on the line above).
+            rates.push(("512-bit", rate(16, || unsafe { x86::chains512() })));
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has avx2 and fma (checked on the line above).
+            rates.push(("256-bit", rate(8, || unsafe { x86::chains256() })));
+        }
+        if std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has fma (checked on the line above).
+            rates.push(("128-bit", rate(4, || unsafe { x86::chains128() })));
+        }
+        let best = rates.iter().map(|r| r.1).fold(f64::NAN, f64::max);
+        if rates.is_empty() {
+            return None;
+        }
+        let each: Vec<String> = rates.iter().map(|(w, g)| format!("{w} {g:.1} GFLOP/s")).collect();
+        Some(Measured {
+            best,
+            basis: format!("{CHAINS} independent FMA chains per width, best of 3: {}", each.join(", ")),
+        })
+    }
+
+    /// Measures every width the CPU has (`None` off x86-64 or without FMA).
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn measure() -> Option<Measured> {
+        None
+    }
+}
+
 /// A JSON string literal.
 fn json_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -654,7 +792,18 @@ fn main() -> ExitCode {
 
     let compiled = compiled_features();
     let detected = detected_features();
-    let peak = peak(&detected, args.ghz, args.fma_units);
+    let model_peak = peak(&detected, args.ghz, args.fma_units);
+    let peak = if args.peak == "measured" {
+        match fma_probe::measure() {
+            Some(m) => Peak {
+                gflops: Some(m.best),
+                basis: format!("1 core FP32, measured: {}; model for comparison: {}", m.basis, model_peak.basis),
+            },
+            None => model_peak,
+        }
+    } else {
+        model_peak
+    };
 
     let all = entries();
     let selected: Vec<&Entry> =
