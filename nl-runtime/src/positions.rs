@@ -70,17 +70,7 @@ pub fn rope_apply<S: Scalar, const T: usize, const D: usize, const HD: usize, co
     cos: &[[S; HALF]; T],
     sin: &[[S; HALF]; T],
 ) {
-    const { assert!(HD == 2 * HALF && HD > 0 && D.is_multiple_of(HD), "RoPE needs HD = 2 HALF dividing D") };
-    for t in 0..T {
-        let (c, s) = (&cos[t], &sin[t]);
-        for head in x[t].chunks_exact_mut(HD) {
-            for i in 0..HALF {
-                let (x0, x1) = (head[2 * i], head[2 * i + 1]);
-                head[2 * i] = x0.mul_add(c[i], -(x1 * s[i]));
-                head[2 * i + 1] = x0.mul_add(s[i], x1 * c[i]);
-            }
-        }
-    }
+    rotate::<S, T, D, HD, HALF, false>(x, cos, sin)
 }
 
 /// The inverse (transpose) of [`rope_apply`] with the same tables: rotates
@@ -92,14 +82,25 @@ pub fn rope_apply_inverse<S: Scalar, const T: usize, const D: usize, const HD: u
     cos: &[[S; HALF]; T],
     sin: &[[S; HALF]; T],
 ) {
+    rotate::<S, T, D, HD, HALF, true>(x, cos, sin)
+}
+
+/// The rotation of [`rope_apply`] (by `-a` when `INVERSE`: `sin(-a) = -sin a`).
+#[inline(always)]
+fn rotate<S: Scalar, const T: usize, const D: usize, const HD: usize, const HALF: usize, const INVERSE: bool>(
+    x: &mut [[S; D]; T],
+    cos: &[[S; HALF]; T],
+    sin: &[[S; HALF]; T],
+) {
     const { assert!(HD == 2 * HALF && HD > 0 && D.is_multiple_of(HD), "RoPE needs HD = 2 HALF dividing D") };
     for t in 0..T {
-        let (c, s) = (&cos[t], &sin[t]);
+        let c = &cos[t];
         for head in x[t].chunks_exact_mut(HD) {
             for i in 0..HALF {
+                let s = if INVERSE { -sin[t][i] } else { sin[t][i] };
                 let (x0, x1) = (head[2 * i], head[2 * i + 1]);
-                head[2 * i] = x0.mul_add(c[i], x1 * s[i]);
-                head[2 * i + 1] = x1.mul_add(c[i], -(x0 * s[i]));
+                head[2 * i] = x0.mul_add(c[i], -(x1 * s));
+                head[2 * i + 1] = x0.mul_add(s, x1 * c[i]);
             }
         }
     }
