@@ -1,6 +1,6 @@
 //! Hand-computed checks of the reference interpreter in `tests/all/common/reference.rs`.
 //!
-//! Every expected number below is worked out in the comments from MODEL.md,
+//! Every expected number below is worked out in the comments from `docs/model.md`,
 //! with weights chosen so that the arithmetic is exact or nearly so (gate
 //! biases like `ln 3` make `sigmoid` equal `3/4`). The inner learning rate
 //! `theta = sigmoid(w_theta . u + b_theta) / (p (|k|^2 + 1e-6))` is kept as a
@@ -537,23 +537,7 @@ fn lcg(seed: &mut u64) -> f64 {
 fn carried_state_splits_sequence() {
     let d = 4;
     let vocab = 5;
-    let mut seed = 42u64;
-    let mut p = BTreeMap::new();
-    let mut rand = |n: usize| (0..n).map(|_| lcg(&mut seed)).collect::<Vec<f64>>();
-    p.insert("embed".to_string(), rand(vocab * d));
-    for name in ["attn.wq", "attn.wk", "attn.wv", "attn.wo"] {
-        p.insert(name.to_string(), rand(d * d));
-    }
-    p.insert("unembed".to_string(), rand(vocab * d));
-    for l in 0..3 {
-        for name in ["wk", "wv", "wq"] {
-            p.insert(format!("mem.{l}.{name}"), rand(d * d));
-        }
-        for name in ["alpha", "theta", "eta"] {
-            p.insert(format!("mem.{l}.w_{name}"), rand(2 * d));
-            p.insert(format!("mem.{l}.b_{name}"), rand(1));
-        }
-    }
+    let p = random_plain_params(42, 3);
     let mk = |seq_len: usize| RefSpec {
         d,
         heads: 2,
@@ -898,9 +882,9 @@ fn blocks_tied_embeddings_rejects_unembed() {
     forward(&s, &identity_block(EMBED), &[0, 2], None, true);
 }
 
-/// Random d = 4, V = 5 parameters under the first version's names, two titans
-/// levels (the same generator as `carried_state_splits_sequence`).
-fn random_plain_params(seed: u64) -> BTreeMap<String, Vec<f64>> {
+/// Random d = 4, V = 5 parameters under the first version's names, with
+/// `levels` titans levels.
+fn random_plain_params(seed: u64, levels: usize) -> BTreeMap<String, Vec<f64>> {
     let (d, vocab) = (4, 5);
     let mut seed = seed;
     let mut p = BTreeMap::new();
@@ -910,7 +894,7 @@ fn random_plain_params(seed: u64) -> BTreeMap<String, Vec<f64>> {
         p.insert(name.to_string(), rand(d * d));
     }
     p.insert("unembed".to_string(), rand(vocab * d));
-    for l in 0..2 {
+    for l in 0..levels {
         for name in ["wk", "wv", "wq"] {
             p.insert(format!("mem.{l}.{name}"), rand(d * d));
         }
@@ -976,7 +960,7 @@ fn blocks_defaults_are_bit_identical_to_the_first_version() {
     const BEFORE: u64 = 0x33cd_70ac_e5b1_334e;
     let s = plain_spec();
     assert!(s.is_one_plain_block());
-    let p = random_plain_params(2026);
+    let p = random_plain_params(2026, 2);
     let tokens = [3u32, 1, 4, 1, 0, 2, 4];
     let old_names = forward(&s, &p, &tokens, None, true);
     let new_names = forward(&s, &with_block0_names(&p), &tokens, None, true);
@@ -988,7 +972,7 @@ fn blocks_defaults_are_bit_identical_to_the_first_version() {
 #[test]
 #[should_panic(expected = "missing tensor `blocks.0.attn.wk`")]
 fn blocks_default_spec_rejects_mixed_names() {
-    let mut p = random_plain_params(1);
+    let mut p = random_plain_params(1, 2);
     let wq = p.remove("attn.wq").unwrap();
     p.insert("blocks.0.attn.wq".to_string(), wq);
     // Some `blocks.` name is present, so every name must be prefixed.
@@ -1000,7 +984,7 @@ fn blocks_default_spec_rejects_mixed_names() {
 fn blocks_two_layers_need_prefixed_names() {
     let mut s = plain_spec();
     s.layers = 2;
-    forward(&s, &random_plain_params(1), &[3, 1, 4, 1, 0, 2, 4], None, true);
+    forward(&s, &random_plain_params(1, 2), &[3, 1, 4, 1, 0, 2, 4], None, true);
 }
 
 #[test]
@@ -1082,7 +1066,7 @@ fn blocks_silent_second_block_changes_nothing() {
 #[test]
 fn blocks_carried_states_are_block_major() {
     let mut p = BTreeMap::new();
-    for (k, v) in with_block0_names(&random_plain_params(5)) {
+    for (k, v) in with_block0_names(&random_plain_params(5, 2)) {
         if let Some(rest) = k.strip_prefix("blocks.0.") {
             let mut w = v.clone();
             w.iter_mut().for_each(|x| *x *= 0.5);
