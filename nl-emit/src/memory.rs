@@ -1,4 +1,4 @@
-//! The memory branch (MODEL.md step 2): emitted per rule, composition and
+//! The memory branch (docs/model.md, step 2): emitted per rule, composition and
 //! level. Each level becomes calls to `nl_runtime::memory` monomorphised
 //! over its rule, `SEQ` and `D`, with its period and the key normalisation
 //! as constants.

@@ -1,4 +1,4 @@
-//! The memory branch's kernels (MODEL.md step 2): projections and gates,
+//! The memory branch's kernels (docs/model.md, step 2): projections and gates,
 //! the inner loop (surprise, accumulation, periodic fires, read-after-write),
 //! its exact backward pass through every update of a training sequence, and
 //! the one-token streaming step.

@@ -5,7 +5,7 @@ use toml::Spanned;
 
 use crate::error::{key_at, SpecError};
 
-/// The inner-loop memory rule of a level (MODEL.md, step 2).
+/// The inner-loop memory rule of a level (docs/model.md, step 2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Rule {
@@ -28,7 +28,7 @@ impl Rule {
     }
 }
 
-/// How the memory branch joins the attention branch (MODEL.md, steps 3 and 5).
+/// How the memory branch joins the attention branch (docs/model.md, steps 3 and 5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Composition {

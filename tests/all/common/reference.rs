@@ -8,16 +8,16 @@
 //! the loops are written out one index at a time on purpose. Speed and
 //! elegance are not goals; being obviously equal to the math is.
 //!
-//! Choices where MODEL.md leaves room (see also the docs of [`forward`]):
+//! Choices where the papers leave room (recorded in `docs/model.md`) (see also the docs of [`forward`]):
 //!
 //! - Positions are 0-based here: position `t` reads `tokens[t]` and predicts
 //!   `tokens[t + 1]`; the attention window is `tau in [max(0, t - W + 1), t]`
-//!   (MODEL.md writes the same window 1-based).
+//!   (the papers write the same window 1-based).
 //! - The gates are computed from `u_t = [k_t ; v_t]` with `k_t` already
-//!   normalised (MODEL.md step 2 defines `k_t` as the normalised key).
+//!   normalised (`docs/model.md` step 2 defines `k_t` as the normalised key).
 //! - With a period `p > 1`, `theta_t` scales each token's surprise as it is
 //!   accumulated, while `alpha_t` and `eta_t` are those of the token at which
-//!   the level fires (the last token of the chunk), as MODEL.md's subscripts say.
+//!   the level fires (the last token of the chunk), as the subscripts of `docs/model.md` say.
 //! - With `memory_on = false` the whole inner-loop state (M, G, S, n) of every
 //!   level stays at its start value; the read `y_t^l = M q_t` still happens.
 //! - With composition `None` and at least one level, the memory branch still
@@ -41,7 +41,7 @@
 
 use std::collections::BTreeMap;
 
-/// The inner-loop update rule of the memory levels (MODEL.md step 2).
+/// The inner-loop update rule of the memory levels (docs/model.md step 2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rule {
     /// `g = (M k - v) k^T`, `M <- (1 - alpha) M - G`.
@@ -52,7 +52,7 @@ pub enum Rule {
     Hebbian,
 }
 
-/// How the memory output enters the block (MODEL.md steps 3 and 5).
+/// How the memory output enters the block (docs/model.md steps 3 and 5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Composition {
     /// Attention only: `h_t = e_t`, `o_t = a_t`.
@@ -207,7 +207,7 @@ impl LevelState {
 pub struct RefOutput {
     /// `seq_len` rows of `vocab` logits.
     pub logits: Vec<Vec<f64>>,
-    /// Mean next-token cross-entropy over the sequence (MODEL.md step 7).
+    /// Mean next-token cross-entropy over the sequence (docs/model.md step 7).
     pub loss: f64,
     /// State of every level after the last token of the sequence,
     /// block-major: `states[b * L + l]` is level l of block b.
@@ -265,7 +265,7 @@ pub struct RefTrace {
     pub blocks: Vec<BlockTrace>,
 }
 
-/// Epsilon of the key / query normalisation `n(z)` (MODEL.md step 2).
+/// Epsilon of the key / query normalisation `n(z)` (docs/model.md step 2).
 pub const NORM_EPS: f64 = 1e-6;
 
 /// Epsilon of the block norms `rms` and `layer`.
@@ -571,7 +571,7 @@ pub fn forward_trace(
         let mut all_scores: Vec<Vec<Vec<f64>>> = Vec::new();
         let mut all_weights: Vec<Vec<Vec<f64>>> = Vec::new();
         for t in 0..seq_len {
-            // tau in [max(0, t - W + 1), t] (0-based form of MODEL.md's window).
+            // tau in [max(0, t - W + 1), t] (0-based form of the window in docs/model.md).
             let start = (t + 1).saturating_sub(window);
             let mut a = vec![0.0; d];
             let mut head_scores: Vec<Vec<f64>> = Vec::new();
@@ -716,7 +716,7 @@ pub fn forward_trace(
     }
 }
 
-/// One token through one memory level (MODEL.md step 2): updates the level's
+/// One token through one memory level (docs/model.md step 2): updates the level's
 /// state (when `memory_on`) and returns the read `y^l = M q`.
 fn memory_level(
     spec: &RefSpec,
