@@ -1,7 +1,10 @@
-//! The memory branch (docs/model.md, step 2): emitted per rule, composition and
-//! level. Each level becomes calls to `nl_runtime::memory` monomorphised
-//! over its rule, `SEQ` and `D`, with its period and the key normalisation
-//! as constants.
+//! The memory branch of a block (docs/model.md, step 2): emitted per rule,
+//! composition and level. Each level becomes calls to `nl_runtime::memory`
+//! monomorphised over its rule, `SEQ` and `D`, with its period and the key
+//! normalisation as constants. The code reads the block's parameters as
+//! `bp`, its gradients as `bg`, its training activations as `bw`, the
+//! backward scratch as `sc`, and in the streaming step the block's state
+//! as `bs`.
 
 use nl_spec::{Plan, Rule};
 use proc_macro2::{Literal, TokenStream};
@@ -24,23 +27,26 @@ fn normalize(plan: &Plan) -> bool {
     plan.memory.as_ref().is_some_and(|m| m.normalize_keys)
 }
 
-/// `LevelParams` of level `l` borrowed from `p`.
+fn titans(plan: &Plan) -> bool {
+    plan.memory.as_ref().is_some_and(|m| m.rule == Rule::Titans)
+}
+
+/// `LevelParams` of level `l` borrowed from the block's parameters `bp`.
 fn level_params(plan: &Plan, l: usize) -> TokenStream {
     let f = |n: &str| format_ident!("mem{}_{}", l, n);
     let (wk, wv, wq, wa, ba, wt, bt) =
         (f("wk"), f("wv"), f("wq"), f("w_alpha"), f("b_alpha"), f("w_theta"), f("b_theta"));
-    let titans = plan.memory.as_ref().is_some_and(|m| m.rule == Rule::Titans);
-    let eta = if titans {
+    let eta = if titans(plan) {
         let (we, be) = (f("w_eta"), f("b_eta"));
-        quote! { w_eta: &p.#we, b_eta: p.#be[0], }
+        quote! { w_eta: &bp.#we, b_eta: bp.#be[0], }
     } else {
         quote! { w_eta: &[], b_eta: S::ZERO, }
     };
     quote! {
         ::nl_runtime::memory::LevelParams {
-            wk: &p.#wk, wv: &p.#wv, wq: &p.#wq,
-            w_alpha: &p.#wa, b_alpha: p.#ba[0],
-            w_theta: &p.#wt, b_theta: p.#bt[0],
+            wk: &bp.#wk, wv: &bp.#wv, wq: &bp.#wq,
+            w_alpha: &bp.#wa, b_alpha: bp.#ba[0],
+            w_theta: &bp.#wt, b_theta: bp.#bt[0],
             #eta
         }
     }
@@ -52,36 +58,45 @@ fn per_level(plan: &Plan, f: impl Fn(usize, TokenStream, Literal) -> TokenStream
     periods.iter().enumerate().map(|(l, &p)| f(l, level_params(plan, l), Literal::u64_unsuffixed(p as u64))).collect()
 }
 
-/// Workspace fields of the memory branch.
+/// `BlockWs` fields of the memory branch (first in the struct: the states
+/// are 8-aligned).
 pub(crate) fn workspace_fields(plan: &Plan) -> TokenStream {
     if plan.memory.is_none() {
         return quote! {};
     }
-    let traces = (0..plan.levels()).map(|l| {
-        let f = format_ident!("mem{}", l);
-        let doc = format!(" What level {l}'s forward keeps for the backward.");
-        quote! { #[doc = #doc] pub #f: ::nl_runtime::memory::LevelTrace<S, SEQ, D>, }
-    });
+    let gate = if plan.composition == nl_spec::Composition::Mag {
+        quote! {
+            /// `sigmoid(y_t)` (the MAG gate).
+            pub gate: [[S; D]; SEQ],
+        }
+    } else {
+        quote! {}
+    };
     quote! {
-        /// Embeddings `e_t` (the memory's input `m_t`).
-        pub e: [[S; D]; SEQ],
-        /// Combined memory read `y_t`.
-        pub y: [[S; D]; SEQ],
-        /// `sigmoid(y_t)` (the MAG gate).
-        pub gate: [[S; D]; SEQ],
-        /// Gradient of `y`.
-        pub dy: [[S; D]; SEQ],
         /// Inner-loop state each level starts the sequence from (zero =
-        /// reset; set it, or call `carry_state`, to carry a state in; a
-        /// carried state is a constant for the gradient).
+        /// reset; set it, or call `Workspace::carry_state`, to carry a state
+        /// in; a carried state is a constant for the gradient).
         pub start: [::nl_runtime::memory::LevelState<S, D>; LEVELS],
         /// Inner-loop state each level ends the sequence in.
         pub end: [::nl_runtime::memory::LevelState<S, D>; LEVELS],
-        #(#traces)*
+        /// What each level's forward keeps for the backward.
+        pub trace: [::nl_runtime::memory::LevelTrace<S, SEQ, D>; LEVELS],
+        /// Combined memory read `y_t`.
+        pub y: [[S; D]; SEQ],
+        #gate
+    }
+}
+
+/// `Scratch` fields of the memory branch.
+pub(crate) fn scratch_fields(plan: &Plan) -> TokenStream {
+    if plan.memory.is_none() {
+        return quote! {};
+    }
+    quote! {
+        /// Gradient of the memory read `y`.
+        pub dy: [[S; D]; SEQ],
         /// The backward's adjoint of the inner-loop state.
         pub adjoint: ::nl_runtime::memory::LevelAdjoint<S, D>,
-        /// Inner loop off: every level's state stays at `start` (for ablations).
-        pub freeze_memory: bool,
     }
 }
 
@@ -91,25 +106,30 @@ pub(crate) fn workspace_methods(plan: &Plan) -> TokenStream {
         return quote! {};
     }
     quote! {
-        /// Makes the next sequence start from the state this one ended in
-        /// (truncated backpropagation: the carried state is a constant).
+        /// Makes the next sequence start from the state this one ended in,
+        /// in every block (truncated backpropagation: the carried state is a
+        /// constant).
         pub fn carry_state(&mut self) {
-            for (s, e) in self.start.iter_mut().zip(self.end.iter()) {
-                s.copy_from(e);
+            for bw in self.blocks.iter_mut() {
+                for (s, e) in bw.start.iter_mut().zip(bw.end.iter()) {
+                    s.copy_from(e);
+                }
             }
         }
 
         /// Makes the next sequence start from a reset (all-zero) state.
         pub fn reset_state(&mut self) {
-            for s in self.start.iter_mut() {
-                s.reset();
+            for bw in self.blocks.iter_mut() {
+                for s in bw.start.iter_mut() {
+                    s.reset();
+                }
             }
         }
     }
 }
 
-/// Forward of the memory branch over a training sequence: `e` saved, `y`
-/// (and the MAG gate) computed.
+/// Forward of a block's memory branch over a training sequence: reads
+/// `bw.u`, writes `bw.y` (and the MAG gate).
 pub(crate) fn forward(plan: &Plan) -> TokenStream {
     if plan.memory.is_none() {
         return quote! {};
@@ -118,10 +138,9 @@ pub(crate) fn forward(plan: &Plan) -> TokenStream {
     let scale = scale(plan);
     let norm = normalize(plan);
     let levels = per_level(plan, |l, lp, period| {
-        let tr = format_ident!("mem{}", l);
         quote! {
             ::nl_runtime::memory::forward::<S, #rule, SEQ, D>(
-                &#lp, #period, #norm, ws.freeze_memory, &ws.e, &ws.start[#l], &mut ws.end[#l], &mut ws.#tr, #scale, &mut ws.y,
+                &#lp, #period, #norm, freeze_memory, &bw.u, &bw.start[#l], &mut bw.end[#l], &mut bw.trace[#l], #scale, &mut bw.y,
             );
         }
     });
@@ -129,7 +148,7 @@ pub(crate) fn forward(plan: &Plan) -> TokenStream {
         quote! {
             for t in 0..SEQ {
                 for i in 0..D {
-                    ws.gate[t][i] = ws.y[t][i].sigmoid();
+                    bw.gate[t][i] = bw.y[t][i].sigmoid();
                 }
             }
         }
@@ -137,49 +156,44 @@ pub(crate) fn forward(plan: &Plan) -> TokenStream {
         quote! {}
     };
     quote! {
-        // Memory branch: m_t = e_t; y_t = sum_l M_l q_t / sqrt(L).
-        ws.e = ws.h;
-        k::zero(&mut ws.y);
+        // Memory branch: m_t = u_t; y_t = sum_l M_l q_t / sqrt(L).
+        k::zero(&mut bw.y);
         #(#levels)*
         #gate
     }
 }
 
-/// Backward of the memory branch: from `ws.dy`, the level parameters'
-/// gradients and the input gradient added into `ws.dh`.
+/// Backward of a block's memory branch: from `sc.dy`, the level
+/// parameters' gradients into `bg` and the input gradient added into `sc.dh`.
 pub(crate) fn backward(plan: &Plan) -> TokenStream {
-    let Some(m) = &plan.memory else { return quote! {} };
+    if plan.memory.is_none() {
+        return quote! {};
+    }
     let rule = rule_type(plan);
     let scale = scale(plan);
     let norm = normalize(plan);
-    let titans = m.rule == Rule::Titans;
+    let titans = titans(plan);
     let levels = per_level(plan, |l, lp, period| {
-        let tr = format_ident!("mem{}", l);
         let f = |n: &str| format_ident!("mem{}_{}", l, n);
         let (wk, wv, wq, wa, ba, wt, bt) =
             (f("wk"), f("wv"), f("wq"), f("w_alpha"), f("b_alpha"), f("w_theta"), f("b_theta"));
-        let eta = if titans {
+        let (unused, eta) = if titans {
             let (we, be) = (f("w_eta"), f("b_eta"));
-            quote! { w_eta: &mut g.#we, b_eta: &mut g.#be[0], }
+            (quote! {}, quote! { w_eta: &mut bg.#we, b_eta: &mut bg.#be[0], })
         } else {
-            quote! { w_eta: &mut [], b_eta: &mut unused, }
-        };
-        let unused = if titans {
-            quote! {}
-        } else {
-            quote! { let mut unused = S::ZERO; }
+            (quote! { let mut unused = S::ZERO; }, quote! { w_eta: &mut [], b_eta: &mut unused, })
         };
         quote! {
             {
                 #unused
                 let mut lg = ::nl_runtime::memory::LevelGrads {
-                    wk: &mut g.#wk, wv: &mut g.#wv, wq: &mut g.#wq,
-                    w_alpha: &mut g.#wa, b_alpha: &mut g.#ba[0],
-                    w_theta: &mut g.#wt, b_theta: &mut g.#bt[0],
+                    wk: &mut bg.#wk, wv: &mut bg.#wv, wq: &mut bg.#wq,
+                    w_alpha: &mut bg.#wa, b_alpha: &mut bg.#ba[0],
+                    w_theta: &mut bg.#wt, b_theta: &mut bg.#bt[0],
                     #eta
                 };
                 ::nl_runtime::memory::backward::<S, #rule, SEQ, D>(
-                    &#lp, #period, #norm, ws.freeze_memory, &ws.e, &ws.start[#l], &mut ws.#tr, &mut ws.adjoint, #scale, &ws.dy, &mut lg, &mut ws.dh,
+                    &#lp, #period, #norm, freeze_memory, &bw.u, &bw.start[#l], &mut bw.trace[#l], &mut sc.adjoint, #scale, &sc.dy, &mut lg, &mut sc.dh,
                 );
             }
         }
@@ -190,24 +204,7 @@ pub(crate) fn backward(plan: &Plan) -> TokenStream {
     }
 }
 
-/// Streaming-state fields.
-pub(crate) fn stream_fields(plan: &Plan) -> TokenStream {
-    if plan.memory.is_none() {
-        return quote! {};
-    }
-    quote! {
-        /// Each level's inner-loop state.
-        pub mem: [::nl_runtime::memory::LevelState<S, D>; LEVELS],
-        /// Combined memory read of the current token.
-        pub y: [S; D],
-        /// Per-token scratch of the levels.
-        pub scratch: ::nl_runtime::memory::StepScratch<S, D>,
-        /// Inner loop off: the memory stays as it is (for ablations).
-        pub freeze_memory: bool,
-    }
-}
-
-/// Streaming step of the memory branch (reads `self.h = e_t`, writes `self.y`).
+/// Streaming step of a block's memory branch (reads `self.u`, writes `self.y`).
 pub(crate) fn stream_step(plan: &Plan) -> TokenStream {
     if plan.memory.is_none() {
         return quote! {};
@@ -218,24 +215,12 @@ pub(crate) fn stream_step(plan: &Plan) -> TokenStream {
     let levels = per_level(plan, |l, lp, period| {
         quote! {
             ::nl_runtime::memory::step::<S, #rule, D>(
-                &#lp, #period, #norm, self.freeze_memory, &self.h, &mut self.mem[#l], &mut self.scratch, #scale, &mut self.y,
+                &#lp, #period, #norm, self.freeze_memory, &self.u, &mut bs.mem[#l], &mut self.scratch, #scale, &mut self.y,
             );
         }
     });
     quote! {
         self.y = [S::ZERO; D];
         #(#levels)*
-    }
-}
-
-/// Reset of the memory state.
-pub(crate) fn stream_reset(plan: &Plan) -> TokenStream {
-    if plan.memory.is_none() {
-        return quote! {};
-    }
-    quote! {
-        for s in self.mem.iter_mut() {
-            s.reset();
-        }
     }
 }

@@ -6,7 +6,7 @@
 //! `"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}`
 //! (byte offsets into the data section, contiguous, so the data section is
 //! exactly the bytes of `Params<S>` in little-endian), and a
-//! `"__metadata__"` object with `format = "nl"`, `format_version = "1"`,
+//! `"__metadata__"` object with `format = "nl"`, `format_version = "2"` (version 1 named the one block's tensors without the `blocks.0.` prefix; such files are refused with [`CheckpointError::BadMetadata`]),
 //! `spec_sha256` (the model's [`Model::SPEC_SHA256`]) and `model`.
 //! The header is padded with spaces so the data section starts at a file
 //! offset that is a multiple of 8.
@@ -35,7 +35,7 @@ pub const MAX_TENSORS: usize = 1024;
 /// Value of the `format` metadata key.
 pub const FORMAT: &str = "nl";
 /// Value of the `format_version` metadata key.
-pub const FORMAT_VERSION: &str = "1";
+pub const FORMAT_VERSION: &str = "2";
 
 /// A short piece of text copied from a checkpoint for an error message
 /// (at most 64 bytes; longer text is cut and shown with `…`).

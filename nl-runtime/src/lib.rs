@@ -146,8 +146,10 @@ pub trait Model: 'static {
     const SEQ: usize;
     /// `window`.
     const WINDOW: usize;
-    /// Number of memory levels.
+    /// Number of memory levels per block.
     const LEVELS: usize;
+    /// Number of blocks (`layers`).
+    const LAYERS: usize;
     /// Number of scalar parameters.
     const PARAM_COUNT: usize;
     /// Every tensor, in struct (and checkpoint) order.
@@ -223,8 +225,9 @@ pub trait Model: 'static {
         params: &Self::Params<S>,
         token: u32,
     ) -> Result<&'a [S], TokenError>;
-    /// A read-only view of memory level `level`'s inner-loop state in a
-    /// streaming state (`None` if the model has no such level).
+    /// A read-only view of a memory level's inner-loop state in a
+    /// streaming state, the levels of all blocks counted block-major:
+    /// `level = block * LEVELS + l` (`None` if the model has no such level).
     fn memory_level<S: Scalar>(stream: &Self::Stream<S>, level: usize) -> Option<memory::LevelView<'_, S>>;
 }
 

@@ -22,7 +22,9 @@ mod spec;
 
 pub use error::SpecError;
 pub use plan::{footprint, sha256, sha256_hex, Flops, Footprint, Init, MemoryPlan, Plan, TensorPlan};
-pub use spec::{Composition, Limits, Rule, Spec, DEFAULT_WORKSPACE_LIMIT_MIB, LIMITS};
+pub use spec::{
+    Activation, Composition, Limits, MlpSpec, Norm, Positions, Rule, Spec, DEFAULT_WORKSPACE_LIMIT_MIB, LIMITS,
+};
 
 /// Parses and validates a spec, then builds its plan.
 ///

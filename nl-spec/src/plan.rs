@@ -53,7 +53,7 @@
 //!   products);
 //! - a streaming step is the forward with `avg_w = W` (a full window).
 
-use crate::spec::{Composition, Rule, Spec};
+use crate::spec::{Activation, Composition, MlpSpec, Norm, Positions, Rule, Spec};
 
 /// How a tensor is initialised (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -84,6 +84,12 @@ pub struct TensorPlan {
     pub len: usize,
     /// Initialisation.
     pub init: Init,
+    /// The block it belongs to (`None` for `embed`, `norm_f`, `unembed`);
+    /// `field` is then a field of the generated `Block` struct.
+    pub block: Option<usize>,
+    /// Index of its initialisation stream (see [`Plan::new`]'s docs and the
+    /// module docs, "Initialisation").
+    pub stream: u64,
 }
 
 /// The memory branch of the plan.
@@ -142,8 +148,20 @@ pub struct Plan {
     pub window: usize,
     /// Composition of the memory and attention branches.
     pub composition: Composition,
-    /// Memory branch, if any.
+    /// Memory branch of every block, if any.
     pub memory: Option<MemoryPlan>,
+    /// Number of blocks.
+    pub layers: usize,
+    /// Whether each branch adds to a residual stream.
+    pub residual: bool,
+    /// Pre-norms and final norm.
+    pub norm: Norm,
+    /// Position scheme of attention.
+    pub positions: Positions,
+    /// The MLP of every block, if any.
+    pub mlp: Option<MlpSpec>,
+    /// Whether `unembed` is `embed`.
+    pub tie_embeddings: bool,
     /// Every tensor in struct order.
     pub tensors: Vec<TensorPlan>,
     /// Total parameters.
@@ -167,33 +185,77 @@ impl Plan {
         let d = spec.d_model;
         let v = spec.vocab;
         let w_bound = 1.0 / (d as f64).sqrt();
+        // With a residual stream the branches' output projections start
+        // smaller, so the stream's variance does not grow with depth.
+        let out_scale = if spec.residual { 1.0 / ((2 * spec.layers) as f64).sqrt() } else { 1.0 };
         let mut tensors: Vec<TensorPlan> = Vec::new();
-        let mut push = |name: String, shape: Vec<usize>, init: Init| {
+        let mut push = |block: Option<usize>, name: &str, shape: Vec<usize>, init: Init| {
             let offset = tensors.last().map_or(0, |t| t.offset + t.len);
             let len = shape.iter().product();
             let field = name.replace('.', "_").replace("mem_", "mem");
-            tensors.push(TensorPlan { name, field, shape, offset, len, init });
+            let name = match block {
+                Some(b) => format!("blocks.{b}.{name}"),
+                None => name.to_string(),
+            };
+            tensors.push(TensorPlan { name, field, block, shape, offset, len, init, stream: 0 });
         };
-        push("embed".into(), vec![v, d], Init::Normal);
-        for w in ["wq", "wk", "wv", "wo"] {
-            push(format!("attn.{w}"), vec![d, d], Init::Uniform { bound: w_bound });
-        }
-        push("unembed".into(), vec![v, d], Init::Uniform { bound: w_bound });
-        if let Some(m) = &spec.memory {
-            for l in 0..m.periods.len() {
-                for w in ["wk", "wv", "wq"] {
-                    push(format!("mem.{l}.{w}"), vec![d, d], Init::Uniform { bound: w_bound });
+        push(None, "embed", vec![v, d], Init::Normal);
+        for b in 0..spec.layers {
+            let blk = Some(b);
+            let norm = |push: &mut Push<'_>, which: &str| match spec.norm {
+                Norm::None => {}
+                Norm::Rms => push(blk, &format!("{which}.g"), vec![d], Init::Const(1.0)),
+                Norm::Layer => {
+                    push(blk, &format!("{which}.g"), vec![d], Init::Const(1.0));
+                    push(blk, &format!("{which}.beta"), vec![d], Init::Const(0.0));
                 }
-                let mut gates = vec![("alpha", m.b_alpha), ("theta", m.b_theta)];
-                if m.rule == Rule::Titans {
-                    gates.push(("eta", m.b_eta));
-                }
-                for (g, b) in gates {
-                    push(format!("mem.{l}.w_{g}"), vec![2 * d], Init::Const(0.0));
-                    push(format!("mem.{l}.b_{g}"), vec![1], Init::Const(b));
+            };
+            norm(&mut push, "norm_a");
+            for w in ["wq", "wk", "wv"] {
+                push(blk, &format!("attn.{w}"), vec![d, d], Init::Uniform { bound: w_bound });
+            }
+            push(blk, "attn.wo", vec![d, d], Init::Uniform { bound: w_bound * out_scale });
+            if spec.positions == Positions::Bias {
+                push(blk, "attn.pos_bias", vec![spec.heads, spec.window], Init::Const(0.0));
+            }
+            if let Some(m) = &spec.memory {
+                for l in 0..m.periods.len() {
+                    for w in ["wk", "wv", "wq"] {
+                        push(blk, &format!("mem.{l}.{w}"), vec![d, d], Init::Uniform { bound: w_bound });
+                    }
+                    let mut gates = vec![("alpha", m.b_alpha), ("theta", m.b_theta)];
+                    if m.rule == Rule::Titans {
+                        gates.push(("eta", m.b_eta));
+                    }
+                    for (g, bias) in gates {
+                        push(blk, &format!("mem.{l}.w_{g}"), vec![2 * d], Init::Const(0.0));
+                        push(blk, &format!("mem.{l}.b_{g}"), vec![1], Init::Const(bias));
+                    }
                 }
             }
+            if let Some(mlp) = &spec.mlp {
+                norm(&mut push, "norm_m");
+                let hid = mlp.hidden;
+                push(blk, "mlp.w_up", vec![hid, d], Init::Uniform { bound: w_bound });
+                if mlp.activation == Activation::Swiglu {
+                    push(blk, "mlp.w_gate", vec![hid, d], Init::Uniform { bound: w_bound });
+                }
+                let down = 1.0 / (hid as f64).sqrt() * out_scale;
+                push(blk, "mlp.w_down", vec![d, hid], Init::Uniform { bound: down });
+            }
         }
+        match spec.norm {
+            Norm::None => {}
+            Norm::Rms => push(None, "norm_f.g", vec![d], Init::Const(1.0)),
+            Norm::Layer => {
+                push(None, "norm_f.g", vec![d], Init::Const(1.0));
+                push(None, "norm_f.beta", vec![d], Init::Const(0.0));
+            }
+        }
+        if !spec.tie_embeddings {
+            push(None, "unembed", vec![v, d], Init::Uniform { bound: w_bound });
+        }
+        assign_streams(&mut tensors);
         let param_count = tensors.last().map_or(0, |t| t.offset + t.len);
         debug_assert_eq!(param_count, spec.param_count());
         let memory = spec.memory.as_ref().map(|m| MemoryPlan {
@@ -213,6 +275,12 @@ impl Plan {
             window: spec.window,
             composition: spec.composition,
             memory,
+            layers: spec.layers,
+            residual: spec.residual,
+            norm: spec.norm,
+            positions: spec.positions,
+            mlp: spec.mlp,
+            tie_embeddings: spec.tie_embeddings,
             tensors,
             param_count,
             bytes_f32: param_count * 4,
@@ -222,7 +290,7 @@ impl Plan {
         }
     }
 
-    /// Number of memory levels.
+    /// Number of memory levels per block.
     pub fn levels(&self) -> usize {
         self.memory.as_ref().map_or(0, |m| m.periods.len())
     }
@@ -230,6 +298,41 @@ impl Plan {
     /// The tensor with checkpoint name `name`.
     pub fn tensor(&self, name: &str) -> Option<&TensorPlan> {
         self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The tensors of one block (every block has the same fields), in struct order.
+    pub fn block_tensors(&self, block: usize) -> impl Iterator<Item = &TensorPlan> {
+        self.tensors.iter().filter(move |t| t.block == Some(block))
+    }
+}
+
+/// Adds a tensor to the plan: block, name within the block, shape, init.
+type Push<'a> = dyn FnMut(Option<usize>, &str, Vec<usize>, Init) + 'a;
+
+/// Initialisation streams: the first version's tensors keep their numbers
+/// (`embed` 0, `attn.wq..wo` 1..=4, `unembed` 5, then block 0's memory
+/// tensors), so a spec with every block key at its default draws exactly
+/// the values it drew before; every other tensor follows in struct order.
+fn assign_streams(tensors: &mut [TensorPlan]) {
+    let legacy = |t: &TensorPlan| -> Option<u64> {
+        let first =
+            ["embed", "blocks.0.attn.wq", "blocks.0.attn.wk", "blocks.0.attn.wv", "blocks.0.attn.wo", "unembed"];
+        first.iter().position(|n| *n == t.name).map(|i| i as u64)
+    };
+    let mut next = 6u64;
+    for t in tensors.iter_mut() {
+        if let Some(i) = legacy(t) {
+            t.stream = i;
+        } else if t.block == Some(0) && t.name.starts_with("blocks.0.mem.") {
+            t.stream = next;
+            next += 1;
+        }
+    }
+    for t in tensors.iter_mut() {
+        if legacy(t).is_none() && !(t.block == Some(0) && t.name.starts_with("blocks.0.mem.")) {
+            t.stream = next;
+            next += 1;
+        }
     }
 }
 
@@ -296,30 +399,155 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
-/// The bytes of the generated `Params`, `Workspace` and `Stream` in f32
-/// (the module docs list the fields counted).
-pub fn footprint(spec: &Spec) -> Footprint {
-    const S: usize = 4;
-    let (t, d, h, w, v) = (spec.seq_len, spec.d_model, spec.heads, spec.window, spec.vocab);
-    let l = spec.levels();
-    let mag = usize::from(spec.composition == Composition::Mag);
-    // A level's state: M, G, S, W and the count n.
-    let state = 4 * d * d * S + 8;
-    let mut workspace = (12 + 2 * mag) * t * d + t * h * w + 2 * t * v + 4 * d * d + v * d;
-    let mut history = 0;
-    let mut stream = 2 * w * d + v + (4 + mag) * d + h * w;
-    if l > 0 {
-        history = l * 2 * t * d * d;
-        // e, y, gate, dy; per level: k, v, q, r, dk, dv, dq, six per-token
-        // scalars, and the history; the adjoint (dM, dG, dS, dW).
-        workspace += 4 * t * d + l * (7 * t * d + 6 * t) + history + 4 * d * d;
-        stream += d + 4 * d;
+/// A `#[repr(C)]` struct's layout, field by field: each field starts at
+/// the next multiple of its alignment, and the size is rounded up to the
+/// largest alignment.
+#[derive(Clone, Copy, Default)]
+struct Layout {
+    size: usize,
+    align: usize,
+}
+
+impl Layout {
+    fn field(&mut self, size: usize, align: usize) {
+        self.size = self.size.next_multiple_of(align) + size;
+        self.align = self.align.max(align);
     }
+    /// `n` f32 values.
+    fn f32s(&mut self, n: usize) {
+        self.field(4 * n, 4);
+    }
+    /// `n` copies of a finished struct.
+    fn structs(&mut self, inner: Layout, n: usize) {
+        let inner = inner.finish();
+        if n > 0 {
+            self.field(inner.size * n, inner.align.max(1));
+        }
+    }
+    fn finish(self) -> Layout {
+        Layout { size: self.size.next_multiple_of(self.align.max(1)), align: self.align.max(1) }
+    }
+}
+
+/// The bytes of the generated `Params`, `Workspace` and `Stream` in f32:
+/// the `#[repr(C)]` layout of the generated structs, field by field (the
+/// module docs list the fields).
+pub fn footprint(spec: &Spec) -> Footprint {
+    let (t, d, h, w, v) = (spec.seq_len, spec.d_model, spec.heads, spec.window, spec.vocab);
+    let lv = spec.levels();
+    let layers = spec.layers;
+    let mag = spec.composition == Composition::Mag;
+    let mal = spec.composition == Composition::Mal;
+    let norm = spec.norm != Norm::None;
+    let layer_norm = spec.norm == Norm::Layer;
+    let rope = spec.positions == Positions::Rope;
+    let half = d / spec.heads / 2;
+    let (hid, swiglu) = spec.mlp.map_or((0, false), |m| (m.hidden, m.activation == Activation::Swiglu));
+    let mlp = spec.mlp.is_some();
+    let mut state = Layout::default();
+    state.f32s(4 * d * d);
+    state.field(8, 8);
+    let mut trace = Layout::default();
+    trace.f32s(7 * t * d + 6 * t + 2 * t * d * d);
+
+    // Workspace: the blocks first (8-aligned memory states lead them).
+    let mut bw = Layout::default();
+    if lv > 0 {
+        bw.structs(state, 2 * lv);
+        bw.structs(trace, lv);
+        bw.f32s(t * d); // y
+        if mag {
+            bw.f32s(t * d); // gate
+        }
+    }
+    bw.f32s(t * d); // u
+    if norm {
+        bw.f32s(t * if layer_norm { 2 } else { 1 });
+    }
+    if mal {
+        bw.f32s(t * d); // h
+    }
+    bw.f32s(3 * t * d + t * h * w + t * d); // q, k, v, p, a
+    if mag {
+        bw.f32s(t * d); // o
+    }
+    if mlp {
+        bw.f32s(t * d); // mid
+        if norm {
+            bw.f32s(t * d + t * if layer_norm { 2 } else { 1 });
+        }
+        bw.f32s(t * hid * if swiglu { 3 } else { 2 });
+    }
+    bw.f32s(4 * d * d); // packed attention weights
+    if mlp {
+        bw.f32s(d * hid * if swiglu { 3 } else { 2 });
+    }
+    let mut ws = Layout::default();
+    ws.structs(bw, layers);
+    ws.f32s((layers + 1) * t * d); // xs
+    if norm {
+        ws.f32s(t * d + t * if layer_norm { 2 } else { 1 }); // xf and its statistics
+    }
+    ws.f32s(2 * t * v + d * v); // logits, dlogits, unembed_t
+    if rope {
+        ws.f32s(2 * t * half);
+    }
+    // Backward scratch: dx, da, dq, dk, dv, dh.
+    ws.f32s(6 * t * d);
+    if mag {
+        ws.f32s(t * d);
+    }
+    if norm {
+        ws.f32s(t * d); // dxf
+    }
+    if mlp {
+        ws.f32s(2 * t * d + t * hid * if swiglu { 3 } else { 2 }); // dmid, dw, dact, dup, dgate
+    }
+    if lv > 0 {
+        ws.f32s(t * d + 4 * d * d); // dy, adjoint
+        ws.field(1, 1); // freeze_memory
+    }
+    let ws = ws.finish();
+
+    // Stream.
+    let mut bs = Layout::default();
+    if lv > 0 {
+        bs.structs(state, lv);
+    }
+    bs.f32s(2 * w * d);
+    let mut st = Layout::default();
+    st.structs(bs, layers);
+    st.field(8, 8); // pos
+    st.f32s(v + 2 * d + d + h * w + d + d); // logits, x, u, q, p, a, z
+    if mal {
+        st.f32s(d);
+    }
+    if mag {
+        st.f32s(d);
+    }
+    if mlp {
+        st.f32s(if norm { d } else { 0 } + hid * if swiglu { 3 } else { 2 } + d);
+        // w, up, gate, act, f
+    }
+    if norm {
+        st.f32s(d); // xf
+    }
+    if rope {
+        st.f32s(2 * w * half);
+    }
+    if lv > 0 {
+        st.f32s(d + 4 * d); // y, scratch
+        st.field(1, 1); // freeze_memory
+    }
+    if rope {
+        st.field(1, 1); // rope_ready
+    }
+    let st = st.finish();
     Footprint {
-        params: spec.param_count() * S,
-        workspace: workspace * S + 2 * l * state + 8,
-        memory_history: history * S,
-        stream: stream * S + l * state + 16,
+        params: spec.param_count() * 4,
+        workspace: ws.size,
+        memory_history: layers * lv * 2 * t * d * d * 4,
+        stream: st.size,
     }
 }
 
@@ -345,9 +573,14 @@ fn flops(spec: &Spec) -> Flops {
             })
             .sum(),
     };
-    let base = 8.0 * d * d + 2.0 * d * spec.vocab as f64 + memory;
-    let forward = base + 4.0 * d * avg_w;
-    let step = base + 4.0 * d * w as f64;
+    let mlp = spec.mlp.map_or(0.0, |m| {
+        let mats = if m.activation == Activation::Swiglu { 3.0 } else { 2.0 };
+        mats * 2.0 * d * m.hidden as f64
+    });
+    let layers = spec.layers as f64;
+    let base = layers * (8.0 * d * d + memory + mlp) + 2.0 * d * spec.vocab as f64;
+    let forward = base + layers * 4.0 * d * avg_w;
+    let step = base + layers * 4.0 * d * w as f64;
     Flops { forward: forward.round() as u64, train: (3.0 * forward).round() as u64, step: step.round() as u64 }
 }
 
@@ -375,8 +608,13 @@ mod tests {
         assert_eq!(p.param_count, 49_152);
         assert_eq!(p.bytes_f32, 196_608);
         let names: Vec<&str> = p.tensors.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["embed", "attn.wq", "attn.wk", "attn.wv", "attn.wo", "unembed"]);
+        assert_eq!(
+            names,
+            ["embed", "blocks.0.attn.wq", "blocks.0.attn.wk", "blocks.0.attn.wv", "blocks.0.attn.wo", "unembed"]
+        );
         assert_eq!(p.tensor("unembed").unwrap().offset, 256 * 64 + 4 * 64 * 64);
+        let streams: Vec<u64> = p.tensors.iter().map(|t| t.stream).collect();
+        assert_eq!(streams, [0, 1, 2, 3, 4, 5]);
         // avg_w = (1 + 2 + ... + 16 + 16 * 16) / 32 = (136 + 256) / 32 = 12.25
         let fwd = 8 * 64 * 64 + 2 * 64 * 256 + (4.0 * 64.0 * 12.25) as u64;
         assert_eq!(p.flops.forward, fwd);
@@ -385,27 +623,74 @@ mod tests {
     }
 
     #[test]
+    fn deep_plan_names_counts_and_init() {
+        let src = "d_model = 8\nheads = 2\nvocab = 5\nseq_len = 6\nwindow = 4\nlayers = 2\nresidual = true\nnorm = \"layer\"\npositions = \"bias\"\ntie_embeddings = true\n[mlp]\nhidden = 12\n";
+        let p = Plan::new(&Spec::parse(src, "m").unwrap());
+        let names: Vec<&str> = p.tensors.iter().map(|t| t.name.as_str()).collect();
+        let block = |b: usize| {
+            [
+                "norm_a.g",
+                "norm_a.beta",
+                "attn.wq",
+                "attn.wk",
+                "attn.wv",
+                "attn.wo",
+                "attn.pos_bias",
+                "norm_m.g",
+                "norm_m.beta",
+                "mlp.w_up",
+                "mlp.w_gate",
+                "mlp.w_down",
+            ]
+            .map(|n| format!("blocks.{b}.{n}"))
+        };
+        let mut want = vec!["embed".to_string()];
+        want.extend(block(0));
+        want.extend(block(1));
+        want.extend(["norm_f.g".to_string(), "norm_f.beta".to_string()]);
+        assert_eq!(names, want);
+        // Hand count: embed 40; per block 2 norms x 16, 4 x 64, bias 2 x 4, MLP 3 x 96.
+        assert_eq!(p.param_count, 40 + 2 * (32 + 256 + 8 + 288) + 16);
+        assert_eq!(p.tensor("blocks.1.mlp.w_down").unwrap().field, "mlp_w_down");
+        // Residual: the output projections start 1/sqrt(2 layers) smaller.
+        let half = 0.5;
+        assert_eq!(p.tensor("blocks.0.attn.wo").unwrap().init, Init::Uniform { bound: half / 8f64.sqrt() });
+        assert_eq!(p.tensor("blocks.0.mlp.w_down").unwrap().init, Init::Uniform { bound: half / 12f64.sqrt() });
+        let mut streams: Vec<u64> = p.tensors.iter().map(|t| t.stream).collect();
+        streams.sort();
+        streams.dedup();
+        assert_eq!(streams.len(), p.tensors.len(), "one stream per tensor");
+        // Per block per token: 8 d^2 + 3 * 2 * d * hidden, plus the unembedding.
+        assert_eq!(p.flops.step, 2 * (8 * 64 + 6 * 8 * 12 + 4 * 8 * 4) + 2 * 8 * 5);
+    }
+
+    #[test]
     fn memory_tensors_in_order() {
         let src = "d_model = 4\nheads = 2\nvocab = 3\nseq_len = 5\n[memory]\nrule = \"titans\"\n[[memory.levels]]\nperiod = 1\n[[memory.levels]]\nperiod = 2\n";
         let p = Plan::new(&Spec::parse(src, "m").unwrap());
         let names: Vec<&str> = p.tensors.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(
-            &names[6..15],
+            &names[5..14],
             [
-                "mem.0.wk",
-                "mem.0.wv",
-                "mem.0.wq",
-                "mem.0.w_alpha",
-                "mem.0.b_alpha",
-                "mem.0.w_theta",
-                "mem.0.b_theta",
-                "mem.0.w_eta",
-                "mem.0.b_eta"
+                "blocks.0.mem.0.wk",
+                "blocks.0.mem.0.wv",
+                "blocks.0.mem.0.wq",
+                "blocks.0.mem.0.w_alpha",
+                "blocks.0.mem.0.b_alpha",
+                "blocks.0.mem.0.w_theta",
+                "blocks.0.mem.0.b_theta",
+                "blocks.0.mem.0.w_eta",
+                "blocks.0.mem.0.b_eta"
             ]
         );
-        assert_eq!(p.tensors[6].field, "mem0_wk");
-        assert_eq!(p.tensor("mem.1.b_eta").unwrap().field, "mem1_b_eta");
+        assert_eq!(names.last(), Some(&"unembed"));
+        assert_eq!(p.tensors[5].field, "mem0_wk");
+        assert_eq!(p.tensors[5].block, Some(0));
+        // The first version's initialisation streams: unembed 5, then the memory.
+        assert_eq!(p.tensors[5].stream, 6);
+        assert_eq!(p.tensor("unembed").unwrap().stream, 5);
+        assert_eq!(p.tensor("blocks.0.mem.1.b_eta").unwrap().field, "mem1_b_eta");
         assert_eq!(p.param_count, 2 * 3 * 4 + 4 * 16 + 2 * (3 * 16 + 3 * (8 + 1)));
-        assert_eq!(p.tensor("mem.0.b_alpha").unwrap().init, Init::Const(-4.0));
+        assert_eq!(p.tensor("blocks.0.mem.0.b_alpha").unwrap().init, Init::Const(-4.0));
     }
 }

@@ -51,6 +51,84 @@ impl Composition {
     }
 }
 
+/// Pre-norm of a block's branches and the final norm (docs/model.md, "Blocks").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Norm {
+    /// No norms (identity, no tensors).
+    None,
+    /// `g * x / sqrt(mean(x^2) + eps)`.
+    Rms,
+    /// `g * (x - mean) / sqrt(var + eps) + beta`.
+    Layer,
+}
+
+impl Norm {
+    /// The spec word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Norm::None => "none",
+            Norm::Rms => "rms",
+            Norm::Layer => "layer",
+        }
+    }
+}
+
+/// How attention sees positions (docs/model.md, "Blocks").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Positions {
+    /// Only through the causal window.
+    None,
+    /// Rotary embeddings of queries and keys (needs an even head width).
+    Rope,
+    /// A learned bias per head and offset added to the scores.
+    Bias,
+}
+
+impl Positions {
+    /// The spec word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Positions::None => "none",
+            Positions::Rope => "rope",
+            Positions::Bias => "bias",
+        }
+    }
+}
+
+/// The MLP's activation (docs/model.md, "Blocks").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// `W_down (silu(W_gate w) * (W_up w))`.
+    Swiglu,
+    /// `W_down gelu(W_up w)`, tanh form.
+    Gelu,
+    /// `W_down relu(W_up w)`.
+    Relu,
+}
+
+impl Activation {
+    /// The spec word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Activation::Swiglu => "swiglu",
+            Activation::Gelu => "gelu",
+            Activation::Relu => "relu",
+        }
+    }
+}
+
+/// A block's MLP, validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MlpSpec {
+    /// Hidden width.
+    pub hidden: usize,
+    /// Activation.
+    pub activation: Activation,
+}
+
 /// Bounds the validator enforces. Sizes outside them are rejected as absurd
 /// for a micro model (they would not fit the fixed-size, in-cache design).
 #[derive(Clone, Copy, Debug)]
@@ -67,6 +145,10 @@ pub struct Limits {
     pub max_period: usize,
     /// Most parameters in total.
     pub max_params: usize,
+    /// Most blocks (`layers`).
+    pub max_layers: usize,
+    /// Largest MLP hidden width.
+    pub max_hidden: usize,
 }
 
 /// The limits in force.
@@ -77,6 +159,8 @@ pub const LIMITS: Limits = Limits {
     max_levels: 4,
     max_period: 1 << 20,
     max_params: 16 << 20,
+    max_layers: 16,
+    max_hidden: 8192,
 };
 
 #[derive(Deserialize)]
@@ -89,7 +173,20 @@ struct RawSpec {
     seq_len: Spanned<usize>,
     window: Option<Spanned<usize>>,
     workspace_limit_mib: Option<Spanned<usize>>,
+    layers: Option<Spanned<usize>>,
+    residual: Option<bool>,
+    norm: Option<Spanned<Norm>>,
+    positions: Option<Spanned<Positions>>,
+    tie_embeddings: Option<bool>,
+    mlp: Option<Spanned<RawMlp>>,
     memory: Option<Spanned<RawMemory>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMlp {
+    hidden: Option<Spanned<usize>>,
+    activation: Option<Spanned<Activation>>,
 }
 
 #[derive(Deserialize)]
@@ -148,6 +245,18 @@ pub struct Spec {
     pub memory: Option<MemorySpec>,
     /// Largest training workspace allowed, in MiB (`workspace_limit_mib`, default 1024).
     pub workspace_limit_mib: usize,
+    /// Number of blocks (`layers`, default 1).
+    pub layers: usize,
+    /// Whether each branch adds to a residual stream (default `false`).
+    pub residual: bool,
+    /// Pre-norms and final norm (default none).
+    pub norm: Norm,
+    /// Position scheme of attention (default none).
+    pub positions: Positions,
+    /// The MLP of every block, if any.
+    pub mlp: Option<MlpSpec>,
+    /// Whether `unembed` is `embed` (default `false`).
+    pub tie_embeddings: bool,
 }
 
 /// Default of `workspace_limit_mib`: 1 GiB.
@@ -179,7 +288,7 @@ impl Spec {
             if let Some(field) = missing_field(e.message()) {
                 return missing_key_error(source, &key, span, field);
             }
-            let message = describe_toml_error(e.message(), &key);
+            let (key, message) = describe_toml_error(e.message(), &key);
             SpecError::new(source, key, span, message)
         })?;
         let err =
@@ -373,7 +482,80 @@ impl Spec {
             }
             None => DEFAULT_WORKSPACE_LIMIT_MIB,
         };
-        let spec = Spec { name, d_model: d, heads, vocab, seq_len, window, composition, memory, workspace_limit_mib };
+        let layers = match &raw.layers {
+            Some(l) => {
+                let lv = *l.get_ref();
+                if lv == 0 || lv > lim.max_layers {
+                    return err("layers", l.span(), format!("{lv} is out of range; allowed: 1..={}", lim.max_layers));
+                }
+                lv
+            }
+            None => 1,
+        };
+        let norm = raw.norm.as_ref().map_or(Norm::None, |n| *n.get_ref());
+        let positions = match &raw.positions {
+            Some(p) => {
+                let pv = *p.get_ref();
+                let hd = d / heads;
+                if pv == Positions::Rope && !hd.is_multiple_of(2) {
+                    return err(
+                        "positions",
+                        p.span(),
+                        format!(
+                            "\"rope\" rotates pairs of a head's columns, but head_dim = d_model / heads = {d} / {heads} = {hd} is odd; allowed: an even head_dim, or positions = \"bias\" or \"none\""
+                        ),
+                    );
+                }
+                pv
+            }
+            None => Positions::None,
+        };
+        let mlp = match &raw.mlp {
+            None => None,
+            Some(m) => {
+                let span = m.span();
+                let m = m.get_ref();
+                let hidden = match &m.hidden {
+                    Some(h) => {
+                        let hv = *h.get_ref();
+                        if hv == 0 || hv > lim.max_hidden {
+                            return err(
+                                "mlp.hidden",
+                                h.span(),
+                                format!("{hv} is out of range; allowed: 1..={}", lim.max_hidden),
+                            );
+                        }
+                        hv
+                    }
+                    None => {
+                        return err(
+                            "mlp.hidden",
+                            span,
+                            format!("missing: an [mlp] table needs `hidden` (1..={})", lim.max_hidden),
+                        )
+                    }
+                };
+                let activation = m.activation.as_ref().map_or(Activation::Swiglu, |a| *a.get_ref());
+                Some(MlpSpec { hidden, activation })
+            }
+        };
+        let spec = Spec {
+            name,
+            d_model: d,
+            heads,
+            vocab,
+            seq_len,
+            window,
+            composition,
+            memory,
+            workspace_limit_mib,
+            layers,
+            residual: raw.residual.unwrap_or(false),
+            norm,
+            positions,
+            mlp,
+            tie_embeddings: raw.tie_embeddings.unwrap_or(false),
+        };
         let params = spec.param_count();
         if params > lim.max_params {
             return Err(SpecError::new(
@@ -381,7 +563,7 @@ impl Spec {
                 "d_model",
                 Some(raw.d_model.span()),
                 format!(
-                    "the model would have {params} parameters; allowed: at most {} (a micro model)",
+                    "the model would have {params} parameters; allowed: at most {} (a micro model): reduce d_model, vocab, layers, the memory levels or mlp.hidden",
                     lim.max_params
                 ),
             ));
@@ -422,12 +604,23 @@ impl Spec {
     /// Parameter count implied by the sizes (the plan lists the tensors).
     pub fn param_count(&self) -> usize {
         let d = self.d_model;
-        let base = 2 * self.vocab * d + 4 * d * d;
+        let embeddings = if self.tie_embeddings { 1 } else { 2 } * self.vocab * d;
         let per_level = match &self.memory {
             None => 0,
             Some(m) => 3 * d * d + 2 * (2 * d + 1) + if m.rule == Rule::Titans { 2 * d + 1 } else { 0 },
         };
-        base + self.levels() * per_level
+        let norm = match self.norm {
+            Norm::None => 0,
+            Norm::Rms => d,
+            Norm::Layer => 2 * d,
+        };
+        let mlp = self.mlp.map_or(0, |m| {
+            let mats = if m.activation == Activation::Swiglu { 3 } else { 2 };
+            mats * d * m.hidden + norm
+        });
+        let bias = if self.positions == Positions::Bias { self.heads * self.window } else { 0 };
+        let block = 4 * d * d + bias + norm + self.levels() * per_level + mlp;
+        embeddings + self.layers * block + norm
     }
 }
 
@@ -471,29 +664,70 @@ fn missing_key_error(source: &str, table: &str, span: Option<core::ops::Range<us
     SpecError::new(source, format!("{table}.{field}"), span, msg)
 }
 
+/// What each internal table type is called in the spec, for messages
+/// (serde names the Rust type, which means nothing to the spec's author).
+const TABLES: &[(&str, &str)] = &[
+    ("struct RawMemory", "a [memory] table"),
+    ("struct RawMlp", "an [mlp] table"),
+    ("struct RawLevel", "a [[memory.levels]] table with a `period`"),
+];
+
+/// The allowed words of an enum key, for messages.
+fn enum_words(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "memory.rule" => "\"delta\", \"titans\" or \"hebbian\"",
+        "memory.composition" => "\"mag\", \"mal\" or \"none\"",
+        "norm" => "\"none\", \"rms\" or \"layer\"",
+        "positions" => "\"none\", \"rope\" or \"bias\"",
+        "mlp.activation" => "\"swiglu\", \"gelu\" or \"relu\"",
+        _ => return None,
+    })
+}
+
 /// Rewrites serde's wording into the spec's vocabulary where it helps.
-fn describe_toml_error(message: &str, key: &str) -> String {
+/// Returns the key to report (`key`, except for a table written as an array
+/// of tables) and the message.
+fn describe_toml_error(message: &str, key: &str) -> (String, String) {
+    // `[[mlp]]` / `[[memory]]`: serde reads the array as the table's fields
+    // in order and fails on the first one with a message about that field.
+    for table in ["mlp", "memory"] {
+        if key.strip_prefix(table).is_some_and(|rest| rest.starts_with('[')) {
+            let msg = format!("`[[{table}]]` is an array of tables; allowed: one [{table}] table");
+            return (table.to_string(), msg);
+        }
+    }
     let mut m = message.trim().to_string();
     if m.starts_with("unknown field") {
         m = m.replace("expected one of", "allowed keys:").replace("expected `", "allowed keys: `");
     } else if m.starts_with("unknown variant") {
         m = m.replace("expected one of", "allowed:").replace("expected `", "allowed: `");
+    } else if let Some(words) = enum_words(key) {
+        // An enum key given something other than a string: toml's messages
+        // ("wanted string or table", "expected table, found integer", ...)
+        // are about how serde encodes enums, not about the spec.
+        m = format!("invalid type, allowed: {words}");
+    } else if m.starts_with("invalid length") {
+        // A table written as an array (`mlp = [8]`): serde reports the
+        // struct's field count.
+        if let Some((_, table)) = TABLES.iter().find(|(ty, _)| m.contains(ty)) {
+            m = format!("invalid type: array, allowed: {table}");
+        }
     } else if m.starts_with("invalid type") || m.starts_with("invalid value") {
+        // TOML's words for serde's kinds of value.
+        m = m
+            .replace("invalid type: sequence", "invalid type: array")
+            .replace("invalid type: map", "invalid type: table");
         m = m.replace("expected usize", "allowed: a positive integer").replace("expected f64", "allowed: a number");
         m = m.replace("expected a boolean", "allowed: true or false");
-        m = m.replace("expected struct RawMemory", "allowed: a [memory] table");
-        m = m.replace("expected struct RawLevel", "allowed: a [[memory.levels]] table with a `period`");
+        for (ty, table) in TABLES {
+            m = m.replace(&format!("expected {ty}"), &format!("allowed: {table}"));
+        }
         m = m.replace("expected a sequence", "allowed: [[memory.levels]] tables");
         m = m.replace("expected a string", "allowed: a string");
     } else if m == "wanted string or table" {
-        // An enum key given a non-string value.
-        m = match key {
-            "memory.rule" => "invalid type, allowed: \"delta\", \"titans\" or \"hebbian\"".to_string(),
-            "memory.composition" => "invalid type, allowed: \"mag\", \"mal\" or \"none\"".to_string(),
-            _ => "invalid type, allowed: a string".to_string(),
-        };
+        m = "invalid type, allowed: a string".to_string();
     }
-    m
+    (key.to_string(), m)
 }
 
 #[cfg(test)]
@@ -637,5 +871,247 @@ mod tests {
         let e = Spec::parse(MICRO, "my-model").unwrap_err();
         assert_eq!(e.key, "name");
         assert!(Spec::parse(MICRO, "fn").is_err());
+    }
+
+    // Blocks (docs/model.md, "Blocks"): `layers`, `residual`, `norm`,
+    // `positions`, `[mlp]`, `tie_embeddings`. MICRO has five lines, so a key
+    // appended to it is on line 6.
+
+    #[test]
+    fn block_keys_default_to_the_first_version() {
+        let s = Spec::parse(MICRO, "micro").unwrap();
+        assert_eq!(s.layers, 1);
+        assert!(!s.residual);
+        assert_eq!(s.norm, Norm::None);
+        assert_eq!(s.positions, Positions::None);
+        assert_eq!(s.mlp, None);
+        assert!(!s.tie_embeddings);
+        // 2 * V * d + 4 * d^2, as before the keys existed.
+        assert_eq!(s.param_count(), 2 * 256 * 64 + 4 * 64 * 64);
+        assert_eq!(s.param_count(), 49_152);
+        // Writing every default out is the same spec.
+        let explicit = format!(
+            "{MICRO}layers = 1\nresidual = false\nnorm = \"none\"\npositions = \"none\"\ntie_embeddings = false\n"
+        );
+        assert_eq!(Spec::parse(&explicit, "micro").unwrap(), s);
+        // The memory variant keeps its count too: one delta level adds
+        // wk, wv, wq (3 d^2) and the alpha and theta gates (2 (2d + 1)).
+        let mem =
+            Spec::parse(&format!("{MICRO}[memory]\nrule = \"delta\"\n[[memory.levels]]\nperiod = 1\n"), "m").unwrap();
+        assert_eq!((mem.layers, mem.mlp), (1, None));
+        assert_eq!(mem.param_count(), 49_152 + 3 * 64 * 64 + 2 * (2 * 64 + 1));
+    }
+
+    #[test]
+    fn every_block_value_parses() {
+        let parse = |extra: &str| {
+            Spec::parse(&format!("{MICRO}{extra}"), "m").unwrap_or_else(|e| panic!("{extra:?} rejected: {e}"))
+        };
+        assert_eq!(parse("layers = 1\n").layers, 1);
+        assert_eq!(parse("layers = 3\n").layers, 3);
+        assert_eq!(parse("layers = 16\n").layers, 16);
+        assert!(parse("residual = true\n").residual);
+        assert!(!parse("residual = false\n").residual);
+        assert!(parse("tie_embeddings = true\n").tie_embeddings);
+        assert!(!parse("tie_embeddings = false\n").tie_embeddings);
+        for norm in [Norm::None, Norm::Rms, Norm::Layer] {
+            assert_eq!(parse(&format!("norm = \"{}\"\n", norm.as_str())).norm, norm);
+        }
+        // MICRO's head_dim is 64 / 4 = 16, even, so rope is allowed.
+        for positions in [Positions::None, Positions::Rope, Positions::Bias] {
+            assert_eq!(parse(&format!("positions = \"{}\"\n", positions.as_str())).positions, positions);
+        }
+        for activation in [Activation::Swiglu, Activation::Gelu, Activation::Relu] {
+            let s = parse(&format!("[mlp]\nhidden = 32\nactivation = \"{}\"\n", activation.as_str()));
+            assert_eq!(s.mlp, Some(MlpSpec { hidden: 32, activation }));
+        }
+        // `activation` defaults to swiglu; `hidden` spans 1..=8192; an inline table works too.
+        assert_eq!(parse("[mlp]\nhidden = 1\n").mlp, Some(MlpSpec { hidden: 1, activation: Activation::Swiglu }));
+        assert_eq!(parse("[mlp]\nhidden = 8192\n").mlp.map(|m| m.hidden), Some(8192));
+        assert_eq!(
+            parse("mlp = { hidden = 5, activation = \"relu\" }\n").mlp,
+            Some(MlpSpec { hidden: 5, activation: Activation::Relu })
+        );
+        // Everything at once.
+        let s = parse("layers = 4\nresidual = true\nnorm = \"layer\"\npositions = \"rope\"\ntie_embeddings = true\n[mlp]\nhidden = 128\nactivation = \"gelu\"\n");
+        assert_eq!(
+            (s.layers, s.residual, s.norm, s.positions, s.tie_embeddings),
+            (4, true, Norm::Layer, Positions::Rope, true)
+        );
+        assert_eq!(s.mlp, Some(MlpSpec { hidden: 128, activation: Activation::Gelu }));
+    }
+
+    #[test]
+    fn layers_out_of_range() {
+        let e = parse_err(&format!("{MICRO}layers = 0\n"));
+        assert_eq!((e.key.as_str(), e.line, e.column), ("layers", 6, 10));
+        assert!(e.message.contains("0 is out of range; allowed: 1..=16"), "{e}");
+        let e = parse_err(&format!("{MICRO}layers = 17\n"));
+        assert_eq!((e.key.as_str(), e.line, e.column), ("layers", 6, 10));
+        assert!(e.message.contains("17 is out of range; allowed: 1..=16"), "{e}");
+        let e = parse_err(&format!("{MICRO}layers = -1\n"));
+        assert_eq!((e.key.as_str(), e.line), ("layers", 6));
+        assert!(e.message.contains("allowed: a positive integer"), "{e}");
+    }
+
+    #[test]
+    fn rope_needs_an_even_head_dim() {
+        // head_dim = 12 / 4 = 3.
+        let odd = "d_model = 12\nheads = 4\nvocab = 5\nseq_len = 6\n";
+        let e = parse_err(&format!("{odd}positions = \"rope\"\n"));
+        assert_eq!((e.key.as_str(), e.line, e.column), ("positions", 5, 13));
+        assert!(e.message.contains("head_dim = d_model / heads = 12 / 4 = 3 is odd"), "{e}");
+        assert!(e.message.contains("allowed: an even head_dim"), "{e}");
+        // The other schemes do not care; an even head_dim (12 / 6 = 2) takes rope.
+        assert!(Spec::parse(&format!("{odd}positions = \"bias\"\n"), "m").is_ok());
+        assert!(Spec::parse(&format!("{odd}positions = \"none\"\n"), "m").is_ok());
+        let even = "d_model = 12\nheads = 6\nvocab = 5\nseq_len = 6\npositions = \"rope\"\n";
+        assert_eq!(Spec::parse(even, "m").unwrap().positions, Positions::Rope);
+        // head_dim 1 (d_model = heads) is odd too.
+        let e = parse_err("d_model = 4\nheads = 4\nvocab = 5\nseq_len = 6\npositions = \"rope\"\n");
+        assert!(e.message.contains("= 1 is odd"), "{e}");
+    }
+
+    #[test]
+    fn mlp_errors_point_at_the_mlp_key() {
+        // No `hidden`: the error points at the [mlp] header.
+        let e = parse_err(&format!("{MICRO}[mlp]\nactivation = \"gelu\"\n"));
+        assert_eq!((e.key.as_str(), e.line, e.column), ("mlp.hidden", 6, 1));
+        assert!(e.message.contains("needs `hidden` (1..=8192)"), "{e}");
+        let e = parse_err(&format!("{MICRO}mlp = {{}}\n"));
+        assert_eq!((e.key.as_str(), e.line), ("mlp.hidden", 6));
+        let e = parse_err(&format!("{MICRO}[mlp]\nhidden = 0\n"));
+        assert_eq!((e.key.as_str(), e.line, e.column), ("mlp.hidden", 7, 10));
+        assert!(e.message.contains("0 is out of range; allowed: 1..=8192"), "{e}");
+        let e = parse_err(&format!("{MICRO}[mlp]\nhidden = 9000\n"));
+        assert_eq!((e.key.as_str(), e.line, e.column), ("mlp.hidden", 7, 10));
+        assert!(e.message.contains("9000 is out of range; allowed: 1..=8192"), "{e}");
+        let e = parse_err(&format!("{MICRO}[mlp]\nhidden = 8\nactivation = \"tanh\"\n"));
+        assert_eq!((e.key.as_str(), e.line, e.column), ("mlp.activation", 8, 14));
+        assert!(e.message.contains("unknown variant `tanh`, allowed: `swiglu`, `gelu`, `relu`"), "{e}");
+        let e = parse_err(&format!("{MICRO}[mlp]\nhidden = 8\nwidth = 3\n"));
+        assert_eq!((e.key.as_str(), e.line), ("mlp.width", 8));
+        assert!(e.message.contains("allowed keys: `hidden` or `activation`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_norm_and_positions_list_the_allowed_values() {
+        let e = parse_err(&format!("{MICRO}norm = \"batch\"\n"));
+        assert_eq!((e.key.as_str(), e.line, e.column), ("norm", 6, 8));
+        assert!(e.message.contains("unknown variant `batch`, allowed: `none`, `rms`, `layer`"), "{e}");
+        let e = parse_err(&format!("{MICRO}positions = \"alibi\"\n"));
+        assert_eq!((e.key.as_str(), e.line, e.column), ("positions", 6, 13));
+        assert!(e.message.contains("unknown variant `alibi`, allowed: `none`, `rope`, `bias`"), "{e}");
+        // The words are lowercase, like the other enum keys.
+        assert_eq!(parse_err(&format!("{MICRO}norm = \"RMS\"\n")).key, "norm");
+    }
+
+    #[test]
+    fn block_keys_of_the_wrong_type() {
+        let cases = [
+            ("norm = 3\n", "norm", 8, "invalid type, allowed: \"none\", \"rms\" or \"layer\""),
+            ("positions = 3\n", "positions", 13, "invalid type, allowed: \"none\", \"rope\" or \"bias\""),
+            ("residual = \"yes\"\n", "residual", 12, "invalid type: string \"yes\", allowed: true or false"),
+            ("tie_embeddings = 1\n", "tie_embeddings", 18, "invalid type: integer `1`, allowed: true or false"),
+            ("layers = \"2\"\n", "layers", 10, "invalid type: string \"2\", allowed: a positive integer"),
+            ("layers = 2.5\n", "layers", 10, "allowed: a positive integer"),
+            ("mlp = 3\n", "mlp", 7, "invalid type: integer `3`, allowed: an [mlp] table"),
+            ("mlp = [8]\n", "mlp", 7, "invalid type: array, allowed: an [mlp] table"),
+        ];
+        for (extra, key, column, fragment) in cases {
+            let e = parse_err(&format!("{MICRO}{extra}"));
+            assert_eq!((e.key.as_str(), e.line, e.column), (key, 6, column), "{extra:?}: {e}");
+            assert!(e.message.contains(fragment), "{extra:?}: {e}");
+        }
+        let e = parse_err(&format!("{MICRO}[mlp]\nhidden = \"8\"\n"));
+        assert_eq!((e.key.as_str(), e.line, e.column), ("mlp.hidden", 7, 10));
+        assert!(e.message.contains("allowed: a positive integer"), "{e}");
+        let e = parse_err(&format!("{MICRO}[mlp]\nhidden = 8\nactivation = 3\n"));
+        assert_eq!((e.key.as_str(), e.line, e.column), ("mlp.activation", 8, 14));
+        assert!(e.message.contains("invalid type, allowed: \"swiglu\", \"gelu\" or \"relu\""), "{e}");
+        // A table written as an array of tables.
+        let e = parse_err(&format!("{MICRO}[[mlp]]\nhidden = 8\n"));
+        assert_eq!((e.key.as_str(), e.line), ("mlp", 6));
+        assert!(e.message.contains("`[[mlp]]` is an array of tables; allowed: one [mlp] table"), "{e}");
+        let e = parse_err(&format!("{MICRO}[[memory]]\nrule = \"delta\"\n"));
+        assert_eq!(e.key, "memory");
+        assert!(e.message.contains("allowed: one [memory] table"), "{e}");
+    }
+
+    #[test]
+    fn no_message_names_an_internal_type() {
+        let bad = [
+            "memory = 3\n",
+            "memory = []\n",
+            "[[memory]]\nrule = \"delta\"\n",
+            "[memory]\nrule = \"delta\"\nlevels = 3\n",
+            "[memory]\nrule = \"delta\"\nlevels = [3]\n",
+            "[memory]\nrule = \"delta\"\nlevels = [[]]\n",
+            "[memory]\nrule = \"delta\"\n[memory.levels]\nperiod = 1\n",
+            "mlp = 3\n",
+            "mlp = []\n",
+            "mlp = [8]\n",
+            "mlp = \"gelu\"\n",
+            "[[mlp]]\nhidden = 8\n",
+            "[mlp]\nhidden = [8]\n",
+            "[mlp]\nhidden = 8\nactivation = [\"gelu\"]\n",
+            "[mlp]\nhidden = 8\nactivation = { gelu = 1 }\n",
+            "norm = { rms = 1 }\n",
+            "norm = {}\n",
+            "norm = { rms = {}, layer = {} }\n",
+            "positions = true\n",
+            "positions = []\n",
+            "residual = {}\n",
+        ];
+        for extra in bad {
+            let e = parse_err(&format!("{MICRO}{extra}"));
+            for internal in ["Raw", "struct", "Spanned", "usize", "enum", "sequence", " map"] {
+                assert!(!e.message.contains(internal), "{extra:?} leaks `{internal}`: {e}");
+            }
+            assert!(e.message.contains("allowed"), "{extra:?} does not say what is allowed: {e}");
+        }
+    }
+
+    #[test]
+    fn param_count_of_deep_specs_matches_a_hand_count() {
+        let src = "d_model = 8\nheads = 2\nvocab = 5\nseq_len = 6\nwindow = 4\nlayers = 2\nnorm = \"rms\"\npositions = \"bias\"\n[mlp]\nhidden = 12\nactivation = \"gelu\"\n";
+        let s = Spec::parse(src, "deep").unwrap();
+        let hand = 5 * 8 // embed [V, d]
+            + 2 * (8 // norm_a.g [d]
+                + 4 * 8 * 8 // attn.wq, wk, wv, wo [d, d]
+                + 2 * 4 // attn.pos_bias [heads, window]
+                + 8 // norm_m.g [d]
+                + 12 * 8 // mlp.w_up [hidden, d] (gelu: no w_gate)
+                + 8 * 12) // mlp.w_down [d, hidden]
+            + 8 // norm_f.g [d]
+            + 5 * 8; // unembed [V, d] (untied)
+        assert_eq!(hand, 1032);
+        assert_eq!(s.param_count(), hand);
+        assert_eq!(crate::plan::Plan::new(&s).param_count, hand);
+
+        // Layer norm (g and beta), swiglu (w_gate too), a titans level per
+        // block, rope (no tensors), tied embeddings (no unembed).
+        let src = "d_model = 8\nheads = 2\nvocab = 5\nseq_len = 6\nlayers = 3\nresidual = true\nnorm = \"layer\"\npositions = \"rope\"\ntie_embeddings = true\n[mlp]\nhidden = 4\n[memory]\nrule = \"titans\"\n[[memory.levels]]\nperiod = 2\n";
+        let s = Spec::parse(src, "deep").unwrap();
+        let hand = 5 * 8 // embed [V, d], also the output matrix
+            + 3 * (2 * 8 // norm_a.g, norm_a.beta [d]
+                + 4 * 8 * 8 // attn.wq, wk, wv, wo [d, d]
+                + 3 * 8 * 8 // mem.0.wk, wv, wq [d, d]
+                + 3 * (2 * 8 + 1) // mem.0.w_{alpha,theta,eta} [2d], b_{alpha,theta,eta} [1]
+                + 2 * 8 // norm_m.g, norm_m.beta [d]
+                + 3 * 4 * 8) // mlp.w_up, w_gate [hidden, d], w_down [d, hidden]
+            + 2 * 8; // norm_f.g, norm_f.beta [d]
+        assert_eq!(hand, 1937);
+        assert_eq!(s.param_count(), hand);
+        assert_eq!(crate::plan::Plan::new(&s).param_count, hand);
+    }
+
+    #[test]
+    fn too_many_parameters_names_what_to_reduce() {
+        // 16 blocks of 4 * 64^2 + 3 * 64 * 8192 parameters: about 25 M.
+        let e = parse_err(&format!("{MICRO}layers = 16\n[mlp]\nhidden = 8192\n"));
+        assert_eq!(e.key, "d_model");
+        assert!(e.message.contains("the model would have 25460736 parameters; allowed: at most 16777216"), "{e}");
+        assert!(e.message.contains("layers") && e.message.contains("mlp.hidden"), "{e}");
     }
 }

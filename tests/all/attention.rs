@@ -78,7 +78,10 @@ fn constants_follow_the_spec() {
     assert_eq!(odd::HEAD_DIM, 8);
     assert_eq!(full_window::WINDOW, 9);
     let names: Vec<&str> = micro::TENSORS.iter().map(|t| t.name).collect();
-    assert_eq!(names, ["embed", "attn.wq", "attn.wk", "attn.wv", "attn.wo", "unembed"]);
+    assert_eq!(
+        names,
+        ["embed", "blocks.0.attn.wq", "blocks.0.attn.wk", "blocks.0.attn.wv", "blocks.0.attn.wo", "unembed"]
+    );
 }
 
 #[test]

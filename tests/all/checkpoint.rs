@@ -87,7 +87,7 @@ fn round_trip_through_a_file_is_bit_exact() {
     assert_eq!(bytes, checkpoint::to_bytes::<MM, f32>(&p).unwrap());
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
-    assert!(header.starts_with(r#"{"__metadata__":{"format":"nl","format_version":"1","spec_sha256":""#));
+    assert!(header.starts_with(r#"{"__metadata__":{"format":"nl","format_version":"2","spec_sha256":""#));
     assert!(header.contains(r#""embed":{"dtype":"F32","shape":[256,64],"data_offsets":[0,65536]}"#), "{header}");
 
     // f64 round trip too.
@@ -196,13 +196,15 @@ fn a_checkpoint_of_another_spec_is_rejected() {
     assert!(matches!(e, CheckpointError::SpecMismatch { .. }), "{e}");
 
     // Same spec hash forged into a foreign layout: the tensors still disagree.
-    let forged = String::from_utf8(bytes[..checkpoint::header_len::<MM, f32>()].to_vec())
+    // (The 8-byte length prefix is binary; the hashes have the same length.)
+    let json = std::str::from_utf8(&bytes[8..checkpoint::header_len::<MM, f32>()])
         .unwrap()
         .replace(micro_memory::SPEC_SHA256, micro::SPEC_SHA256);
-    let mut forged = forged.into_bytes();
+    let mut forged = bytes[..8].to_vec();
+    forged.extend_from_slice(json.as_bytes());
     forged.extend_from_slice(&bytes[checkpoint::header_len::<MM, f32>()..]);
     let e = checkpoint::validate::<micro::Model, f32>(&forged).unwrap_err();
-    assert!(matches!(e, CheckpointError::UnexpectedTensor(ref n) if n.as_str() == "mem.0.wk"), "{e}");
+    assert!(matches!(e, CheckpointError::UnexpectedTensor(ref n) if n.as_str() == "blocks.0.mem.0.wk"), "{e}");
 }
 
 #[test]

@@ -141,7 +141,7 @@ fn random_params<M: Model>(seed: u64) -> Box<M::Params<f32>> {
         for v in x.iter_mut() {
             *v = if gate {
                 (20.0 * (2.0 * r.next_f64() - 1.0)) as f32
-            } else if t.name.starts_with("mem.") {
+            } else if t.name.contains(".mem.") {
                 *v * gain as f32
             } else {
                 *v

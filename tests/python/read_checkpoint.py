@@ -70,7 +70,7 @@ def main():
                 else:
                     values.append((int(parts[0], 16), float(parts[1])))
 
-        for key, value in [("format", "nl"), ("format_version", "1"), ("model", want["model"]),
+        for key, value in [("format", "nl"), ("format_version", "2"), ("model", want["model"]),
                            ("spec_sha256", want["spec_sha256"])]:
             if meta.get(key) != value:
                 fail(f"metadata {key} = {meta.get(key)!r}, expected {value!r}")

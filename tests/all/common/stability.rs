@@ -73,7 +73,7 @@ pub fn level_bounds<M: Model>(p: &M::Params<f32>) -> Vec<LevelBound> {
     let d = spec.d;
     (0..spec.periods.len())
         .map(|l| {
-            let g = |n: &str| &t[&format!("mem.{l}.{n}")];
+            let g = |n: &str| &t[&format!("blocks.0.mem.{l}.{n}")];
             let (mut a_min, mut a_max, mut eta_max, mut lambda, mut b) = (1.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
             for x in 0..spec.vocab {
                 let e = &t["embed"][x * d..(x + 1) * d];
@@ -231,14 +231,14 @@ pub fn worst_token<M: Model>(p: &M::Params<f32>) -> u32 {
     let mut best = (0, f64::NEG_INFINITY);
     for x in 0..spec.vocab {
         let e = &t["embed"][x * d..(x + 1) * d];
-        let mut k = matvec(&t["mem.0.wk"], e);
+        let mut k = matvec(&t["blocks.0.mem.0.wk"], e);
         if spec.normalize_keys {
             let s = (dot(&k, &k) + EPS).sqrt();
             k.iter_mut().for_each(|v| *v /= s);
         }
-        let v = matvec(&t["mem.0.wv"], e);
-        let w = &t["mem.0.w_theta"];
-        let sigma = sigmoid(dot(&w[..d], &k) + dot(&w[d..], &v) + t["mem.0.b_theta"][0]);
+        let v = matvec(&t["blocks.0.mem.0.wv"], e);
+        let w = &t["blocks.0.mem.0.w_theta"];
+        let sigma = sigmoid(dot(&w[..d], &k) + dot(&w[d..], &v) + t["blocks.0.mem.0.b_theta"][0]);
         let ksq = dot(&k, &k);
         let score = sigma * dot(&v, &v).sqrt() * ksq.sqrt() / (ksq + EPS);
         if score > best.1 {

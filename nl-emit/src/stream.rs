@@ -1,0 +1,355 @@
+//! The serving side: the `Stream` state (per block a ring of the last
+//! `WINDOW` keys and values and the memory levels' states, plus one token's
+//! vectors) and its `step`, which runs every block for one token.
+
+use crate::{memory, parts};
+use nl_spec::{Composition, Norm, Plan, Positions};
+use proc_macro2::TokenStream;
+use quote::quote;
+
+pub(crate) fn stream(plan: &Plan) -> TokenStream {
+    let mag = plan.composition == Composition::Mag;
+    let mal = plan.composition == Composition::Mal;
+    let mem = plan.memory.is_some();
+    let norm = plan.norm != Norm::None;
+    let rope = plan.positions == Positions::Rope;
+    let mlp = plan.mlp.is_some();
+    let gated = parts::gated(plan);
+    let unembed = if plan.tie_embeddings {
+        quote! { embed }
+    } else {
+        quote! { unembed }
+    };
+
+    let mem_block = if mem {
+        quote! {
+            /// Each level's inner-loop state.
+            pub mem: [::nl_runtime::memory::LevelState<S, D>; LEVELS],
+        }
+    } else {
+        quote! {}
+    };
+    let opt = |on: bool, t: TokenStream| {
+        if on {
+            t
+        } else {
+            quote! {}
+        }
+    };
+    let h_field = opt(
+        mal,
+        quote! {
+            /// Attention input `u + y` of the current token (MAL).
+            pub h: [S; D],
+        },
+    );
+    let o_field = opt(
+        mag,
+        quote! {
+            /// Output projection input `a * sigmoid(y)` of the current token.
+            pub o: [S; D],
+        },
+    );
+    let mlp_fields = if mlp {
+        let w = opt(
+            norm,
+            quote! {
+                /// MLP input `N_m(x')` of the current token.
+                pub w: [S; D],
+            },
+        );
+        let gate = opt(
+            gated,
+            quote! {
+                /// `W_gate w`.
+                pub gate_pre: [S; HIDDEN],
+            },
+        );
+        quote! {
+            #w
+            /// `W_up w`.
+            pub up: [S; HIDDEN],
+            #gate
+            /// The activation.
+            pub act: [S; HIDDEN],
+            /// The MLP's output `f`.
+            pub f: [S; D],
+        }
+    } else {
+        quote! {}
+    };
+    let xf_field = opt(
+        norm,
+        quote! {
+            /// `N_f(x)` of the current token.
+            pub xf: [S; D],
+        },
+    );
+    let rope_fields = opt(
+        rope,
+        quote! {
+            /// `cos(o w_i)` for the offsets `o` in the window (RoPE scores
+            /// depend on the offset only), filled on the first step.
+            pub rope_cos: [[S; HALF]; WINDOW],
+            /// `sin(o w_i)`.
+            pub rope_sin: [[S; HALF]; WINDOW],
+        },
+    );
+    let mem_fields = opt(
+        mem,
+        quote! {
+            /// Combined memory read of the current token.
+            pub y: [S; D],
+            /// Per-token scratch of the levels.
+            pub scratch: ::nl_runtime::memory::StepScratch<S, D>,
+            /// Inner loop off: the memory stays as it is (for ablations).
+            pub freeze_memory: bool,
+        },
+    );
+    let rope_ready = opt(
+        rope,
+        quote! {
+            /// Whether `rope_cos`/`rope_sin` are filled (a zeroed stream is valid).
+            pub rope_ready: bool,
+        },
+    );
+    let mem_reset = opt(
+        mem,
+        quote! {
+            for s in bs.mem.iter_mut() {
+                s.reset();
+            }
+        },
+    );
+    let rope_fill = opt(
+        rope,
+        quote! {
+            if !self.rope_ready {
+                ::nl_runtime::positions::rope_table::<S, WINDOW, HALF>(0, &mut self.rope_cos, &mut self.rope_sin);
+                self.rope_ready = true;
+            }
+        },
+    );
+    let (bp, self_tok) = (quote! { bp }, quote! { self });
+    let norm_a = if norm {
+        parts::norm_row(plan, "norm_a", &bp, quote! { &self.x }, quote! { &mut self.u })
+    } else {
+        quote! { self.u = self.x; }
+    };
+    let mem_step = memory::stream_step(plan);
+    let h_in = opt(
+        mal,
+        quote! {
+            for i in 0..D {
+                self.h[i] = self.u[i] + self.y[i];
+            }
+        },
+    );
+    let h = if mal {
+        quote! { self.h }
+    } else {
+        quote! { self.u }
+    };
+    let attend = match plan.positions {
+        Positions::None => quote! {
+            k::attend_row::<S, D, HEADS, HEAD_DIM, WINDOW>(
+                &self.q, n, |i| &bs.k[(slot + WINDOW - i) % WINDOW], |i| &bs.v[(slot + WINDOW - i) % WINDOW], &mut self.p, &mut self.a,
+            );
+        },
+        Positions::Rope => quote! {
+            k::attend_row_pos::<S, D, HEADS, HEAD_DIM, HALF, WINDOW>(
+                &self.q, n, |i| &bs.k[(slot + WINDOW - i) % WINDOW], |i| &bs.v[(slot + WINDOW - i) % WINDOW],
+                Some((&self.rope_cos, &self.rope_sin)), None, &mut self.p, &mut self.a,
+            );
+        },
+        Positions::Bias => quote! {
+            k::attend_row_pos::<S, D, HEADS, HEAD_DIM, HALF, WINDOW>(
+                &self.q, n, |i| &bs.k[(slot + WINDOW - i) % WINDOW], |i| &bs.v[(slot + WINDOW - i) % WINDOW],
+                None, Some(&bp.attn_pos_bias), &mut self.p, &mut self.a,
+            );
+        },
+    };
+    let compose = opt(
+        mag,
+        quote! {
+            for i in 0..D {
+                self.o[i] = self.a[i] * self.y[i].sigmoid();
+            }
+        },
+    );
+    let o = if mag {
+        quote! { self.o }
+    } else {
+        quote! { self.a }
+    };
+    // x' = [x +] z, in place; the same sums as training's (z first, then x).
+    let residual_z = if plan.residual {
+        quote! {
+            for i in 0..D {
+                self.x[i] = self.z[i] + self.x[i];
+            }
+        }
+    } else {
+        quote! { self.x = self.z; }
+    };
+    let mlp_step = if mlp {
+        let (norm_m, w) = if norm {
+            (parts::norm_row(plan, "norm_m", &bp, quote! { &self.x }, quote! { &mut self.w }), quote! { self.w })
+        } else {
+            (quote! {}, quote! { self.x })
+        };
+        let gate = opt(gated, quote! { k::matvec(&bp.mlp_w_gate, &#w, &mut self.gate_pre); });
+        let act = parts::activation(
+            plan,
+            quote! { &self.up[..] },
+            quote! { &self.gate_pre[..] },
+            quote! { &mut self.act[..] },
+        );
+        let residual_f = if plan.residual {
+            quote! {
+                for i in 0..D {
+                    self.x[i] = self.f[i] + self.x[i];
+                }
+            }
+        } else {
+            quote! { self.x = self.f; }
+        };
+        quote! {
+            #norm_m
+            k::matvec(&bp.mlp_w_up, &#w, &mut self.up);
+            #gate
+            #act
+            k::matvec(&bp.mlp_w_down, &self.act, &mut self.f);
+            #residual_f
+        }
+    } else {
+        quote! {}
+    };
+    let final_norm = parts::norm_row(plan, "norm_f", &quote! { p }, quote! { &self.x }, quote! { &mut self.xf });
+    let xf = if norm {
+        quote! { self.xf }
+    } else {
+        quote! { self.x }
+    };
+    let _ = self_tok;
+    quote! {
+        /// One block's serving state.
+        #[repr(C)]
+        pub struct BlockStream<S> {
+            #mem_block
+            /// Keys of the last `WINDOW` positions (slot `pos % WINDOW`), unrotated.
+            pub k: [[S; D]; WINDOW],
+            /// Values of the last `WINDOW` positions.
+            pub v: [[S; D]; WINDOW],
+        }
+
+        /// Serving state: per block the attention ring and the memory
+        /// levels' inner-loop state, the current token's vectors, and the
+        /// last logits. Build it zeroed (a zeroed stream is a reset one).
+        #[repr(C)]
+        pub struct Stream<S> {
+            /// Per block.
+            pub blocks: [BlockStream<S>; LAYERS],
+            /// Tokens seen since the last reset.
+            pub pos: u64,
+            /// Logits predicting the next token (valid after the first step).
+            pub logits: [S; VOCAB],
+            /// The residual stream of the current token.
+            pub x: [S; D],
+            /// Branch input `N_a(x)` of the current block.
+            pub u: [S; D],
+            /// Query of the current token.
+            pub q: [S; D],
+            /// Attention probabilities of the current token.
+            pub p: [[S; WINDOW]; HEADS],
+            /// Attention output of the current token.
+            pub a: [S; D],
+            /// Output projection of the current token.
+            pub z: [S; D],
+            #h_field
+            #o_field
+            #mlp_fields
+            #xf_field
+            #rope_fields
+            #mem_fields
+            #rope_ready
+        }
+
+        #[doc = " SAFETY: every field is an array of `S: Scalar` or of `nl_runtime::memory::LevelState` (arrays of `S` and a `u64`), so all-zero bytes are a valid `BlockStream`."]
+        unsafe impl<S: Scalar> ::nl_runtime::Zeroable for BlockStream<S> {}
+        #[doc = " SAFETY: every field is `Zeroable` (arrays of `S: Scalar`, `BlockStream`, integers, bools, `nl_runtime::memory` state structs), so all-zero bytes are a valid `Stream`."]
+        unsafe impl<S: Scalar> ::nl_runtime::Zeroable for Stream<S> {}
+
+        impl<S: Scalar> Stream<S> {
+            /// Clears the state: empty attention windows, zero memory, position 0.
+            pub fn reset(&mut self) {
+                self.pos = 0;
+                for bs in self.blocks.iter_mut() {
+                    k::zero(&mut bs.k);
+                    k::zero(&mut bs.v);
+                    #mem_reset
+                }
+                self.logits = [S::ZERO; VOCAB];
+            }
+
+            /// Feeds one token and returns the logits predicting the next. The
+            /// memory levels' inner loop runs here, so the memory adapts to
+            /// the stream while the parameters stay frozen.
+            ///
+            /// # Panics
+            /// If `token >= VOCAB` ([`Stream::try_step`] returns an error instead).
+            pub fn step(&mut self, p: &Params<S>, token: u32) -> &[S; VOCAB] {
+                match self.try_step(p, token) {
+                    Ok(logits) => logits,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+
+            /// As [`Stream::step`], but a token `>= VOCAB` is an error and
+            /// leaves the stream unchanged, instead of a panic (the form for
+            /// a device, where a panic is a hang).
+            pub fn try_step(&mut self, p: &Params<S>, token: u32) -> Result<&[S; VOCAB], ::nl_runtime::TokenError> {
+                let tok = token as usize;
+                if tok >= VOCAB {
+                    return Err(::nl_runtime::TokenError { token, vocab: VOCAB });
+                }
+                #rope_fill
+                let slot = (self.pos % WINDOW as u64) as usize;
+                let n = if self.pos < WINDOW as u64 { self.pos as usize + 1 } else { WINDOW };
+                self.x = p.embed[tok];
+                for b in 0..LAYERS {
+                    let (bp, bs) = (&p.blocks[b], &mut self.blocks[b]);
+                    #norm_a
+                    #mem_step
+                    #h_in
+                    k::matvec(&bp.attn_wq, &#h, &mut self.q);
+                    k::matvec(&bp.attn_wk, &#h, &mut bs.k[slot]);
+                    k::matvec(&bp.attn_wv, &#h, &mut bs.v[slot]);
+                    #attend
+                    #compose
+                    k::matvec(&bp.attn_wo, &#o, &mut self.z);
+                    #residual_z
+                    #mlp_step
+                }
+                #final_norm
+                k::matvec(&p.#unembed, &#xf, &mut self.logits);
+                self.pos += 1;
+                Ok(&self.logits)
+            }
+
+            /// The surprise of `next`: `-log softmax(logits)[next]` under the
+            /// current prediction, in nats (the model's own loss on it);
+            /// `None` before the first step.
+            ///
+            /// # Panics
+            /// If `next >= VOCAB`.
+            pub fn surprise(&self, next: u32) -> Option<S> {
+                if self.pos == 0 {
+                    None
+                } else {
+                    Some(k::cross_entropy(&self.logits, next))
+                }
+            }
+        }
+    }
+}
