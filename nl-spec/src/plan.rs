@@ -13,7 +13,8 @@
 //!
 //! Deterministic from a seed: tensor `i` draws from its own SplitMix64-seeded
 //! xoshiro256++ stream (seed mixed with `i`), so adding a tensor never
-//! changes another's values. `embed` ~ N(0, 1); every `[out, in]` weight
+//! changes another's values. `embed` ~ N(0, 1) (with `tie_embeddings`,
+//! U(-1/sqrt(d), 1/sqrt(d)) like the output layer it also is); every `[out, in]` weight
 //! ~ U(-1/sqrt(in), 1/sqrt(in)); gate weights are 0; gate biases are the
 //! spec's `b_alpha`, `b_theta`, `b_eta`.
 //!
@@ -199,7 +200,10 @@ impl Plan {
             };
             tensors.push(TensorPlan { name, field, block, shape, offset, len, init, stream: 0 });
         };
-        push(None, "embed", vec![v, d], Init::Normal);
+        // Tied, `embed` is also the output layer: it starts like `unembed`
+        // (N(0, 1) rows would give logits of size d at initialisation).
+        let embed_init = if spec.tie_embeddings { Init::Uniform { bound: w_bound } } else { Init::Normal };
+        push(None, "embed", vec![v, d], embed_init);
         for b in 0..spec.layers {
             let blk = Some(b);
             let norm = |push: &mut Push<'_>, which: &str| match spec.norm {

@@ -7,7 +7,7 @@ use crate::error::{key_at, SpecError};
 
 /// The inner-loop memory rule of a level (docs/model.md, step 2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum Rule {
     /// `M <- (1 - alpha) M - G`, surprise `(M k - v) k^T`.
     Delta,
@@ -30,7 +30,7 @@ impl Rule {
 
 /// How the memory branch joins the attention branch (docs/model.md, steps 3 and 5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum Composition {
     /// Attention only: no memory branch.
     None,
@@ -53,7 +53,7 @@ impl Composition {
 
 /// Pre-norm of a block's branches and the final norm (docs/model.md, "Blocks").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum Norm {
     /// No norms (identity, no tensors).
     None,
@@ -76,7 +76,7 @@ impl Norm {
 
 /// How attention sees positions (docs/model.md, "Blocks").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum Positions {
     /// Only through the causal window.
     None,
@@ -99,7 +99,7 @@ impl Positions {
 
 /// The MLP's activation (docs/model.md, "Blocks").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum Activation {
     /// `W_down (silu(W_gate w) * (W_up w))`.
     Swiglu,
@@ -127,6 +127,31 @@ pub struct MlpSpec {
     pub hidden: usize,
     /// Activation.
     pub activation: Activation,
+}
+
+/// The enum keys are read from a string only (serde's derive would also
+/// read `norm = { rms = {} }`), with serde's message for an unknown word.
+macro_rules! words {
+    ($($ty:ident: $($variant:ident),+;)+) => {$(
+        impl TryFrom<String> for $ty {
+            type Error = String;
+            fn try_from(word: String) -> Result<Self, String> {
+                const ALL: &[$ty] = &[$($ty::$variant),+];
+                ALL.iter().copied().find(|v| v.as_str() == word).ok_or_else(|| {
+                    let allowed: Vec<String> = ALL.iter().map(|v| format!("`{}`", v.as_str())).collect();
+                    format!("unknown variant `{word}`, expected one of {}", allowed.join(", "))
+                })
+            }
+        }
+    )+};
+}
+
+words! {
+    Rule: Delta, Titans, Hebbian;
+    Composition: None, Mag, Mal;
+    Norm: None, Rms, Layer;
+    Positions: None, Rope, Bias;
+    Activation: Swiglu, Gelu, Relu;
 }
 
 /// Bounds the validator enforces. Sizes outside them are rejected as absurd
@@ -178,8 +203,8 @@ struct RawSpec {
     norm: Option<Spanned<Norm>>,
     positions: Option<Spanned<Positions>>,
     tie_embeddings: Option<bool>,
-    mlp: Option<Spanned<RawMlp>>,
-    memory: Option<Spanned<RawMemory>>,
+    mlp: Option<Spanned<Table<RawMlp>>>,
+    memory: Option<Spanned<Table<RawMemory>>>,
 }
 
 #[derive(Deserialize)]
@@ -198,13 +223,55 @@ struct RawMemory {
     b_alpha: Option<Spanned<f64>>,
     b_theta: Option<Spanned<f64>>,
     b_eta: Option<Spanned<f64>>,
-    levels: Option<Spanned<Vec<Spanned<RawLevel>>>>,
+    levels: Option<Spanned<Vec<Spanned<Table<RawLevel>>>>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLevel {
     period: Spanned<usize>,
+}
+
+/// What a table is called in messages.
+trait TableName {
+    const WHAT: &'static str;
+}
+impl TableName for RawMlp {
+    const WHAT: &'static str = "an [mlp] table";
+}
+impl TableName for RawMemory {
+    const WHAT: &'static str = "a [memory] table";
+}
+impl TableName for RawLevel {
+    const WHAT: &'static str = "a [[memory.levels]] table with a `period`";
+}
+
+/// A struct that only a TOML table can spell. serde's derive also reads a
+/// struct from an array of its fields in order, so without this wrapper
+/// `mlp = [8, "gelu"]` and `levels = [[1]]` would be accepted.
+struct Table<T>(T);
+
+impl<T> core::ops::Deref for Table<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<'de, T: Deserialize<'de> + TableName> Deserialize<'de> for Table<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<T>(core::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + TableName> serde::de::Visitor<'de> for Visit<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str(T::WHAT)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer.deserialize_map(Visit(core::marker::PhantomData)).map(Table)
+    }
 }
 
 /// The memory branch of a spec, validated, defaults applied.
@@ -664,14 +731,6 @@ fn missing_key_error(source: &str, table: &str, span: Option<core::ops::Range<us
     SpecError::new(source, format!("{table}.{field}"), span, msg)
 }
 
-/// What each internal table type is called in the spec, for messages
-/// (serde names the Rust type, which means nothing to the spec's author).
-const TABLES: &[(&str, &str)] = &[
-    ("struct RawMemory", "a [memory] table"),
-    ("struct RawMlp", "an [mlp] table"),
-    ("struct RawLevel", "a [[memory.levels]] table with a `period`"),
-];
-
 /// The allowed words of an enum key, for messages.
 fn enum_words(key: &str) -> Option<&'static str> {
     Some(match key {
@@ -706,12 +765,6 @@ fn describe_toml_error(message: &str, key: &str) -> (String, String) {
         // ("wanted string or table", "expected table, found integer", ...)
         // are about how serde encodes enums, not about the spec.
         m = format!("invalid type, allowed: {words}");
-    } else if m.starts_with("invalid length") {
-        // A table written as an array (`mlp = [8]`): serde reports the
-        // struct's field count.
-        if let Some((_, table)) = TABLES.iter().find(|(ty, _)| m.contains(ty)) {
-            m = format!("invalid type: array, allowed: {table}");
-        }
     } else if m.starts_with("invalid type") || m.starts_with("invalid value") {
         // TOML's words for serde's kinds of value.
         m = m
@@ -719,8 +772,8 @@ fn describe_toml_error(message: &str, key: &str) -> (String, String) {
             .replace("invalid type: map", "invalid type: table");
         m = m.replace("expected usize", "allowed: a positive integer").replace("expected f64", "allowed: a number");
         m = m.replace("expected a boolean", "allowed: true or false");
-        for (ty, table) in TABLES {
-            m = m.replace(&format!("expected {ty}"), &format!("allowed: {table}"));
+        for table in [RawMemory::WHAT, RawMlp::WHAT, RawLevel::WHAT] {
+            m = m.replace(&format!("expected {table}"), &format!("allowed: {table}"));
         }
         m = m.replace("expected a sequence", "allowed: [[memory.levels]] tables");
         m = m.replace("expected a string", "allowed: a string");
@@ -1113,5 +1166,31 @@ mod tests {
         assert_eq!(e.key, "d_model");
         assert!(e.message.contains("the model would have 25460736 parameters; allowed: at most 16777216"), "{e}");
         assert!(e.message.contains("layers") && e.message.contains("mlp.hidden"), "{e}");
+    }
+
+    #[test]
+    fn tables_and_words_have_one_spelling() {
+        // serde's derive would read a struct from an array of its fields and
+        // an enum from a one-key table; the spec has one spelling for each.
+        let cases = [
+            ("mlp = [8, \"gelu\"]\n", "mlp", "invalid type: array, allowed: an [mlp] table"),
+            (
+                "memory = [\"delta\", \"mag\", true, 1.0, 1.0, 1.0, [{ period = 1 }]]\n",
+                "memory",
+                "invalid type: array, allowed: a [memory] table",
+            ),
+            (
+                "[memory]\nrule = \"delta\"\nlevels = [[1]]\n",
+                "memory.levels",
+                "invalid type: array, allowed: a [[memory.levels]] table with a `period`",
+            ),
+            ("norm = { rms = {} }\n", "norm", "invalid type, allowed: \"none\", \"rms\" or \"layer\""),
+            ("positions = { rope = {} }\n", "positions", "invalid type, allowed: \"none\", \"rope\" or \"bias\""),
+        ];
+        for (extra, key, fragment) in cases {
+            let e = parse_err(&format!("{MICRO}{extra}"));
+            assert_eq!(e.key, key, "{extra:?}: {e}");
+            assert!(e.message.contains(fragment), "{extra:?}: {e}");
+        }
     }
 }
