@@ -1,8 +1,8 @@
 //! Trains a generated model as a byte-level language model on a text corpus.
 //!
 //! ```text
-//! cargo run --release --example train                          # the seed's micro model on data/corpus.txt
-//! cargo run --release --example train -- --model micro_memory   # another compiled-in spec
+//! cargo run --release --example train                          # the deep language model (models/deep.toml) on data/corpus.txt
+//! cargo run --release --example train -- --model micro_memory   # another compiled-in spec (each has its own default settings)
 //! cargo run --release --example train -- --threads 2            # data-parallel over the batch
 //! cargo run --release --example train -- --help                 # every setting
 //! ```
@@ -48,6 +48,8 @@ use nl::nl_runtime::{boxed_zeroed, Flat, Model};
 nl::nl_model!("models/micro.toml");
 nl::nl_model!("models/micro_memory.toml");
 nl::nl_model!("models/micro_titans.toml");
+nl::nl_model!("models/deep.toml");
+nl::nl_model!("models/deep_memory.toml");
 
 /// A compiled-in model the main job can train.
 struct Entry {
@@ -55,13 +57,37 @@ struct Entry {
     name: &'static str,
     /// The whole run for this model: `train::<X::Model>`.
     train: fn(&Args) -> Res<()>,
+    /// The training settings used where the command line gives none.
+    recipe: Recipe,
 }
+
+/// A model's default training settings (each overridden by its flag).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Recipe {
+    steps: u64,
+    batch: u64,
+    lr: f64,
+    warmup: u64,
+    weight_decay: f64,
+    threads: u64,
+}
+
+/// The first version's settings, kept for the micro models: 11,000 steps of
+/// 16 sequences, AdamW at 1e-2 without weight decay, one thread.
+const MICRO_RECIPE: Recipe = Recipe { steps: 11_000, batch: 16, lr: 1e-2, warmup: 100, weight_decay: 0.0, threads: 1 };
+
+/// The deep models: about 8M training tokens on both cores (the 3-minute
+/// budget of the main job on a 2-core machine), AdamW at 3e-3 with weight
+/// decay 0.1.
+const DEEP_RECIPE: Recipe = Recipe { steps: 4_000, batch: 16, lr: 3e-3, warmup: 200, weight_decay: 0.1, threads: 2 };
 
 /// The models `--model` chooses among (each compiled from `models/<name>.toml`).
 const MODELS: &[Entry] = &[
-    Entry { name: <micro::Model as Model>::NAME, train: train::<micro::Model> },
-    Entry { name: <micro_memory::Model as Model>::NAME, train: train::<micro_memory::Model> },
-    Entry { name: <micro_titans::Model as Model>::NAME, train: train::<micro_titans::Model> },
+    Entry { name: <deep::Model as Model>::NAME, train: train::<deep::Model>, recipe: DEEP_RECIPE },
+    Entry { name: <deep_memory::Model as Model>::NAME, train: train::<deep_memory::Model>, recipe: DEEP_RECIPE },
+    Entry { name: <micro::Model as Model>::NAME, train: train::<micro::Model>, recipe: MICRO_RECIPE },
+    Entry { name: <micro_memory::Model as Model>::NAME, train: train::<micro_memory::Model>, recipe: MICRO_RECIPE },
+    Entry { name: <micro_titans::Model as Model>::NAME, train: train::<micro_titans::Model>, recipe: MICRO_RECIPE },
 ];
 
 /// The names in [`MODELS`], comma-separated.
@@ -83,42 +109,42 @@ const HELD_OUT_FRACTION: f64 = 0.10;
 /// Train a generated nl model as a byte-level language model.
 #[derive(Parser, Debug, Clone)]
 #[command(version, long_about = None, allow_negative_numbers = true)]
-struct Args {
-    /// Model to train, compiled in from models/<MODEL>.toml: micro, micro_memory or micro_titans.
-    #[arg(long, default_value = "micro")]
+struct Cli {
+    /// Model to train, compiled in from models/<MODEL>.toml: deep (the default language model), deep_memory, micro, micro_memory or micro_titans.
+    #[arg(long, default_value = "deep")]
     model: String,
 
-    /// Worker threads for training (data-parallel over the batch; 0: all available cores).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=1024))]
-    threads: u64,
+    /// Worker threads for training (data-parallel over the batch; 0: all available cores). Default: the model's (deep: 2, micro: 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1024))]
+    threads: Option<u64>,
 
     /// Training text (bytes are tokens). Default: data/corpus.txt of this package.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/corpus.txt"))]
     corpus: PathBuf,
 
-    /// Optimizer steps.
-    #[arg(long, default_value_t = 11_000, value_parser = clap::value_parser!(u64).range(1..))]
-    steps: u64,
+    /// Optimizer steps. Default: the model's (deep: 4000, micro: 11000).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    steps: Option<u64>,
 
     /// Train on this many tokens instead (steps = ceil(tokens / (batch * SEQ))); overrides --steps.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     tokens: Option<u64>,
 
-    /// Sequences per optimizer step (their gradients are averaged).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    batch: u64,
+    /// Sequences per optimizer step (their gradients are averaged). Default: the model's (16).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    batch: Option<u64>,
 
-    /// Peak AdamW learning rate (after warmup; cosine decay to 10% of it).
-    #[arg(long, default_value_t = 1e-2)]
-    lr: f64,
+    /// Peak AdamW learning rate (after warmup; cosine decay to 10% of it). Default: the model's (deep: 3e-3, micro: 1e-2).
+    #[arg(long)]
+    lr: Option<f64>,
 
-    /// Linear warmup steps (capped at the number of steps).
-    #[arg(long, default_value_t = 100)]
-    warmup: u64,
+    /// Linear warmup steps (capped at the number of steps). Default: the model's (deep: 200, micro: 100).
+    #[arg(long)]
+    warmup: Option<u64>,
 
-    /// AdamW decoupled weight decay.
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f64,
+    /// AdamW decoupled weight decay. Default: the model's (deep: 0.1, micro: 0).
+    #[arg(long)]
+    weight_decay: Option<f64>,
 
     /// Global gradient-norm clipping threshold (0 disables).
     #[arg(long, default_value_t = 1.0)]
@@ -154,12 +180,58 @@ struct Args {
     prompt_len: u64,
 }
 
+/// The settings of one run: the command line over the model's [`Recipe`].
+#[derive(Debug, Clone)]
+struct Args {
+    threads: u64,
+    corpus: PathBuf,
+    steps: u64,
+    tokens: Option<u64>,
+    batch: u64,
+    lr: f64,
+    warmup: u64,
+    weight_decay: f64,
+    clip: f64,
+    seed: u64,
+    eval_every: u64,
+    eval_windows: usize,
+    out: Option<PathBuf>,
+    sample_len: usize,
+    temperature: f64,
+    prompt_len: u64,
+}
+
+impl Args {
+    /// `cli`'s settings, the model's recipe where `cli` has none.
+    fn resolve(cli: Cli, r: Recipe) -> Args {
+        Args {
+            threads: cli.threads.unwrap_or(r.threads),
+            corpus: cli.corpus,
+            steps: cli.steps.unwrap_or(r.steps),
+            tokens: cli.tokens,
+            batch: cli.batch.unwrap_or(r.batch),
+            lr: cli.lr.unwrap_or(r.lr),
+            warmup: cli.warmup.unwrap_or(r.warmup),
+            weight_decay: cli.weight_decay.unwrap_or(r.weight_decay),
+            clip: cli.clip,
+            seed: cli.seed,
+            eval_every: cli.eval_every,
+            eval_windows: cli.eval_windows,
+            out: cli.out,
+            sample_len: cli.sample_len,
+            temperature: cli.temperature,
+            prompt_len: cli.prompt_len,
+        }
+    }
+}
+
 /// A result whose error is a message for the user (printed by `main`).
 type Res<T> = Result<T, Box<dyn Error>>;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match find_model(&args.model).map_err(Into::into).and_then(|entry| (entry.train)(&args)) {
+    let cli = Cli::parse();
+    let run = |entry: &Entry| (entry.train)(&Args::resolve(cli.clone(), entry.recipe));
+    match find_model(&cli.model).map_err(Into::into).and_then(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -621,27 +693,34 @@ mod tests {
     #[test]
     fn models_are_found_by_name() {
         let names: Vec<&str> = MODELS.iter().map(|e| e.name).collect();
-        assert_eq!(names, ["micro", "micro_memory", "micro_titans"]);
+        assert_eq!(names, ["deep", "deep_memory", "micro", "micro_memory", "micro_titans"]);
         for name in names {
             assert_eq!(find_model(name).map(|e| e.name), Ok(name));
         }
         let err = find_model("nano").err().unwrap_or_default();
-        assert!(err.contains("'nano'") && err.contains("micro, micro_memory, micro_titans"), "{err}");
+        assert!(
+            err.contains("'nano'") && err.contains("deep, deep_memory, micro, micro_memory, micro_titans"),
+            "{err}"
+        );
         assert!(!err.contains('\n'), "one line: {err}");
         assert!(find_model("").is_err() && find_model("Micro").is_err());
     }
 
     #[test]
-    fn help_lists_every_model_and_default_is_micro() {
+    fn help_lists_every_model_and_default_is_deep() {
         use clap::CommandFactory;
-        let cmd = Args::command();
+        let cmd = Cli::command();
         let arg = cmd.get_arguments().find(|a| a.get_id() == "model");
         let help = arg.and_then(|a| a.get_help()).map(|h| h.to_string()).unwrap_or_default();
         for e in MODELS {
             assert!(help.contains(e.name), "--model help {help:?} does not name {}", e.name);
         }
-        let args = Args::try_parse_from(["train"]).map_err(|e| e.to_string());
-        assert_eq!(args.as_ref().map(|a| (a.model.as_str(), a.threads)), Ok(("micro", 1)));
+        let cli = Cli::try_parse_from(["train"]).map_err(|e| e.to_string());
+        assert_eq!(cli.as_ref().map(|a| (a.model.as_str(), a.threads)), Ok(("deep", None)));
+        // The model's recipe fills what the command line leaves out.
+        let cli = Cli::try_parse_from(["train", "--lr", "0.5"]).map_err(|e| e.to_string());
+        let args = cli.map(|c| Args::resolve(c, MICRO_RECIPE));
+        assert_eq!(args.as_ref().map(|a| (a.lr, a.steps, a.threads)), Ok((0.5, 11_000, 1)));
     }
 
     #[test]
