@@ -96,6 +96,8 @@ nl::nl_model!("models/micro.toml");
 nl::nl_model!("models/micro_memory.toml");
 nl::nl_model!("models/micro_cms4.toml");
 nl::nl_model!("models/d128_memory.toml");
+nl::nl_model!("models/deep.toml");
+nl::nl_model!("models/deep_memory.toml");
 
 /// Streaming steps per unit of serving work (between two clock reads).
 const SERVE_CHUNK: usize = 64;
@@ -237,6 +239,8 @@ fn entries() -> Vec<Entry> {
         entry!("models/micro_memory.toml", micro_memory),
         entry!("models/micro_cms4.toml", micro_cms4),
         entry!("models/d128_memory.toml", d128_memory),
+        entry!("models/deep.toml", deep),
+        entry!("models/deep_memory.toml", deep_memory),
     ]
 }
 
