@@ -2,12 +2,17 @@
 //!
 //! # Tensors
 //!
-//! In struct and checkpoint order: `embed` `[V, d]`, `attn.wq`, `attn.wk`,
-//! `attn.wv`, `attn.wo` `[d, d]`, `unembed` `[V, d]`, then per memory level
+//! In struct and checkpoint order: `embed` `[V, d]`; then per block `b`
+//! (names prefixed `blocks.{b}.`): `norm_a.g` (and `norm_a.beta` for
+//! `layer`) `[d]`, `attn.wq`, `attn.wk`, `attn.wv`, `attn.wo` `[d, d]`,
+//! `attn.pos_bias` `[heads, window]` (positions `bias`), per memory level
 //! `l`: `mem.{l}.wk`, `mem.{l}.wv`, `mem.{l}.wq` `[d, d]`, `mem.{l}.w_alpha`
 //! `[2d]`, `mem.{l}.b_alpha` `[1]`, `mem.{l}.w_theta` `[2d]`,
 //! `mem.{l}.b_theta` `[1]`, and for `titans` `mem.{l}.w_eta` `[2d]`,
-//! `mem.{l}.b_eta` `[1]`. Weights are `[out, in]`, row-major.
+//! `mem.{l}.b_eta` `[1]`; with an MLP `norm_m.g` (`.beta`), `mlp.w_up`
+//! `[hidden, d]`, `mlp.w_gate` `[hidden, d]` (`swiglu`), `mlp.w_down`
+//! `[d, hidden]`; then `norm_f.g` (`.beta`) `[d]` and `unembed` `[V, d]`
+//! (absent with `tie_embeddings`). Weights are `[out, in]`, row-major.
 //!
 //! # Initialisation
 //!
@@ -20,20 +25,21 @@
 //!
 //! # Footprint
 //!
-//! [`Footprint`] counts, in f32, the arrays of the generated structs (to
-//! within the padding of a few scalar fields): `Params` is the parameter
-//! count; `Workspace` holds per position the activations and their
-//! gradients (`12 T d`, `2 T d` more with `mag`), the attention
-//! probabilities (`T h W`), logits and their gradient (`2 T V`), the packed
-//! transposed weights (`4 d^2 + V d`), and with memory `4 T d` (the
-//! branch's input, read, gate and gradient), per level `7 T d + 6 T` (keys,
-//! values, queries, surprise factors, their gradients, the gates) plus the
-//! history `2 T d^2` (`M` and `S` after each fire), the start and end
-//! states (`4 d^2` each: `M`, `G`, `S`, `W`) and the adjoint `4 d^2`;
-//! `Stream` holds the attention ring (`2 W d`), logits and per-token
-//! vectors, and each level's state. The history dominates as soon as
-//! `d_model` is more than a few times `vocab / seq_len`: a spec whose
-//! workspace exceeds its `workspace_limit_mib` (default 1024) is rejected.
+//! [`Footprint`] is the size in bytes of the generated `Params`,
+//! `Workspace` and `Stream` for `f32`, computed field by field with the
+//! `#[repr(C)]` layout rules (the tests check it against `size_of` of the
+//! generated structs, exactly). Per block the workspace keeps the branch
+//! input `u`, the attention's `q`, `k`, `v`, probabilities (`T h W`) and
+//! output, the MLP's `mid`, `w`, `up`, `gate_pre`, `act`, the norms'
+//! statistics, the packed transposed weights, and per memory level its
+//! trace (`7 T d + 6 T` plus the history `2 T d^2`: `M` and `S` after each
+//! fire) and start and end states (`4 d^2` each); the residual stream
+//! `(layers + 1) T d`, logits and their gradient (`2 T V`) and one backward
+//! scratch shared by the blocks come once. `Stream` holds per block the
+//! attention ring (`2 W d`) and the levels' states, and one token's vectors.
+//! The memory history dominates as soon as `d_model` is more than a few
+//! times `vocab / seq_len`: a spec whose workspace exceeds its
+//! `workspace_limit_mib` (default 1024) is rejected.
 //!
 //! # FLOPs per token
 //!
@@ -42,10 +48,11 @@
 //! With `avg_w = sum_{t=1..T} min(t, W) / T` (the mean attention span over a
 //! training sequence):
 //!
-//! - attention: `4 * 2 d^2` (projections q, k, v, o) `+ 2 * 2 d avg_w`
+//! - per block, attention: `4 * 2 d^2` (projections q, k, v, o) `+ 2 * 2 d avg_w`
 //!   (scores and weighted sum over all heads);
+//! - per block, MLP: `2 * 2 d hidden` (`3 * 2 d hidden` for `swiglu`);
 //! - unembedding: `2 d V`;
-//! - per memory level: `3 * 2 d^2` (projections) `+ 2 * 2 * 2d * gates`
+//! - per block and memory level: `3 * 2 d^2` (projections) `+ 2 * 2 * 2d * gates`
 //!   (gate dot products, `gates` = 2, or 3 for titans) `+ 2 d^2` (read
 //!   `M q`) `+ 2 d^2` (accumulate `theta (Mk - v) k^T` into G) `+ 2 d^2`
 //!   (`M k`; not for hebbian) `[+ 2 d^2` (titans: accumulate `theta v k^T`
