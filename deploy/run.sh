@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Deploy anywhere: builds nl-deploy (the seed's memory model, no_std, no
-# allocator, weights embedded and used in place) for
+# Deploy anywhere: builds nl-deploy (no_std, no allocator, weights embedded
+# and used in place) twice, with the seed's memory model
+# (models/micro_memory.toml, the default) and with the deep language model
+# (models/deep.toml, `--features deep`), each for
 #   thumbv7em-none-eabihf, riscv32imac-unknown-none-elf   (staticlib; size table)
 #   wasm32-unknown-unknown                                (cdylib, run by node)
 #   aarch64-unknown-linux-gnu                             (run under qemu-aarch64)
-# and checks that every build gives the native scores (1e-5 relative): the
+# and checks that every build gives its native build's scores (1e-5 relative): the
 # two bare-metal builds also run as bare Linux processes under qemu-arm and
 # qemu-riscv32 (src/bin/bare.rs: raw system calls, no libc).
 # Called by .ci/run; runs as root on Debian (apt-get for missing tools).
@@ -35,60 +37,91 @@ node --version
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 LLD="$(rustc --print sysroot)/lib/rustlib/$HOST/bin/rust-lld"
 
+# The models deploy/ embeds: NAME (models/NAME.toml, weights/NAME.safetensors)
+# and the cargo features that select it; the first is the crate's default.
+MODELS=("micro_memory:" "deep:deep")
+
 echo "== deploy: weights (init(seed 1), f32, safetensors)"
-cargo run --quiet --release --example make_deploy_weights
-WEIGHTS=deploy/weights/micro_memory.safetensors
-WEIGHT_BYTES=$(stat -c %s "$WEIGHTS")
+for m in "${MODELS[@]}"; do
+    cargo run --quiet --release --example make_deploy_weights -- --model "${m%%:*}"
+done
 
 cd deploy
 OUT=target/deploy-run
 mkdir -p "$OUT"
+SIZES="$OUT/sizes.txt"
+: >"$SIZES"
 
-echo "== deploy: fmt, clippy"
+echo "== deploy: fmt"
 cargo fmt -- --check
-cargo clippy --quiet --release --all-targets -- -D warnings
-for t in thumbv7em-none-eabihf riscv32imac-unknown-none-elf; do
-    cargo clippy --quiet --release --lib --bin nl-deploy-bare --target "$t" -- -D warnings
-done
 
-echo "== deploy: builds"
-for t in thumbv7em-none-eabihf riscv32imac-unknown-none-elf; do
-    cargo rustc --quiet --release --lib --target "$t" --crate-type staticlib
-    # Link the archive (no linker script needed: only sizes are wanted) with
-    # unused sections dropped, keeping what `nl_scores` reaches.
-    "$LLD" -flavor gnu --gc-sections -e nl_scores -o "target/$t/release/nl_deploy.elf" "target/$t/release/libnl_deploy.a"
-    cargo build --quiet --release --bin nl-deploy-bare --target "$t"
+# Builds, measures and checks one model: NAME FEATURES (comma-separated, may
+# be empty). The builds of each model overwrite the previous model's
+# artifacts in target/, so each model is built, sized and run in turn.
+deploy_model() {
+    local name=$1 features=$2
+    local feat=(--no-default-features)
+    [ -z "$features" ] || feat+=(--features "$features")
+    local weights="weights/$name.safetensors"
+    local weight_bytes out="$OUT/$name"
+    weight_bytes=$(stat -c %s "$weights")
+    mkdir -p "$out"
+
+    echo "== deploy [$name]: clippy"
+    cargo clippy --quiet --release --all-targets "${feat[@]}" -- -D warnings
+    for t in thumbv7em-none-eabihf riscv32imac-unknown-none-elf; do
+        cargo clippy --quiet --release --lib --bin nl-deploy-bare --target "$t" "${feat[@]}" -- -D warnings
+    done
+
+    echo "== deploy [$name]: builds"
+    for t in thumbv7em-none-eabihf riscv32imac-unknown-none-elf; do
+        cargo rustc --quiet --release --lib --target "$t" "${feat[@]}" --crate-type staticlib
+        # Link the archive (no linker script needed: only sizes are wanted) with
+        # unused sections dropped, keeping what `nl_scores` reaches.
+        "$LLD" -flavor gnu --gc-sections -e nl_scores -o "$out/$t.elf" "target/$t/release/libnl_deploy.a"
+        cargo build --quiet --release --bin nl-deploy-bare --target "$t" "${feat[@]}"
+    done
+    cargo rustc --quiet --release --lib --target wasm32-unknown-unknown "${feat[@]}" --crate-type cdylib
+    cp target/wasm32-unknown-unknown/release/nl_deploy.wasm "$out/"
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+        cargo build --quiet --release --bin nl-deploy-scores --target aarch64-unknown-linux-gnu "${feat[@]}"
+    cargo build --quiet --release --bin nl-deploy-scores "${feat[@]}"
+
+    # Sizes: only the seed's memory model is held to code < 64 KiB.
+    local limit=0
+    [ "$name" != micro_memory ] || limit=65536
+    for t in thumbv7em-none-eabihf riscv32imac-unknown-none-elf; do
+        llvm-size -A "$out/$t.elf" | awk -v m="$name" -v t="$t" -v w="$weight_bytes" -v limit="$limit" '
+            $1 == ".text" { text += $2 } $1 == ".rodata" { ro += $2 } $1 == ".bss" { bss += $2 }
+            END {
+                printf "%-14s %-30s %10d %12d %12d %10d\n", m, t, text, w, ro - w, bss
+                if (limit > 0 && text >= limit) { print m " " t ": code is " limit " bytes or more" > "/dev/stderr"; exit 1 }
+                if (ro < w) { print m " " t ": weights not in .rodata" > "/dev/stderr"; exit 1 }
+            }' >>"$SIZES"
+    done
+    printf '%-14s %-30s %10s\n' "$name" "wasm32-unknown-unknown (file)" "$(stat -c %s "$out/nl_deploy.wasm")" >>"$SIZES"
+
+    echo "== deploy [$name]: scores"
+    target/release/nl-deploy-scores >"$out/native.txt"
+    echo "native ($HOST): $(wc -l <"$out/native.txt") scores; first: $(head -1 "$out/native.txt")"
+    node run.mjs "$out/nl_deploy.wasm" >"$out/wasm32.txt"
+    python3 check.py "$out/native.txt" "$out/wasm32.txt" "$name, wasm32-unknown-unknown under node $(node --version)"
+    qemu-aarch64 -L /usr/aarch64-linux-gnu target/aarch64-unknown-linux-gnu/release/nl-deploy-scores >"$out/aarch64.txt"
+    python3 check.py "$out/native.txt" "$out/aarch64.txt" "$name, aarch64-unknown-linux-gnu under qemu-aarch64"
+    # qemu-user cannot emulate M-profile cores (cortex-m4 asserts), so the
+    # Thumb-2 + VFPv4-SP code runs on qemu-arm's default A-profile cpu; the
+    # riscv32 build runs on a real rv32imac core model (SiFive E31, no FPU).
+    qemu-arm target/thumbv7em-none-eabihf/release/nl-deploy-bare >"$out/thumbv7em.txt"
+    python3 check.py "$out/native.txt" "$out/thumbv7em.txt" "$name, thumbv7em-none-eabihf (bare-metal build) under qemu-arm"
+    qemu-riscv32 -cpu sifive-e31 target/riscv32imac-unknown-none-elf/release/nl-deploy-bare >"$out/riscv32imac.txt"
+    python3 check.py "$out/native.txt" "$out/riscv32imac.txt" "$name, riscv32imac-unknown-none-elf (bare-metal build) under qemu-riscv32 -cpu sifive-e31"
+}
+
+for m in "${MODELS[@]}"; do
+    deploy_model "${m%%:*}" "${m#*:}"
 done
-cargo rustc --quiet --release --lib --target wasm32-unknown-unknown --crate-type cdylib
-CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
-    cargo build --quiet --release --bin nl-deploy-scores --target aarch64-unknown-linux-gnu
-cargo build --quiet --release --bin nl-deploy-scores
 
 echo "== deploy: sizes (bytes; linked with --gc-sections from nl_scores)"
-printf '%-30s %10s %12s %12s %10s\n' target "code" "weights" "other ro" "RAM (bss)"
-for t in thumbv7em-none-eabihf riscv32imac-unknown-none-elf; do
-    llvm-size -A "target/$t/release/nl_deploy.elf" | awk -v t="$t" -v w="$WEIGHT_BYTES" '
-        $1 == ".text" { text += $2 } $1 == ".rodata" { ro += $2 } $1 == ".bss" { bss += $2 }
-        END {
-            printf "%-30s %10d %12d %12d %10d\n", t, text, w, ro - w, bss
-            if (text >= 65536) { print "code is 64 KiB or more" > "/dev/stderr"; exit 1 }
-            if (ro < w) { print "weights not in .rodata" > "/dev/stderr"; exit 1 }
-        }'
-done
-printf '%-30s %10s\n' "wasm32-unknown-unknown (file)" "$(stat -c %s target/wasm32-unknown-unknown/release/nl_deploy.wasm)"
-
-echo "== deploy: scores"
-target/release/nl-deploy-scores >"$OUT/native.txt"
-echo "native ($HOST): $(wc -l <"$OUT/native.txt") scores; first: $(head -1 "$OUT/native.txt")"
-node run.mjs target/wasm32-unknown-unknown/release/nl_deploy.wasm >"$OUT/wasm32.txt"
-python3 check.py "$OUT/native.txt" "$OUT/wasm32.txt" "wasm32-unknown-unknown under node $(node --version)"
-qemu-aarch64 -L /usr/aarch64-linux-gnu target/aarch64-unknown-linux-gnu/release/nl-deploy-scores >"$OUT/aarch64.txt"
-python3 check.py "$OUT/native.txt" "$OUT/aarch64.txt" "aarch64-unknown-linux-gnu under qemu-aarch64"
-# qemu-user cannot emulate M-profile cores (cortex-m4 asserts), so the
-# Thumb-2 + VFPv4-SP code runs on qemu-arm's default A-profile cpu; the
-# riscv32 build runs on a real rv32imac core model (SiFive E31, no FPU).
-qemu-arm target/thumbv7em-none-eabihf/release/nl-deploy-bare >"$OUT/thumbv7em.txt"
-python3 check.py "$OUT/native.txt" "$OUT/thumbv7em.txt" "thumbv7em-none-eabihf (bare-metal build) under qemu-arm"
-qemu-riscv32 -cpu sifive-e31 target/riscv32imac-unknown-none-elf/release/nl-deploy-bare >"$OUT/riscv32imac.txt"
-python3 check.py "$OUT/native.txt" "$OUT/riscv32imac.txt" "riscv32imac-unknown-none-elf (bare-metal build) under qemu-riscv32 -cpu sifive-e31"
+printf '%-14s %-30s %10s %12s %12s %10s\n' model target "code" "weights" "other ro" "RAM (bss)"
+cat "$SIZES"
 cd "$ROOT"
