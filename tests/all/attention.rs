@@ -57,7 +57,7 @@ macro_rules! model_tests {
 
             #[test]
             fn streaming_matches_training_forward() {
-                let rel = max_stream_vs_forward_rel::<super::$m::Model>(5);
+                let rel = max_stream_vs_forward_rel::<super::$m::Model, f32>(5);
                 eprintln!("{}: max stream/forward relative difference = {rel:e}", stringify!($m));
                 assert!(rel < 1e-5, "relative difference {rel:e}");
             }

@@ -4,7 +4,7 @@
 //! against the training forward, with and without a carried state.
 
 use crate::common::harness::*;
-use crate::common::reference::{self, LevelState};
+use crate::common::reference;
 use nl::nl_model;
 use nl_runtime::rng::Rng;
 use nl_runtime::{boxed_zeroed, Flat, Model};
@@ -152,56 +152,12 @@ period = 3
 period = 4
 "# }
 
-/// A random inner-loop state for every level (small entries, `n` chosen so
-/// fires fall at varied offsets).
-fn random_states(d: usize, levels: usize, seed: u64) -> Vec<LevelState> {
-    let mut r = Rng::new(seed);
-    (0..levels)
-        .map(|l| {
-            let mut rand = |s: f64| (0..d * d).map(|_| s * (2.0 * r.next_f64() - 1.0)).collect::<Vec<f64>>();
-            LevelState { m: rand(0.3), g: rand(0.05), s: rand(0.1), w: rand(0.05), n: 5 + l * 7 }
-        })
-        .collect()
-}
-
 macro_rules! memory_tests {
     ($t:ident, $m:ident) => {
         mod $t {
             use super::*;
             use $m as m;
             type M = m::Model;
-            /// Only titans has a momentum `S`; the other rules keep it at zero.
-
-            fn titans() -> bool {
-                m::TENSORS.iter().any(|t| t.name == "blocks.0.mem.0.w_eta")
-            }
-
-            fn load_state<S: nl_runtime::Scalar>(
-                dst: &mut nl_runtime::memory::LevelState<S, { m::D }>,
-                src: &LevelState,
-            ) {
-                for i in 0..m::D {
-                    for j in 0..m::D {
-                        dst.m[i][j] = S::from_f64(src.m[i * m::D + j]);
-                        dst.g[i][j] = S::from_f64(src.g[i * m::D + j]);
-                        dst.s[i][j] = if titans() { S::from_f64(src.s[i * m::D + j]) } else { S::ZERO };
-                        dst.w[i][j] = if titans() { S::from_f64(src.w[i * m::D + j]) } else { S::ZERO };
-                    }
-                }
-                dst.n = src.n as u64;
-            }
-
-            fn states_for_model(seed: u64) -> Vec<LevelState> {
-                let mut s = random_states(m::D, m::LEVELS, seed);
-                if !titans() {
-                    for l in s.iter_mut() {
-                        l.s.iter_mut().for_each(|x| *x = 0.0);
-                        l.w.iter_mut().for_each(|x| *x = 0.0);
-                    }
-                }
-                s
-            }
-
             #[test]
             fn forward_matches_reference() {
                 let diff = max_forward_diff_vs_reference::<M>(&[1, 2, 3]);
@@ -215,7 +171,7 @@ macro_rules! memory_tests {
                 for (frozen, seed) in [(false, 4u64), (true, 5)] {
                     let p = random_params::<M>(seed, 0.2);
                     let tokens = random_tokens::<M>(seed + 1);
-                    let carried = states_for_model(seed + 2);
+                    let carried = random_states::<M>(seed + 2);
                     let mut ws = boxed_zeroed::<m::Workspace<f64>>();
                     for l in 0..m::LEVELS {
                         load_state(&mut ws.blocks[0].start[l], &carried[l]);
@@ -258,7 +214,7 @@ macro_rules! memory_tests {
             fn gradient_with_carried_state_matches_finite_differences() {
                 // The carried state is a constant: finite differences of the
                 // loss from that state against the analytic gradient.
-                let carried = states_for_model(99);
+                let carried = random_states::<M>(99);
                 let mut p = random_params::<M>(31, 0.2);
                 let tokens = random_tokens::<M>(32);
                 let tok: &[u32; m::SEQ + 1] = tokens.as_slice().try_into().unwrap();
@@ -295,7 +251,7 @@ macro_rules! memory_tests {
 
             #[test]
             fn streaming_matches_training_forward() {
-                let rel = max_stream_vs_forward_rel::<M>(5);
+                let rel = max_stream_vs_forward_rel::<M, f32>(5);
                 eprintln!("{}: max stream/forward relative difference = {rel:e}", m::NAME);
                 assert!(rel < 1e-5, "relative difference {rel:e}");
             }
@@ -310,7 +266,7 @@ macro_rules! memory_tests {
                 let tokens = random_tokens::<M>(9);
                 let tok: &[u32; m::SEQ + 1] = tokens.as_slice().try_into().unwrap();
                 for carry in [false, true] {
-                    let carried = states_for_model(10);
+                    let carried = random_states::<M>(10);
                     let mut ws = boxed_zeroed::<m::Workspace<f32>>();
                     let mut st = boxed_zeroed::<m::Stream<f32>>();
                     st.reset();

@@ -3,7 +3,9 @@
 //! interpreter to 1e-10.
 
 use crate::common::harness::*;
-use crate::shipped::{d128_memory, micro, micro_cms4, micro_hebbian, micro_mal, micro_memory, micro_titans, sensor};
+use crate::shipped::{
+    d128_memory, deep, deep_memory, micro, micro_cms4, micro_hebbian, micro_mal, micro_memory, micro_titans, sensor,
+};
 
 macro_rules! reference_test {
     ($name:ident, $m:ident) => {
@@ -24,6 +26,8 @@ reference_test!(micro_mal_matches_reference, micro_mal);
 reference_test!(micro_cms4_matches_reference, micro_cms4);
 reference_test!(sensor_matches_reference, sensor);
 reference_test!(d128_memory_matches_reference, d128_memory);
+reference_test!(deep_matches_reference, deep);
+reference_test!(deep_memory_matches_reference, deep_memory);
 
 #[test]
 fn every_model_file_is_covered() {
@@ -36,6 +40,8 @@ fn every_model_file_is_covered() {
     files.sort();
     let covered = [
         "d128_memory.toml",
+        "deep.toml",
+        "deep_memory.toml",
         "micro.toml",
         "micro_cms4.toml",
         "micro_hebbian.toml",
@@ -99,22 +105,6 @@ fn batch_of_partial_sequences_is_refused() {
     micro::loss_and_grad_batch(&p, &[0; micro::SEQ + 2], &mut ws, &mut g);
 }
 
-/// The plan's footprint (what a spec costs before it is compiled, and what
-/// the workspace limit checks) against the sizes of the generated structs:
-/// within a few bytes of padding.
-fn footprint_matches_generated_structs<M: nl::nl_runtime::Model>() {
-    let plan = nl_spec::plan_from_str(M::SPEC, M::NAME).expect("valid spec");
-    let f = plan.footprint;
-    let sizes = [
-        ("Params", f.params, std::mem::size_of::<M::Params<f32>>()),
-        ("Workspace", f.workspace, std::mem::size_of::<M::Workspace<f32>>()),
-        ("Stream", f.stream, std::mem::size_of::<M::Stream<f32>>()),
-    ];
-    for (what, planned, actual) in sizes {
-        assert!(planned.abs_diff(actual) <= 16, "{}: {what} planned {planned} bytes, generated {actual}", M::NAME);
-    }
-}
-
 #[test]
 fn plan_footprint_is_the_size_of_the_generated_structs() {
     footprint_matches_generated_structs::<micro::Model>();
@@ -125,4 +115,6 @@ fn plan_footprint_is_the_size_of_the_generated_structs() {
     footprint_matches_generated_structs::<micro_cms4::Model>();
     footprint_matches_generated_structs::<sensor::Model>();
     footprint_matches_generated_structs::<d128_memory::Model>();
+    footprint_matches_generated_structs::<deep::Model>();
+    footprint_matches_generated_structs::<deep_memory::Model>();
 }
