@@ -2,40 +2,211 @@
 //! linear layer `Y = X W^T` (forward, backward to the input, backward to the
 //! weight), written as one register-blocked kernel `C (+)= A B`.
 //!
-//! The kernel keeps a block of `MR` rows x `NR` columns of `C` in registers
-//! while `k` runs: each step loads one `NR`-wide row of `B` (contiguous) and
-//! broadcasts `MR` scalars of `A`, so every load of `B` feeds `MR` fused
-//! multiply-adds per lane and no horizontal sums are needed. `NR` is chosen
-//! from the target's vector width at compile time (64 with AVX-512 = four
-//! 16-lane registers, 16 with AVX2, 8 otherwise), so `MR * NR / lanes`
-//! accumulators fit the register file. Every size is a const generic, so a
-//! generated model gets a copy specialised to its shapes.
+//! The kernel keeps a block of rows x columns of `C` in registers while `k`
+//! runs: each step loads one row segment of `B` (contiguous) and broadcasts
+//! one scalar of `A` per row, so every load of `B` feeds a fused multiply-add
+//! per row and lane and no horizontal sums are needed. Every size is a const
+//! generic, so a generated model gets a copy specialised to its shapes.
+//!
+//! # Paths
+//!
+//! The kernel exists three times ([`Path`]):
+//!
+//! - [`Path::Avx512`]: explicit AVX-512F intrinsics (`__m512`/`__m512d`,
+//!   `vfmadd231ps`/`pd`), blocks of 6 rows x 4 vectors (64 `f32` or 32 `f64`
+//!   columns, 24 of the 32 vector registers);
+//! - [`Path::Avx2`]: the same with AVX2 and FMA (`__m256`/`__m256d`),
+//!   blocks of 6 rows x 2 vectors (16 `f32` or 8 `f64` columns, 12 of 16
+//!   registers);
+//! - [`Path::Portable`]: plain Rust the compiler vectorises for the build's
+//!   target features (blocks of 4 rows x `NR` columns, `NR` 64 with
+//!   AVX-512, 16 with AVX2, 8 otherwise), using [`Scalar::mul_add`].
+//!
+//! The SIMD paths finish the columns with one narrower panel whose last
+//! vector is masked (masked loads and stores touch nothing outside the
+//! operands), and the rows with blocks of 4, 2 and 1 rows. They run `k` in
+//! chunks (64 steps with AVX-512, 256 with AVX2) and, when a panel has more
+//! than one row block, first copy the chunk's rows of `B` into a contiguous
+//! 16 KiB buffer on the stack, so all row blocks read them from the L1
+//! cache whatever the stride of `B` (rows 1 KiB apart, say, would all fall
+//! in a few cache sets and evict each other).
+//!
+//! Which one runs is [`path`]: on x86-64 with the `std` feature it is chosen
+//! once, at the first product, from the CPU (`is_x86_feature_detected!`) and
+//! cached in an atomic, so a baseline build (SSE2) runs AVX-512 or AVX2 code
+//! on a CPU that has it, and each product costs one relaxed load and a
+//! branch to pick the path. A build with `avx512f` enabled (e.g.
+//! `-C target-cpu=native` on an AVX-512 machine) uses the AVX-512 path
+//! without detecting anything; without `std` (no detection) the path follows
+//! the build's target features alone; other architectures run the portable
+//! path. With `std`, the environment variable `NL_GEMM` (`portable`, `avx2`
+//! or `avx512`), read at that first product, can select a *lower* path than
+//! the CPU's best, to compare them (an unsupported choice is ignored).
+//! Explicit 512-bit code also sidesteps LLVM's tuning for some AVX-512 cores
+//! (`prefer-256-bit`), which would otherwise keep the portable path's loops
+//! in 256-bit registers even in a native build.
 //!
 //! The forward product needs `W^T` (`[I, O]`, rows along the output) to run
 //! in this form; [`transpose`] builds it, once per weight per call of the
 //! training pass (a copy of the weight, small next to the `SEQ` rows of
 //! multiply-adds that reuse it).
 //!
-//! Summation order: every output element is a left fold over `k` in
-//! increasing order starting from the old value of `C` (or zero), the same
-//! for every tile size, so results do not depend on the target's `NR`
-//! except through fused vs unfused multiply-adds.
+//! # Summation order
+//!
+//! Every output element is a left fold over `k` in increasing order starting
+//! from the old value of `C` (or `+0.0`), one multiply-add per `k`, the same
+//! for every tile size and path (the SIMD paths' `k` chunks continue the
+//! fold from the partial sums they stored in `C`, which rounds nothing). The
+//! SIMD paths always fuse the multiply-add (one rounding); the portable
+//! path fuses it when the build has FMA (and `std`), see
+//! [`Scalar::mul_add`]. So all three paths give bit-identical results
+//! wherever the portable one is fused, which the tests check bit for bit
+//! against a triple loop. The exception is the portable path of a build
+//! without the `fma` target feature (a baseline x86-64 build on a CPU
+//! without AVX2 and FMA, forced with `NL_GEMM=portable`, or another
+//! architecture): it rounds the product and the sum separately.
 
 // Index loops are kept where they read like the formulas.
 #![allow(clippy::needless_range_loop)]
 
+#[cfg(all(feature = "std", target_arch = "x86_64", not(target_feature = "avx512f")))]
+use core::sync::atomic::{AtomicU8, Ordering};
+
 use crate::Scalar;
 
-/// Rows of `C` per register block.
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// An implementation of the products (see the [module docs](self)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Path {
+    /// Plain Rust, vectorised by the compiler for the build's target.
+    Portable,
+    /// Explicit AVX2 + FMA intrinsics (x86-64).
+    Avx2,
+    /// Explicit AVX-512F intrinsics (x86-64).
+    Avx512,
+}
+
+impl Path {
+    /// Every path, lowest first.
+    pub const ALL: [Path; 3] = [Path::Portable, Path::Avx2, Path::Avx512];
+
+    /// The name `NL_GEMM` takes: `portable`, `avx2` or `avx512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Portable => "portable",
+            Path::Avx2 => "avx2",
+            Path::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this path can run here: the portable path always; the x86-64
+    /// ones if the CPU has their features (detected with `std`, else enabled
+    /// in the build).
+    pub fn is_supported(self) -> bool {
+        match self {
+            Path::Portable => true,
+            Path::Avx2 => has_avx2_fma(),
+            Path::Avx512 => has_avx512f(),
+        }
+    }
+}
+
+/// Whether the CPU has AVX2 and FMA (the [`Path::Avx2`] features).
+#[inline]
+fn has_avx2_fma() -> bool {
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
+    {
+        cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))
+    }
+}
+
+/// Whether the CPU has AVX-512F (the [`Path::Avx512`] feature).
+#[inline]
+fn has_avx512f() -> bool {
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
+    {
+        cfg!(all(target_arch = "x86_64", target_feature = "avx512f"))
+    }
+}
+
+/// The path the products take here (see the [module docs](self)). Always
+/// one that [`Path::is_supported`].
+#[inline(always)]
+pub fn path() -> Path {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    {
+        Path::Avx512
+    }
+    #[cfg(all(feature = "std", target_arch = "x86_64", not(target_feature = "avx512f")))]
+    {
+        match DETECTED.load(Ordering::Relaxed) {
+            1 => Path::Portable,
+            2 => Path::Avx2,
+            3 => Path::Avx512,
+            _ => detect(),
+        }
+    }
+    #[cfg(all(
+        not(feature = "std"),
+        target_arch = "x86_64",
+        not(target_feature = "avx512f"),
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    {
+        Path::Avx2
+    }
+    #[cfg(not(any(
+        all(target_arch = "x86_64", target_feature = "avx512f"),
+        all(feature = "std", target_arch = "x86_64"),
+        all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")
+    )))]
+    {
+        Path::Portable
+    }
+}
+
+/// The detected path, `1 + ` its index in [`Path::ALL`]; 0 until detected.
+#[cfg(all(feature = "std", target_arch = "x86_64", not(target_feature = "avx512f")))]
+static DETECTED: AtomicU8 = AtomicU8::new(0);
+
+/// Picks the best supported path (or a lower one `NL_GEMM` names) and caches
+/// it in [`DETECTED`]. Threads racing here compute and store the same value.
+#[cfg(all(feature = "std", target_arch = "x86_64", not(target_feature = "avx512f")))]
+#[cold]
+#[inline(never)]
+fn detect() -> Path {
+    let best = Path::ALL.into_iter().rev().find(|p| p.is_supported()).unwrap_or(Path::Portable);
+    let chosen = std::env::var("NL_GEMM")
+        .ok()
+        .and_then(|v| Path::ALL.into_iter().find(|p| p.name() == v.trim()))
+        .filter(|p| *p <= best && p.is_supported())
+        .unwrap_or(best);
+    let code = 1 + Path::ALL.iter().position(|p| *p == chosen).unwrap_or(0);
+    DETECTED.store(code as u8, Ordering::Relaxed);
+    chosen
+}
+
+/// Rows of `C` per register block (portable path).
 const MR: usize = 4;
 
-/// Columns of `C` per register block (elements).
+/// Columns of `C` per register block (elements, portable path).
 #[cfg(target_feature = "avx512f")]
 const NR: usize = 64;
-/// Columns of `C` per register block (elements).
+/// Columns of `C` per register block (elements, portable path).
 #[cfg(all(not(target_feature = "avx512f"), target_feature = "avx2"))]
 const NR: usize = 16;
-/// Columns of `C` per register block (elements).
+/// Columns of `C` per register block (elements, portable path).
 #[cfg(not(any(target_feature = "avx512f", target_feature = "avx2")))]
 const NR: usize = 8;
 
@@ -91,10 +262,11 @@ fn column_panel<S: Scalar, const C: usize, const M: usize, const K: usize, const
     }
 }
 
-/// `C = A B` (`ACC = false`) or `C += A B` (`ACC = true`), `A` given as a
-/// function `a(m, k)`, `B` row-major `[K, N]`, `C` row-major `[M, N]`.
+/// The portable path: `C = A B` (`ACC = false`) or `C += A B`
+/// (`ACC = true`), `A` given as a function `a(m, k)`, `B` row-major
+/// `[K, N]`, `C` row-major `[M, N]`.
 #[inline(always)]
-fn gemm<S: Scalar, const M: usize, const K: usize, const N: usize, const ACC: bool>(
+fn gemm_portable<S: Scalar, const M: usize, const K: usize, const N: usize, const ACC: bool>(
     a: impl Fn(usize, usize) -> S,
     b: &[[S; N]; K],
     c: &mut [[S; N]; M],
@@ -112,6 +284,39 @@ fn gemm<S: Scalar, const M: usize, const K: usize, const N: usize, const ACC: bo
         column_panel::<S, 1, M, K, N, ACC>(&a, b, n0, c);
         n0 += 1;
     }
+}
+
+/// `C (+)= A B` on `path`: `ACC` accumulates into the old `C`; `A` is both
+/// `a_flat` (`[M, K]` flattened, or with `TA` `A^T` `[K, M]` flattened, for
+/// the SIMD paths) and `a(m, k)` (the same values, for the portable path).
+///
+/// # Safety
+///
+/// `path.is_supported()`.
+#[inline(always)]
+unsafe fn run<S: Scalar, const M: usize, const K: usize, const N: usize, const ACC: bool, const TA: bool>(
+    path: Path,
+    a_flat: &[S],
+    a: impl Fn(usize, usize) -> S,
+    b: &[[S; N]; K],
+    c: &mut [[S; N]; M],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let done = match path {
+            // SAFETY: the path is supported (this function's contract), so
+            // the CPU has AVX-512F; `gemm_avx512` checks the operand sizes.
+            Path::Avx512 => unsafe { x86::gemm_avx512::<S, M, K, N, ACC, TA>(a_flat, b, c) },
+            // SAFETY: as above, the CPU has AVX2 and FMA.
+            Path::Avx2 => unsafe { x86::gemm_avx2::<S, M, K, N, ACC, TA>(a_flat, b, c) },
+            Path::Portable => false,
+        };
+        if done {
+            return;
+        }
+    }
+    let _ = (path, a_flat);
+    gemm_portable::<S, M, K, N, ACC>(a, b, c);
 }
 
 /// `dst = src^T`: `src` is `[R, C]`, `dst` is `[C, R]`. Walks 8 x 8 tiles so
@@ -144,7 +349,8 @@ pub fn linear_t<S: Scalar, const T: usize, const O: usize, const I: usize>(
     wt: &[[S; O]; I],
     y: &mut [[S; O]; T],
 ) {
-    gemm::<S, T, I, O, false>(|m, k| x[m][k], wt, y);
+    // SAFETY: `path()` is always supported.
+    unsafe { run::<S, T, I, O, false, false>(path(), x.as_flattened(), |m, k| x[m][k], wt, y) };
 }
 
 /// Backward of a linear layer to its input: `dX += dY W`, i.e.
@@ -155,7 +361,8 @@ pub fn linear_backward_input_acc<S: Scalar, const T: usize, const O: usize, cons
     w: &[[S; I]; O],
     dx: &mut [[S; I]; T],
 ) {
-    gemm::<S, T, O, I, true>(|m, k| dy[m][k], w, dx);
+    // SAFETY: `path()` is always supported.
+    unsafe { run::<S, T, O, I, true, false>(path(), dy.as_flattened(), |m, k| dy[m][k], w, dx) };
 }
 
 /// Backward of a linear layer to its weight: `dW += dY^T X`, i.e.
@@ -166,7 +373,8 @@ pub fn linear_backward_weight_acc<S: Scalar, const T: usize, const O: usize, con
     x: &[[S; I]; T],
     dw: &mut [[S; I]; O],
 ) {
-    gemm::<S, O, T, I, true>(|m, k| dy[k][m], x, dw);
+    // SAFETY: `path()` is always supported.
+    unsafe { run::<S, O, T, I, true, true>(path(), dy.as_flattened(), |m, k| dy[k][m], x, dw) };
 }
 
 #[cfg(test)]
@@ -233,6 +441,176 @@ mod tests {
         check::<5, 77, 9>();
         check::<1, 1, 1>();
         check::<9, 130, 66>();
+    }
+
+    /// A multiply-add with one rounding everywhere (software where the
+    /// target has no FMA): the fold the SIMD paths must reproduce.
+    trait Exact: Scalar {
+        fn fma(a: Self, b: Self, c: Self) -> Self;
+    }
+    impl Exact for f32 {
+        fn fma(a: f32, b: f32, c: f32) -> f32 {
+            libm::fmaf(a, b, c)
+        }
+    }
+    impl Exact for f64 {
+        fn fma(a: f64, b: f64, c: f64) -> f64 {
+            libm::fma(a, b, c)
+        }
+    }
+
+    /// [`fill`] in `S`, with a spread of magnitudes so that rounding the
+    /// product separately changes many results.
+    fn fill_s<S: Scalar, const R: usize, const C: usize>(seed: u64) -> [[S; C]; R] {
+        let v = fill::<R, C>(seed);
+        core::array::from_fn(|r| core::array::from_fn(|c| S::from_f64(v[r][c] * (1 + (r * 7 + c) % 5) as f64)))
+    }
+
+    /// The documented fold, as a triple loop: `c[m][n] = mad(a(m, k),
+    /// b[k][n], c[m][n])` for `k` in increasing order, from the old `c[m][n]`
+    /// (`ACC`) or `+0.0`.
+    fn reference<S: Scalar, const M: usize, const K: usize, const N: usize>(
+        mad: fn(S, S, S) -> S,
+        acc: bool,
+        a: impl Fn(usize, usize) -> S,
+        b: &[[S; N]; K],
+        c: &mut [[S; N]; M],
+    ) {
+        for m in 0..M {
+            for n in 0..N {
+                let mut s = if acc { c[m][n] } else { S::ZERO };
+                for k in 0..K {
+                    s = mad(a(m, k), b[k][n], s);
+                }
+                c[m][n] = s;
+            }
+        }
+    }
+
+    /// The three products `(y, dx, dw)` for one shape, on `path` (if the
+    /// CPU supports it, else `None`) or by [`reference`] with `mad`.
+    #[allow(clippy::type_complexity)]
+    fn products<S: Scalar, const T: usize, const O: usize, const I: usize>(
+        how: Result<Path, fn(S, S, S) -> S>,
+    ) -> Option<([[S; O]; T], [[S; I]; T], [[S; I]; O])> {
+        let x = fill_s::<S, T, I>(1);
+        let w = fill_s::<S, O, I>(2);
+        let dy = fill_s::<S, T, O>(3);
+        let mut wt = [[S::ZERO; O]; I];
+        transpose(&w, &mut wt);
+        let mut y = [[S::from_f64(7.0); O]; T];
+        let mut dx = fill_s::<S, T, I>(4);
+        let mut dw = fill_s::<S, O, I>(5);
+        match how {
+            Ok(path) => {
+                if !path.is_supported() {
+                    return None;
+                }
+                // SAFETY: `path` is supported (checked above).
+                unsafe {
+                    run::<S, T, I, O, false, false>(path, x.as_flattened(), |m, k| x[m][k], &wt, &mut y);
+                    run::<S, T, O, I, true, false>(path, dy.as_flattened(), |m, k| dy[m][k], &w, &mut dx);
+                    run::<S, O, T, I, true, true>(path, dy.as_flattened(), |m, k| dy[k][m], &x, &mut dw);
+                }
+            }
+            Err(mad) => {
+                reference(mad, false, |m, k| x[m][k], &wt, &mut y);
+                reference(mad, true, |m, k| dy[m][k], &w, &mut dx);
+                reference(mad, true, |m, k| dy[k][m], &x, &mut dw);
+            }
+        }
+        Some((y, dx, dw))
+    }
+
+    fn same_bits<S: Scalar, const R: usize, const C: usize>(
+        got: &[[S; C]; R],
+        want: &[[S; C]; R],
+        path: Path,
+        shape: [usize; 3],
+        what: &str,
+    ) {
+        for r in 0..R {
+            for c in 0..C {
+                let (g, w) = (got[r][c].to_f64(), want[r][c].to_f64());
+                let (name, dtype) = (path.name(), S::DTYPE);
+                assert!(g.to_bits() == w.to_bits(), "{name} {dtype} {shape:?}: {what}[{r}][{c}]: {g:e} != {w:e}");
+            }
+        }
+    }
+
+    /// Every path this CPU supports against the reference fold, bit for bit:
+    /// the SIMD paths against exact FMAs, the portable path against its own
+    /// `Scalar::mul_add` (exact FMA too in a build with FMA and `std`).
+    fn paths_match_reference<S: Exact, const T: usize, const O: usize, const I: usize>() -> usize {
+        let exact = products::<S, T, O, I>(Err(<S as Exact>::fma)).unwrap();
+        let own = products::<S, T, O, I>(Err(<S as Scalar>::mul_add)).unwrap();
+        let mut ran = 0;
+        for path in Path::ALL {
+            let Some(got) = products::<S, T, O, I>(Ok(path)) else { continue };
+            let want = if path == Path::Portable { &own } else { &exact };
+            same_bits(&got.0, &want.0, path, [T, O, I], "y");
+            same_bits(&got.1, &want.1, path, [T, O, I], "dx");
+            same_bits(&got.2, &want.2, path, [T, O, I], "dw");
+            ran += 1;
+        }
+        ran
+    }
+
+    fn all_shapes<S: Exact>() {
+        // (T, O, I): the products are [T, I] x [I, O], [T, O] x [O, I] and
+        // [O, T] x [T, I], so each shape puts each size in each role.
+        let mut ran = paths_match_reference::<S, 7, 13, 37>();
+        ran += paths_match_reference::<S, 1, 1, 1>();
+        ran += paths_match_reference::<S, 33, 64, 129>();
+        ran += paths_match_reference::<S, 5, 17, 3>();
+        ran += paths_match_reference::<S, 4, 16, 64>();
+        ran += paths_match_reference::<S, 9, 130, 66>();
+        ran += paths_match_reference::<S, 12, 48, 8>();
+        ran += paths_match_reference::<S, 2, 100, 31>();
+        // K above both paths' k-chunk (64 and 256 steps).
+        ran += paths_match_reference::<S, 11, 261, 19>();
+        assert!(ran >= 9, "the portable path runs everywhere");
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        {
+            let expect = 1 + Path::ALL[1..].iter().filter(|p| p.is_supported()).count();
+            assert_eq!(ran, 9 * expect);
+            std::eprintln!("gemm paths checked ({}): {expect}", S::DTYPE);
+        }
+    }
+
+    #[test]
+    fn every_path_is_bit_exact_f32() {
+        all_shapes::<f32>();
+    }
+
+    #[test]
+    fn every_path_is_bit_exact_f64() {
+        all_shapes::<f64>();
+    }
+
+    /// The data is such that rounding the product separately changes
+    /// results, so the bit-exact tests would catch an unfused path.
+    #[test]
+    fn unfused_differs_from_fused() {
+        fn unfused<S: Scalar>(a: S, b: S, c: S) -> S {
+            a * b + c
+        }
+        let exact = products::<f32, 33, 64, 129>(Err(<f32 as Exact>::fma)).unwrap();
+        let plain = products::<f32, 33, 64, 129>(Err(unfused)).unwrap();
+        assert_ne!(exact.0, plain.0);
+        assert_ne!(exact.1, plain.1);
+        assert_ne!(exact.2, plain.2);
+    }
+
+    /// `path()` is a supported path, the best one unless `NL_GEMM` lowered it.
+    #[test]
+    fn chosen_path_is_supported() {
+        let p = path();
+        assert!(p.is_supported());
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        if std::env::var_os("NL_GEMM").is_none() {
+            assert_eq!(Some(p), Path::ALL.into_iter().rev().find(|p| p.is_supported()));
+        }
     }
 
     #[test]
