@@ -84,6 +84,15 @@ pub fn emit_pretty(plan: &Plan, spec_source: &str) -> String {
     }
 }
 
+/// `t` when `on`, else nothing: a field or statement the spec may not need.
+pub(crate) fn opt(on: bool, t: TokenStream) -> TokenStream {
+    if on {
+        t
+    } else {
+        quote! {}
+    }
+}
+
 pub(crate) fn lit(n: usize) -> Literal {
     Literal::usize_unsuffixed(n)
 }

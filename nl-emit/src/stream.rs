@@ -2,7 +2,7 @@
 //! `WINDOW` keys and values and the memory levels' states, plus one token's
 //! vectors) and its `step`, which runs every block for one token.
 
-use crate::{memory, parts};
+use crate::{memory, opt, parts};
 use nl_spec::{Composition, Norm, Plan, Positions};
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -28,13 +28,6 @@ pub(crate) fn stream(plan: &Plan) -> TokenStream {
         }
     } else {
         quote! {}
-    };
-    let opt = |on: bool, t: TokenStream| {
-        if on {
-            t
-        } else {
-            quote! {}
-        }
     };
     let h_field = opt(
         mal,

@@ -2,7 +2,7 @@
 //! per block, and one backward scratch shared by the blocks) and the
 //! forward and analytic backward over one sequence.
 
-use crate::{memory, parts};
+use crate::{memory, opt, parts};
 use nl_spec::{Composition, Norm, Plan, Positions};
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -31,22 +31,20 @@ pub(crate) fn workspace(plan: &Plan) -> TokenStream {
     let mem_scratch = memory::scratch_fields(plan);
     let mem_methods = memory::workspace_methods(plan);
     let na_stats = stats_fields(plan, "na", "the block input");
-    let h_field = if mal {
+    let h_field = opt(
+        mal,
         quote! {
             /// Attention input `h_t = u_t + y_t` (MAL).
             pub h: [[S; D]; SEQ],
-        }
-    } else {
-        quote! {}
-    };
-    let o_field = if mag {
+        },
+    );
+    let o_field = opt(
+        mag,
         quote! {
             /// Output projection input `o_t = a_t * sigmoid(y_t)`.
             pub o: [[S; D]; SEQ],
-        }
-    } else {
-        quote! {}
-    };
+        },
+    );
     let mlp_fields = if mlp {
         let w = if norm {
             let nm = stats_fields(plan, "nm", "`mid`");
@@ -58,14 +56,13 @@ pub(crate) fn workspace(plan: &Plan) -> TokenStream {
         } else {
             quote! {}
         };
-        let gate = if gated {
+        let gate = opt(
+            gated,
             quote! {
                 /// `W_gate w_t`.
                 pub gate_pre: [[S; HIDDEN]; SEQ],
-            }
-        } else {
-            quote! {}
-        };
+            },
+        );
         quote! {
             /// Residual stream after attention `x'_t` (the MLP's input before its norm).
             pub mid: [[S; D]; SEQ],
@@ -80,14 +77,13 @@ pub(crate) fn workspace(plan: &Plan) -> TokenStream {
         quote! {}
     };
     let mlp_packed = if mlp {
-        let gate = if gated {
+        let gate = opt(
+            gated,
             quote! {
                 /// `mlp_w_gate` transposed.
                 pub mlp_w_gate_t: [[S; HIDDEN]; D],
-            }
-        } else {
-            quote! {}
-        };
+            },
+        );
         quote! {
             /// `mlp_w_up` transposed (`[D, HIDDEN]`), packed by the forward pass.
             pub mlp_w_up_t: [[S; HIDDEN]; D],
@@ -108,41 +104,37 @@ pub(crate) fn workspace(plan: &Plan) -> TokenStream {
     } else {
         quote! {}
     };
-    let rope = if plan.positions == Positions::Rope {
+    let rope = opt(
+        plan.positions == Positions::Rope,
         quote! {
             /// `cos(t w_i)` for the positions of a sequence (RoPE), filled by `pack`.
             pub rope_cos: [[S; HALF]; SEQ],
             /// `sin(t w_i)`.
             pub rope_sin: [[S; HALF]; SEQ],
-        }
-    } else {
-        quote! {}
-    };
-    let d_o = if mag {
+        },
+    );
+    let d_o = opt(
+        mag,
         quote! {
             /// Gradient of `o`.
             pub d_o: [[S; D]; SEQ],
-        }
-    } else {
-        quote! {}
-    };
-    let dxf = if norm {
+        },
+    );
+    let dxf = opt(
+        norm,
         quote! {
             /// Gradient of `xf`.
             pub dxf: [[S; D]; SEQ],
-        }
-    } else {
-        quote! {}
-    };
+        },
+    );
     let dmlp = if mlp {
-        let dgate = if gated {
+        let dgate = opt(
+            gated,
             quote! {
                 /// Gradient of `gate_pre`.
                 pub dgate: [[S; HIDDEN]; SEQ],
-            }
-        } else {
-            quote! {}
-        };
+            },
+        );
         quote! {
             /// Gradient of `mid`.
             pub dmid: [[S; D]; SEQ],
@@ -157,14 +149,13 @@ pub(crate) fn workspace(plan: &Plan) -> TokenStream {
     } else {
         quote! {}
     };
-    let freeze = if plan.memory.is_some() {
+    let freeze = opt(
+        plan.memory.is_some(),
         quote! {
             /// Inner loop off: every level's state stays at `start` (for ablations).
             pub freeze_memory: bool,
-        }
-    } else {
-        quote! {}
-    };
+        },
+    );
     quote! {
         /// What the training forward keeps of one block for its backward,
         /// and the block's packed weights.
@@ -457,59 +448,55 @@ fn block_forward(plan: &Plan) -> TokenStream {
         quote! { bw.u = *x; }
     };
     let mem_forward = memory::forward(plan);
-    let h_in = if mal {
+    let h_in = opt(
+        mal,
         quote! {
             for t in 0..SEQ {
                 for i in 0..D {
                     bw.h[t][i] = bw.u[t][i] + bw.y[t][i];
                 }
             }
-        }
-    } else {
-        quote! {}
-    };
+        },
+    );
     let h = attn_input(plan);
-    let rotate = if rope {
+    let rotate = opt(
+        rope,
         quote! {
             ::nl_runtime::positions::rope_apply::<S, SEQ, D, HEAD_DIM, HALF>(&mut bw.q, rope.0, rope.1);
             ::nl_runtime::positions::rope_apply::<S, SEQ, D, HEAD_DIM, HALF>(&mut bw.k, rope.0, rope.1);
-        }
-    } else {
-        quote! {}
-    };
+        },
+    );
     let attend = if plan.positions == Positions::Bias {
         quote! { k::attention_bias::<S, SEQ, D, HEADS, HEAD_DIM, WINDOW>(&bw.q, &bw.k, &bw.v, &bp.attn_pos_bias, &mut bw.p, &mut bw.a); }
     } else {
         quote! { k::attention::<S, SEQ, D, HEADS, HEAD_DIM, WINDOW>(&bw.q, &bw.k, &bw.v, &mut bw.p, &mut bw.a); }
     };
-    let compose = if mag {
+    let compose = opt(
+        mag,
         quote! {
             for t in 0..SEQ {
                 for i in 0..D {
                     bw.o[t][i] = bw.a[t][i] * bw.gate[t][i];
                 }
             }
-        }
-    } else {
-        quote! {}
-    };
+        },
+    );
     let o = if mag {
         quote! { bw.o }
     } else {
         quote! { bw.a }
     };
     let add = |target: TokenStream, from: TokenStream| {
-        if plan.residual {
+        opt(
+            plan.residual,
             quote! {
                 for t in 0..SEQ {
                     for i in 0..D {
                         #target[t][i] += #from[t][i];
                     }
                 }
-            }
-        } else {
-            quote! {}
-        }
+            },
+        )
     };
     let (attn_out, mlp) = if plan.mlp.is_some() {
         let add_x = add(quote! { bw.mid }, quote! { x });
@@ -730,17 +717,16 @@ fn block_backward(plan: &Plan) -> TokenStream {
         quote! {}
     };
     let h = attn_input(plan);
-    let mal_back = if mal {
+    let mal_back = opt(
+        mal,
         quote! {
             for t in 0..SEQ {
                 for i in 0..D {
                     sc.dy[t][i] += sc.dh[t][i];
                 }
             }
-        }
-    } else {
-        quote! {}
-    };
+        },
+    );
     let mem_backward = memory::backward(plan);
     let norm_a_back = if norm {
         parts::norm_seq_back(
