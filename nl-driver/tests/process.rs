@@ -1,0 +1,154 @@
+//! The command line as a user meets it: the `tiny` example's binary
+//! (`examples/tiny.rs`, built by `cargo test` before the tests run) killed
+//! mid-training, and given bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nl_driver::state::{self, TrainState};
+use nl_runtime::{boxed_zeroed, Model};
+
+nl_macros::nl_model!("examples/tiny.toml");
+
+// A model of another spec, for a checkpoint the binary must refuse.
+nl_macros::nl_model! { r#"
+name = "other"
+d_model = 16
+heads = 2
+vocab = 256
+seq_len = 16
+window = 16
+"# }
+
+/// The example binary: `target/<profile>/examples/tiny`, beside this test's `deps/`.
+fn exe() -> PathBuf {
+    let me = std::env::current_exe().expect("current exe");
+    let profile = me.parent().and_then(Path::parent).expect("target/<profile>");
+    profile.join("examples").join(format!("tiny{}", std::env::consts::EXE_SUFFIX))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
+    d
+}
+
+fn corpus(dir: &Path, len: usize) -> PathBuf {
+    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/corpus.txt")).expect("data/corpus.txt");
+    let p = dir.join(format!("corpus-{len}.txt"));
+    std::fs::write(&p, &text[..len]).expect("write corpus");
+    p
+}
+
+/// Kills a training process with SIGKILL while it runs; the checkpoint and
+/// state on disk are the last complete pair, load cleanly, and the run
+/// resumes from them.
+#[test]
+fn killed_training_leaves_the_last_checkpoint_intact_and_resumes() {
+    let dir = scratch("killed");
+    let c = corpus(&dir, 20_000);
+    let out = dir.join("k.safetensors");
+    let mut child = Command::new(exe())
+        .args(["train", "--steps", "1000000", "--batch", "2", "--threads", "1", "--checkpoint-every", "3"])
+        .args(["--eval-every", "0", "--sample-len", "0", "--quiet", "--corpus"])
+        .arg(&c)
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe().display()));
+    let sp = state::path_for(&out);
+    let t0 = Instant::now();
+    // Wait until a few checkpoints have been written, then kill it at whatever point it is.
+    loop {
+        if TrainState::load::<tiny::Model>(&sp).is_ok_and(|s| s.step >= 9) {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("training exited early: {status}");
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint after 2 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(37));
+    child.kill().expect("kill");
+    let status = child.wait().expect("wait");
+    assert!(!status.success());
+
+    let st = TrainState::load::<tiny::Model>(&sp).expect("the state survives the kill");
+    assert!(st.step >= 9 && st.step.is_multiple_of(3), "step {}", st.step);
+    let mut params = boxed_zeroed::<<tiny::Model as Model>::Params<f32>>();
+    nl_runtime::checkpoint::load::<tiny::Model, f32>(&out, &mut params).expect("the checkpoint survives the kill");
+    let resumed = Command::new(exe())
+        .args(["train", "--quiet", "--sample-len", "0", "--eval-every", "0", "--stop-after"])
+        .arg((st.step + 3).to_string())
+        .arg("--corpus")
+        .arg(&c)
+        .arg("--out")
+        .arg(&out)
+        .arg("--resume")
+        .arg(&out)
+        .output()
+        .expect("resume");
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "resume failed: {err}");
+    let after = TrainState::load::<tiny::Model>(&sp).expect("state after resuming");
+    assert_eq!((after.step, after.steps), (st.step + 3, 1_000_000));
+}
+
+/// Runs the binary; returns (exit code, stderr).
+fn run(args: &[&str]) -> (Option<i32>, String) {
+    let o = Command::new(exe()).args(args).stdin(Stdio::null()).output().expect("run the example");
+    (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn bad_input_is_one_line_and_never_a_panic() {
+    let dir = scratch("bad-input");
+    let c = corpus(&dir, 20_000);
+    let small = corpus(&dir, 50);
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}").expect("write");
+    let other = dir.join("other.safetensors");
+    let mut p = boxed_zeroed::<<other::Model as Model>::Params<f32>>();
+    other::Model::init(&mut p, 1);
+    nl_runtime::checkpoint::save::<other::Model, f32>(&other, &p).expect("save other");
+    let missing = dir.join("missing.safetensors");
+    let (c, small, garbage, other, missing) = (
+        c.to_string_lossy().into_owned(),
+        small.to_string_lossy().into_owned(),
+        garbage.to_string_lossy().into_owned(),
+        other.to_string_lossy().into_owned(),
+        missing.to_string_lossy().into_owned(),
+    );
+    let out = dir.join("o.safetensors").to_string_lossy().into_owned();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["train", "--out", &out], "--corpus"),
+        (vec!["train", "--corpus", &missing, "--out", &out], "cannot read the corpus"),
+        (vec!["train", "--corpus", &small, "--out", &out], "too small"),
+        (vec!["train", "--corpus", &c, "--out", &out, "--lr", "0"], "--lr"),
+        (vec!["train", "--corpus", &c, "--out", &out, "--resume", &missing], "does not exist"),
+        (vec!["train", "--corpus", &c, "--out", &out, "--init", &other, "--quiet"], "spec"),
+        (vec!["eval", "--checkpoint", &missing, "--corpus", &c], "cannot load the checkpoint"),
+        (vec!["eval", "--checkpoint", &garbage, "--corpus", &c], "cannot load the checkpoint"),
+        (vec!["eval", "--checkpoint", &other, "--corpus", &c], "spec"),
+        (vec!["serve", "--checkpoint", &other], "spec"),
+        (vec!["sample", "--checkpoint", &garbage], "cannot load the checkpoint"),
+        (vec!["sample", "--checkpoint", &other, "--temperature=-1"], "--temperature"),
+    ];
+    for (args, needle) in cases {
+        let (code, err) = run(&args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: not one line: {err}");
+        assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "{args:?}: {err}");
+    }
+    // Usage errors are clap's, exit code 2.
+    let (code, err) = run(&["train", "--steps", "zero"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(!err.contains("panicked"));
+}
