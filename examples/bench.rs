@@ -163,6 +163,14 @@ struct Args {
     /// Also print every timed run's rate to stderr.
     #[arg(long)]
     verbose: bool,
+
+    /// Run exactly this many units of work per (model, mode) instead of
+    /// timed runs: no warm-up, one run, for instruction counts under a
+    /// profiler (`valgrind --tool=callgrind`), where a fixed amount of work
+    /// is the repeatable comparison. The rate printed is still tokens per
+    /// second of that run.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    units: Option<u64>,
 }
 
 /// What is timed.
@@ -193,6 +201,7 @@ struct Cfg {
     threads: usize,
     seed: u64,
     verbose: bool,
+    units: Option<u64>,
 }
 
 /// The rates of the timed runs of one (model, mode).
@@ -256,6 +265,14 @@ trait Work {
 fn measure<W: Work>(cfg: &Cfg, work: &mut W) -> (Vec<f64>, Vec<f64>) {
     let tokens = work.tokens() as f64;
     work.prepare();
+    if let Some(n) = cfg.units {
+        let start = Instant::now();
+        for _ in 0..n {
+            work.unit();
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        return (vec![n as f64 * tokens / elapsed], vec![elapsed]);
+    }
     let start = Instant::now();
     while start.elapsed().as_secs_f64() < cfg.warmup {
         work.unit();
@@ -792,6 +809,7 @@ fn main() -> ExitCode {
         threads: args.threads as usize,
         seed: args.seed,
         verbose: args.verbose,
+        units: args.units,
     };
 
     let compiled = compiled_features();

@@ -156,6 +156,18 @@ pub(crate) fn workspace(plan: &Plan) -> TokenStream {
             pub freeze_memory: bool,
         },
     );
+    let p_doc = if gemm_attention(plan) {
+        " Attention probabilities: `p[t][head][j]` weighs position `max(0, t + 1 - WINDOW) + j`."
+    } else {
+        " Attention probabilities: `p[t][head][i]` weighs position `t - i`."
+    };
+    let attn_scratch = opt(
+        gemm_attention(plan),
+        quote! {
+            /// The per-head buffers of attention as matrix products (forward and backward).
+            pub attn: ::nl_runtime::attn::AttnScratch<S, SEQ, HEAD_DIM>,
+        },
+    );
     quote! {
         /// What the training forward keeps of one block for its backward,
         /// and the block's packed weights.
@@ -172,7 +184,7 @@ pub(crate) fn workspace(plan: &Plan) -> TokenStream {
             pub k: [[S; D]; SEQ],
             /// Attention values.
             pub v: [[S; D]; SEQ],
-            /// Attention probabilities: `p[t][head][i]` weighs position `t - i`.
+            #[doc = #p_doc]
             pub p: [[[S; WINDOW]; HEADS]; SEQ],
             /// Attention output `a_t`.
             pub a: [[S; D]; SEQ],
@@ -206,6 +218,7 @@ pub(crate) fn workspace(plan: &Plan) -> TokenStream {
             pub dv: [[S; D]; SEQ],
             /// Gradient of the attention input, then of `u`.
             pub dh: [[S; D]; SEQ],
+            #attn_scratch
             #d_o
             #dxf
             #dmlp
@@ -237,7 +250,7 @@ pub(crate) fn workspace(plan: &Plan) -> TokenStream {
 
         #[doc = " SAFETY: every field is an array of `S: Scalar` or of `nl_runtime::memory` state structs (themselves arrays of `S` and integers), so all-zero bytes are a valid `BlockWs`."]
         unsafe impl<S: Scalar> ::nl_runtime::Zeroable for BlockWs<S> {}
-        #[doc = " SAFETY: every field is an array of `S: Scalar` or an `nl_runtime::memory::LevelAdjoint` (arrays of `S`), so all-zero bytes are a valid `Scratch`."]
+        #[doc = " SAFETY: every field is an array of `S: Scalar`, an `nl_runtime::memory::LevelAdjoint` or an `nl_runtime::attn::AttnScratch` (both arrays of `S`), so all-zero bytes are a valid `Scratch`."]
         unsafe impl<S: Scalar> ::nl_runtime::Zeroable for Scratch<S> {}
         #[doc = " SAFETY: every field is `Zeroable` (arrays of `S: Scalar`, `BlockWs`, `Scratch`, bools), so all-zero bytes are a valid `Workspace`."]
         unsafe impl<S: Scalar> ::nl_runtime::Zeroable for Workspace<S> {}
@@ -295,6 +308,11 @@ pub(crate) fn train(plan: &Plan) -> TokenStream {
             quote! { () }
         },
     );
+    let attn_arg = if gemm_attention(plan) {
+        quote! { &mut ws.sc.attn }
+    } else {
+        quote! { () }
+    };
     let (ws_tok, p_tok) = (quote! { ws }, quote! { p });
     let final_norm =
         parts::norm_seq(plan, "norm_f", &p_tok, &ws_tok, "nf", quote! { &ws.xs[LAYERS] }, quote! { &mut ws.xf });
@@ -360,7 +378,7 @@ pub(crate) fn train(plan: &Plan) -> TokenStream {
             k::embed(&p.embed, &tokens[..SEQ], &mut ws.xs[0]);
             for b in 0..LAYERS {
                 let (done, rest) = ws.xs.split_at_mut(b + 1);
-                block_forward(&p.blocks[b], &mut ws.blocks[b], &done[b], &mut rest[0], #freeze, #rope_arg);
+                block_forward(&p.blocks[b], &mut ws.blocks[b], &done[b], &mut rest[0], #freeze, #rope_arg, #attn_arg);
             }
             #final_norm
             mm::linear_t(&#xf, &ws.unembed_t, &mut ws.logits);
@@ -427,6 +445,11 @@ pub(crate) fn train(plan: &Plan) -> TokenStream {
     }
 }
 
+/// Whether attention runs as per-head matrix products (`nl_runtime::attn`).
+fn gemm_attention(plan: &Plan) -> bool {
+    nl_spec::attention_as_gemm(plan.seq_len, plan.window, plan.positions)
+}
+
 /// The attention input of a block: `h` with MAL, else `u`.
 fn attn_input(plan: &Plan) -> TokenStream {
     if plan.composition == Composition::Mal {
@@ -466,7 +489,9 @@ fn block_forward(plan: &Plan) -> TokenStream {
             ::nl_runtime::positions::rope_apply::<S, SEQ, D, HEAD_DIM, HALF>(&mut bw.k, rope.0, rope.1);
         },
     );
-    let attend = if plan.positions == Positions::Bias {
+    let attend = if gemm_attention(plan) {
+        quote! { ::nl_runtime::attn::attention::<S, SEQ, D, HEADS, HEAD_DIM, WINDOW>(&bw.q, &bw.k, &bw.v, &mut bw.p, &mut bw.a, attn); }
+    } else if plan.positions == Positions::Bias {
         quote! { k::attention_bias::<S, SEQ, D, HEADS, HEAD_DIM, WINDOW>(&bw.q, &bw.k, &bw.v, &bp.attn_pos_bias, &mut bw.p, &mut bw.a); }
     } else {
         quote! { k::attention::<S, SEQ, D, HEADS, HEAD_DIM, WINDOW>(&bw.q, &bw.k, &bw.v, &mut bw.p, &mut bw.a); }
@@ -547,6 +572,11 @@ fn block_forward(plan: &Plan) -> TokenStream {
     } else {
         quote! { () }
     };
+    let attn_ty = if gemm_attention(plan) {
+        quote! { &mut ::nl_runtime::attn::AttnScratch<S, SEQ, HEAD_DIM> }
+    } else {
+        quote! { () }
+    };
     quote! {
         /// One block's training forward: `out` from its input `x`, keeping
         /// in `bw` what its backward reads.
@@ -558,6 +588,7 @@ fn block_forward(plan: &Plan) -> TokenStream {
             out: &mut [[S; D]; SEQ],
             freeze_memory: bool,
             rope: #rope_ty,
+            attn: #attn_ty,
         ) {
             // u = N_a(x)
             #norm_a
@@ -695,7 +726,13 @@ fn block_backward(plan: &Plan) -> TokenStream {
     } else {
         quote! {}
     };
-    let attend_back = if plan.positions == Positions::Bias {
+    let attend_back = if gemm_attention(plan) {
+        quote! {
+            ::nl_runtime::attn::attention_backward_acc::<S, SEQ, D, HEADS, HEAD_DIM, WINDOW>(
+                &bw.q, &bw.k, &bw.v, &bw.p, &sc.da, &mut sc.dq, &mut sc.dk, &mut sc.dv, &mut sc.attn,
+            );
+        }
+    } else if plan.positions == Positions::Bias {
         quote! {
             k::attention_bias_backward_acc::<S, SEQ, D, HEADS, HEAD_DIM, WINDOW>(
                 &bw.q, &bw.k, &bw.v, &bw.p, &sc.da, &mut sc.dq, &mut sc.dk, &mut sc.dv, &mut bg.attn_pos_bias,

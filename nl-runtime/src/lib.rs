@@ -21,6 +21,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod attn;
 pub mod checkpoint;
 pub mod gemm;
 pub mod kernels;

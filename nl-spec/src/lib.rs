@@ -21,7 +21,9 @@ mod plan;
 mod spec;
 
 pub use error::SpecError;
-pub use plan::{footprint, sha256, sha256_hex, Flops, Footprint, Init, MemoryPlan, Plan, TensorPlan};
+pub use plan::{
+    attention_as_gemm, footprint, sha256, sha256_hex, Flops, Footprint, Init, MemoryPlan, Plan, TensorPlan,
+};
 pub use spec::{
     Activation, Composition, Limits, MlpSpec, Norm, Positions, Rule, Spec, DEFAULT_WORKSPACE_LIMIT_MIB, LIMITS,
 };

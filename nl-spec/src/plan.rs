@@ -440,6 +440,15 @@ impl Layout {
     }
 }
 
+/// Whether the generated training pass runs attention as per-head matrix
+/// products (`nl_runtime::attn`, with its scratch in the workspace) rather
+/// than row by row: without a learned position bias, and when the window
+/// covers at least half the sequence (the products compute every (query,
+/// key) pair of the sequence, the masked ones included).
+pub fn attention_as_gemm(seq_len: usize, window: usize, positions: Positions) -> bool {
+    positions != Positions::Bias && 2 * window >= seq_len
+}
+
 /// The bytes of the generated `Params`, `Workspace` and `Stream` in f32:
 /// the `#[repr(C)]` layout of the generated structs, field by field (the
 /// module docs list the fields).
@@ -505,6 +514,9 @@ pub fn footprint(spec: &Spec) -> Footprint {
     }
     // Backward scratch: dx, da, dq, dk, dv, dh.
     ws.f32s(6 * t * d);
+    if attention_as_gemm(t, w, spec.positions) {
+        ws.f32s(9 * t * (d / h) + 2 * t * t); // attn (nl_runtime::attn::AttnScratch)
+    }
     if mag {
         ws.f32s(t * d);
     }
