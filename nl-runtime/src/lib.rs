@@ -32,6 +32,7 @@ pub mod optim;
 #[cfg(feature = "std")]
 pub mod parallel;
 pub mod positions;
+pub mod quant;
 pub mod rng;
 mod scalar;
 

@@ -1,0 +1,340 @@
+//! The x86-64 paths of [`super`]: `int8 x int8` and `ternary x int8`
+//! products with AVX2 and with AVX-512 (BW, VNNI), and the `f32`-activation
+//! kernels' portable bodies compiled with those target features.
+//!
+//! Every entry point is a `#[target_feature]` function; everything it calls
+//! here is `#[inline(always)]`, so it is compiled with the entry point's
+//! features. The integer sums are exact (`i32`/`i64` lanes that cannot
+//! overflow for `in <= MAX_IN`), so their grouping by lanes does not matter:
+//! every path gives the portable path's bits.
+//!
+//! # Safety contract of the entry points
+//!
+//! The CPU has the features the entry point enables, and the operands have
+//! the lengths the public kernels assert: `wq`/`packed` hold `out` rows of
+//! `inp` codes (`ceil(inp / 4)` bytes for packed rows), `xq`/`x` hold `inp`
+//! values, `scales` and `y` hold `out`, and `inp <= MAX_IN`. All loads
+//! below are proved in bounds from these lengths.
+
+use core::arch::x86_64::*;
+
+use super::{dot_i8, dot_t2_i8, finish, ternary_row_bytes};
+
+// ---------------------------------------------------------------------------
+// int8 x int8.
+
+/// `int8 x int8` with AVX2: 32 codes per step, 4 rows at a time sharing the
+/// input loads.
+///
+/// # Safety
+/// The CPU has AVX2; the operands satisfy the [module's contract](self).
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn i8_i8_avx2(wq: &[i8], scales: &[f32], out: usize, inp: usize, xq: &[i8], a: f32, y: &mut [f32]) {
+    let mut r = 0;
+    while r + 4 <= out {
+        // SAFETY: AVX2 by this function's contract; rows `r..r + 4 <= out` exist.
+        let acc = unsafe { rows_i8_avx2::<4>(&wq[r * inp..(r + 4) * inp], inp, xq) };
+        for k in 0..4 {
+            y[r + k] = finish(scales[r + k], a, acc[k]);
+        }
+        r += 4;
+    }
+    while r < out {
+        // SAFETY: as above, for the one row `r < out`.
+        let acc = unsafe { rows_i8_avx2::<1>(&wq[r * inp..(r + 1) * inp], inp, xq) };
+        y[r] = finish(scales[r], a, acc[0]);
+        r += 1;
+    }
+}
+
+/// The exact dot products of `R` consecutive rows (`w`, `R * inp` codes) with `x`.
+///
+/// # Safety
+/// The CPU has AVX2; `w.len() == R * inp`, `x.len() == inp`, codes in -127..=127.
+#[inline(always)]
+unsafe fn rows_i8_avx2<const R: usize>(w: &[i8], inp: usize, x: &[i8]) -> [i32; R] {
+    debug_assert!(w.len() == R * inp && x.len() == inp);
+    let full = inp / 32 * 32;
+    // SAFETY: AVX2 by the contract. Every 32-byte load reads `p[c..c + 32]`
+    // with `c + 32 <= full <= inp` of a slice of `inp` codes (`x`, or row
+    // `k` of `w`, which starts at `k * inp` of `R * inp`), so it stays in bounds.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_si256(); R];
+        let mut c = 0;
+        while c < full {
+            let xv = _mm256_loadu_si256(x.as_ptr().add(c).cast());
+            // |x| as unsigned bytes (x >= -127, so |x| <= 127).
+            let ax = _mm256_sign_epi8(xv, xv);
+            for k in 0..R {
+                let wv = _mm256_loadu_si256(w.as_ptr().add(k * inp + c).cast());
+                // w * sign(x) (0 where x == 0): then |x| * (w sign(x)) = w x.
+                let sw = _mm256_sign_epi8(wv, xv);
+                // u8 x i8 products summed in pairs to i16: |x| <= 127 and
+                // |w| <= 127, so a pair sum is at most 2 * 127 * 127 = 32258
+                // < 32767 and `vpmaddubsw`'s saturation never triggers.
+                let p16 = _mm256_maddubs_epi16(ax, sw);
+                // Pairs of i16 summed to i32 (exact).
+                acc[k] = _mm256_add_epi32(acc[k], _mm256_madd_epi16(p16, ones));
+            }
+            c += 32;
+        }
+        // A loop, not `array::from_fn`: a closure would not inherit the
+        // target features, and the reductions' intrinsics would become calls.
+        let mut sums = [0i32; R];
+        for k in 0..R {
+            sums[k] = hsum_i32x8(acc[k]) + dot_i8(&w[k * inp + full..(k + 1) * inp], &x[full..]);
+        }
+        sums
+    }
+}
+
+/// The sum of the 8 `i32` lanes (wrapping, exact here).
+#[inline(always)]
+fn hsum_i32x8(v: __m256i) -> i32 {
+    let mut lanes = [0i32; 8];
+    // SAFETY: `lanes` is 32 writable bytes, what the unaligned store writes;
+    // `vmovdqu` is AVX, which every caller (AVX2 or AVX-512 code) has.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), v) };
+    lanes.iter().fold(0i32, |s, &l| s.wrapping_add(l))
+}
+
+/// `int8 x int8` with AVX-512 VNNI (`vpdpbusd`): 64 codes per step (the last
+/// step masked), 4 rows at a time sharing the input loads.
+///
+/// # Safety
+/// The CPU has AVX-512 F, BW and VNNI; the operands satisfy the [module's contract](self).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn i8_i8_avx512vnni(
+    wq: &[i8],
+    scales: &[f32],
+    out: usize,
+    inp: usize,
+    xq: &[i8],
+    a: f32,
+    y: &mut [f32],
+) {
+    let mut r = 0;
+    while r + 4 <= out {
+        // SAFETY: the features by this function's contract; rows `r..r + 4 <= out` exist.
+        let acc = unsafe { rows_i8_vnni::<4>(&wq[r * inp..(r + 4) * inp], inp, xq) };
+        for k in 0..4 {
+            y[r + k] = finish(scales[r + k], a, acc[k]);
+        }
+        r += 4;
+    }
+    while r < out {
+        // SAFETY: as above, for the one row `r < out`.
+        let acc = unsafe { rows_i8_vnni::<1>(&wq[r * inp..(r + 1) * inp], inp, xq) };
+        y[r] = finish(scales[r], a, acc[0]);
+        r += 1;
+    }
+}
+
+/// The exact dot products of `R` consecutive rows with `x`, `vpdpbusd`.
+///
+/// # Safety
+/// The CPU has AVX-512 F, BW and VNNI; `w.len() == R * inp`, `x.len() == inp`,
+/// codes in -127..=127.
+#[inline(always)]
+unsafe fn rows_i8_vnni<const R: usize>(w: &[i8], inp: usize, x: &[i8]) -> [i32; R] {
+    debug_assert!(w.len() == R * inp && x.len() == inp);
+    // SAFETY: the features by the contract. A load at offset `c < inp` of a
+    // slice of `inp` codes (`x`, or row `k` of `w` at `k * inp`) reads
+    // `min(64, inp - c)` bytes: a full load while `c + 64 <= inp`, else a
+    // masked one whose lanes `inp - c ..` are neither read nor faulted.
+    unsafe {
+        let zero = _mm512_setzero_si512();
+        let mut acc = [zero; R];
+        let mut c = 0;
+        while c < inp {
+            let n = inp - c;
+            let m: __mmask64 = if n >= 64 { !0 } else { (1u64 << n) - 1 };
+            let xv = _mm512_maskz_loadu_epi8(m, x.as_ptr().add(c));
+            // |x| as unsigned bytes, and the sign of x as a mask.
+            let ax = _mm512_abs_epi8(xv);
+            let neg = _mm512_movepi8_mask(xv);
+            for k in 0..R {
+                let wv = _mm512_maskz_loadu_epi8(m, w.as_ptr().add(k * inp + c));
+                // w * sign(x): negated where x < 0 (where x == 0, |x| = 0).
+                let sw = _mm512_mask_sub_epi8(wv, neg, zero, wv);
+                // Four u8 x i8 products added to each i32 lane (no saturation).
+                acc[k] = _mm512_dpbusd_epi32(acc[k], ax, sw);
+            }
+            c += 64;
+        }
+        let mut sums = [0i32; R];
+        for k in 0..R {
+            sums[k] = _mm512_reduce_add_epi32(acc[k]);
+        }
+        sums
+    }
+}
+
+// ---------------------------------------------------------------------------
+// ternary x int8: decoding by byte shuffles, sums by `vpsadbw`.
+//
+// A step takes the packed bytes of 32 (AVX2) or 64 (AVX-512) codes,
+// spreads every byte over the 4 byte lanes of its codes (`vpshufb`), keeps
+// in lane `4b + j` only bits `2j..2j + 1` and compares them with the codes
+// of +1 and -1: two lane masks. The term is `x` where +1, `-x` where -1,
+// 0 elsewhere (0b00, and the invalid 0b11). The terms (|t| <= 127) are
+// summed exactly by `vpsadbw` against zero after adding 128 to each
+// (`t ^ 0x80` as an unsigned byte), and `128` per term subtracted at the
+// end: additions and subtractions only, no multiplication.
+
+/// Byte-lane constants of the decoding: `spread` (the `vpshufb` indices,
+/// byte `b` of the lane's 4 to its lanes `4b..4b + 4`, with lane block
+/// `q` of 16 bytes reading packed bytes `4q..4q + 4`), the bit masks, and
+/// the codes of +1 and -1 in place.
+const fn decode_tables() -> ([i8; 64], [i8; 64], [i8; 64], [i8; 64]) {
+    let mut spread = [0i8; 64];
+    let mut mask = [0i8; 64];
+    let mut plus = [0i8; 64];
+    let mut minus = [0i8; 64];
+    let mut i = 0;
+    while i < 64 {
+        let j = i % 4;
+        spread[i] = (i / 4) as i8;
+        mask[i] = (0b11u8 << (2 * j)) as i8;
+        plus[i] = (0b01u8 << (2 * j)) as i8;
+        minus[i] = (0b10u8 << (2 * j)) as i8;
+        i += 1;
+    }
+    (spread, mask, plus, minus)
+}
+
+/// The tables of [`decode_tables`].
+static DECODE: ([i8; 64], [i8; 64], [i8; 64], [i8; 64]) = decode_tables();
+
+/// `ternary x int8` with AVX2: 32 codes (8 packed bytes) per step, the
+/// tail of each row portable.
+///
+/// # Safety
+/// The CPU has AVX2; the operands satisfy the [module's contract](self).
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn t2_i8_avx2(packed: &[u8], scale: f32, out: usize, inp: usize, xq: &[i8], a: f32, y: &mut [f32]) {
+    let nb = ternary_row_bytes(inp);
+    let full = inp / 32 * 32;
+    let (spread, mask, plus, minus) = &DECODE;
+    // SAFETY: AVX2 by the contract. The table loads read the first 32 bytes
+    // of 64-byte arrays (`spread[..32]` is 0,0,0,0,1,..,3 then 4,..,7). In the loop,
+    // `c + 32 <= full <= inp`: the input load reads `xq[c..c + 32]` and the
+    // packed load the row's bytes `c / 4 .. c / 4 + 8 <= full / 4 <= nb`.
+    unsafe {
+        let spread = _mm256_loadu_si256(spread.as_ptr().cast());
+        let mask = _mm256_loadu_si256(mask.as_ptr().cast());
+        let plus = _mm256_loadu_si256(plus.as_ptr().cast());
+        let minus = _mm256_loadu_si256(minus.as_ptr().cast());
+        let bias = _mm256_set1_epi8(i8::MIN);
+        let zero = _mm256_setzero_si256();
+        for r in 0..out {
+            let row = &packed[r * nb..(r + 1) * nb];
+            let mut acc = zero;
+            let mut c = 0;
+            while c < full {
+                let bytes = _mm_loadl_epi64(row.as_ptr().add(c / 4).cast());
+                // Both 128-bit lanes hold the 8 bytes; lane 0 spreads bytes
+                // 0..4, lane 1 bytes 4..8 (`spread` is 0,0,0,0,1,..,3 then 4,..,7).
+                let codes = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_broadcastsi128_si256(bytes), spread), mask);
+                let xv = _mm256_loadu_si256(xq.as_ptr().add(c).cast());
+                let p = _mm256_and_si256(xv, _mm256_cmpeq_epi8(codes, plus));
+                let m = _mm256_and_si256(xv, _mm256_cmpeq_epi8(codes, minus));
+                let t = _mm256_sub_epi8(p, m);
+                acc = _mm256_add_epi64(acc, _mm256_sad_epu8(_mm256_xor_si256(t, bias), zero));
+                c += 32;
+            }
+            // Lanes hold sums of `t + 128` over 8 bytes: at most 8 * 255 per
+            // step, far from overflowing i64.
+            let mut lanes = [0i64; 4];
+            _mm256_storeu_si256(lanes.as_mut_ptr().cast(), acc);
+            let sum = lanes.iter().sum::<i64>() - 128 * full as i64;
+            y[r] = finish(scale, a, sum as i32 + dot_t2_i8(row, xq, full, inp));
+        }
+    }
+}
+
+/// `ternary x int8` with AVX-512 BW: 64 codes (16 packed bytes) per step,
+/// the tail of each row portable.
+///
+/// # Safety
+/// The CPU has AVX-512 F and BW; the operands satisfy the [module's contract](self).
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn t2_i8_avx512(packed: &[u8], scale: f32, out: usize, inp: usize, xq: &[i8], a: f32, y: &mut [f32]) {
+    let nb = ternary_row_bytes(inp);
+    let full = inp / 64 * 64;
+    let (spread, mask, plus, minus) = &DECODE;
+    // SAFETY: AVX-512 F and BW by the contract. The table loads read the
+    // 64-byte arrays whole. In the loop `c + 64 <= full <= inp`: the input
+    // load reads `xq[c..c + 64]`, the packed one the row's bytes
+    // `c / 4 .. c / 4 + 16 <= full / 4 <= nb`.
+    unsafe {
+        // `vpshufb` indexes within 128-bit lanes: lane `q` spreads bytes
+        // `4q..4q + 4` of its copy of the 16 packed bytes.
+        let spread = _mm512_loadu_si512(spread.as_ptr().cast());
+        let mask = _mm512_loadu_si512(mask.as_ptr().cast());
+        let plus = _mm512_loadu_si512(plus.as_ptr().cast());
+        let minus = _mm512_loadu_si512(minus.as_ptr().cast());
+        let bias = _mm512_set1_epi8(i8::MIN);
+        let zero = _mm512_setzero_si512();
+        for r in 0..out {
+            let row = &packed[r * nb..(r + 1) * nb];
+            let mut acc = zero;
+            let mut c = 0;
+            while c < full {
+                let bytes = _mm_loadu_si128(row.as_ptr().add(c / 4).cast());
+                let codes = _mm512_and_si512(_mm512_shuffle_epi8(_mm512_broadcast_i32x4(bytes), spread), mask);
+                let xv = _mm512_loadu_si512(xq.as_ptr().add(c).cast());
+                let p = _mm512_cmpeq_epi8_mask(codes, plus);
+                let m = _mm512_cmpeq_epi8_mask(codes, minus);
+                // x where +1, then 0 - x where -1, 0 elsewhere.
+                let t = _mm512_mask_sub_epi8(_mm512_maskz_mov_epi8(p, xv), m, zero, xv);
+                acc = _mm512_add_epi64(acc, _mm512_sad_epu8(_mm512_xor_si512(t, bias), zero));
+                c += 64;
+            }
+            let sum = _mm512_reduce_add_epi64(acc) - 128 * full as i64;
+            y[r] = finish(scale, a, sum as i32 + dot_t2_i8(row, xq, full, inp));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// f32 activations: the portable bodies with the paths' features (the same
+// operations in the same order, so the same bits; only the vector width of
+// the compiled code changes).
+
+/// [`super::i8_f32_portable`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU has AVX2 (the lengths are checked by indexing).
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn i8_f32_avx2(wq: &[i8], scales: &[f32], out: usize, inp: usize, x: &[f32], y: &mut [f32]) {
+    super::i8_f32_portable(wq, scales, out, inp, x, y)
+}
+
+/// [`super::i8_f32_portable`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU has AVX-512 F and BW (the lengths are checked by indexing).
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn i8_f32_avx512(wq: &[i8], scales: &[f32], out: usize, inp: usize, x: &[f32], y: &mut [f32]) {
+    super::i8_f32_portable(wq, scales, out, inp, x, y)
+}
+
+/// [`super::t2_f32_portable`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU has AVX2 (the lengths are checked by indexing).
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn t2_f32_avx2(packed: &[u8], scale: f32, out: usize, inp: usize, x: &[f32], y: &mut [f32]) {
+    super::t2_f32_portable(packed, scale, out, inp, x, y)
+}
+
+/// [`super::t2_f32_portable`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU has AVX-512 F and BW (the lengths are checked by indexing).
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn t2_f32_avx512(packed: &[u8], scale: f32, out: usize, inp: usize, x: &[f32], y: &mut [f32]) {
+    super::t2_f32_portable(packed, scale, out, inp, x, y)
+}
