@@ -23,6 +23,7 @@ use quote::{format_ident, quote};
 
 mod memory;
 mod parts;
+mod quant;
 mod stream;
 mod train;
 
@@ -35,6 +36,12 @@ pub fn emit(plan: &Plan, spec_source: &str) -> TokenStream {
     let params = emit_params(plan);
     let workspace = train::workspace(plan);
     let train = train::train(plan);
+    // A quantized model's training code runs on dequantized parameters (`quant::qat`).
+    let (workspace, train) = if plan.quant.is_quantized() {
+        (quant::qat(plan, quote! { #workspace #train }), quant::qparams(plan))
+    } else {
+        (workspace, train)
+    };
     let stream = stream::stream(plan);
     let model = emit_model_impl(plan);
     let mlp = plan.mlp.map_or("no MLP".to_string(), |m| format!("MLP {} hidden {}", m.activation.as_str(), m.hidden));
@@ -59,7 +66,7 @@ pub fn emit(plan: &Plan, spec_source: &str) -> TokenStream {
     );
     quote! {
         #[doc = #doc]
-        #[allow(clippy::needless_range_loop, clippy::too_many_arguments, clippy::excessive_precision, clippy::identity_op, clippy::erasing_op, clippy::modulo_one, clippy::type_complexity, unused_variables, unused_imports)]
+        #[allow(clippy::needless_range_loop, clippy::too_many_arguments, clippy::excessive_precision, clippy::identity_op, clippy::erasing_op, clippy::modulo_one, clippy::type_complexity, clippy::assign_op_pattern, unused_variables, unused_imports)]
         pub mod #name {
             use ::nl_runtime::kernels as k;
             use ::nl_runtime::gemm as mm;
@@ -123,7 +130,22 @@ fn emit_consts(plan: &Plan, spec_source: &str) -> TokenStream {
         let n = &tp.name;
         let shape = tp.shape.iter().map(|&s| lit(s));
         let (off, len) = (lit(tp.offset), lit(tp.len));
-        quote! { ::nl_runtime::TensorInfo { name: #n, shape: &[#(#shape),*], offset: #off, len: #len } }
+        let quantized = tp.quantized;
+        quote! { ::nl_runtime::TensorInfo { name: #n, shape: &[#(#shape),*], offset: #off, len: #len, quantized: #quantized } }
+    });
+    let scheme = quant::scheme(plan);
+    // An f32 model's deployable parameters are its `Params<f32>`.
+    let f32_qtensors = opt(!plan.quant.is_quantized(), {
+        let entries = plan.tensors.iter().map(|tp| {
+            let n = &tp.name;
+            let shape = tp.shape.iter().map(|&s| lit(s));
+            let (off, bytes) = (lit(4 * tp.offset), lit(4 * tp.len));
+            quote! { ::nl_runtime::QTensorInfo { name: #n, dtype: ::nl_runtime::Dtype::F32, shape: &[#(#shape),*], offset: #off, bytes: #bytes } }
+        });
+        quote! {
+            /// Every tensor of the deployable parameters (`Params<f32>` for this f32 model), in file order.
+            pub const QTENSORS: &[::nl_runtime::QTensorInfo] = &[#(#entries),*];
+        }
     });
     let periods = plan.memory.as_ref().map_or(Vec::new(), |m| m.periods.clone()).into_iter().map(lit);
     quote! {
@@ -165,6 +187,9 @@ fn emit_consts(plan: &Plan, spec_source: &str) -> TokenStream {
         pub const FLOPS_STEP: u64 = #fs;
         /// Every tensor of `Params`, in struct and checkpoint order.
         pub const TENSORS: &[::nl_runtime::TensorInfo] = &[#(#infos),*];
+        /// The spec's `[quant]` table (docs/quant.md).
+        pub const QUANT: ::nl_runtime::QuantScheme = #scheme;
+        #f32_qtensors
     }
 }
 
@@ -276,6 +301,28 @@ fn emit_params(plan: &Plan) -> TokenStream {
 }
 
 fn emit_model_impl(plan: &Plan) -> TokenStream {
+    let quant_items = if plan.quant.is_quantized() {
+        quote! {
+            type QParams = QParams;
+            fn quantize(params: &Params<f32>, q: &mut QParams) {
+                quantize(params, q)
+            }
+            fn try_step_q<'a>(stream: &'a mut Stream<f32>, q: &QParams, token: u32) -> Result<&'a [f32], ::nl_runtime::TokenError> {
+                stream.try_step_q(q, token).map(|logits| logits.as_slice())
+            }
+        }
+    } else {
+        quote! {
+            type QParams = Params<f32>;
+            fn quantize(params: &Params<f32>, q: &mut Params<f32>) {
+                use ::nl_runtime::Flat;
+                q.as_flat_mut().copy_from_slice(params.as_flat());
+            }
+            fn try_step_q<'a>(stream: &'a mut Stream<f32>, q: &Params<f32>, token: u32) -> Result<&'a [f32], ::nl_runtime::TokenError> {
+                stream.try_step(q, token).map(|logits| logits.as_slice())
+            }
+        }
+    };
     let memory_level = if plan.memory.is_some() {
         quote! {
             if level >= LAYERS * LEVELS {
@@ -307,12 +354,15 @@ fn emit_model_impl(plan: &Plan) -> TokenStream {
             const LAYERS: usize = LAYERS;
             const PARAM_COUNT: usize = PARAM_COUNT;
             const TENSORS: &'static [::nl_runtime::TensorInfo] = TENSORS;
+            const QUANT: ::nl_runtime::QuantScheme = QUANT;
+            const QTENSORS: &'static [::nl_runtime::QTensorInfo] = QTENSORS;
             const FLOPS_FORWARD: u64 = FLOPS_FORWARD;
             const FLOPS_TRAIN: u64 = FLOPS_TRAIN;
             const FLOPS_STEP: u64 = FLOPS_STEP;
             type Params<S: Scalar> = Params<S>;
             type Workspace<S: Scalar> = Workspace<S>;
             type Stream<S: Scalar> = Stream<S>;
+            #quant_items
 
             fn init<S: Scalar>(params: &mut Params<S>, seed: u64) {
                 params.init(seed)

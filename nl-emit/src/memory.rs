@@ -52,6 +52,35 @@ fn level_params(plan: &Plan, l: usize) -> TokenStream {
     }
 }
 
+/// The memory's input as its projections read it: `u`, or its int8
+/// quantization with int8 activations (docs/quant.md).
+fn m_input(plan: &Plan) -> TokenStream {
+    if crate::quant::int8_acts(plan) {
+        quote! { bw.uq }
+    } else {
+        quote! { bw.u }
+    }
+}
+
+/// Level `l`'s `LevelGates` of the block `bp`.
+fn level_gates(plan: &Plan, l: usize) -> TokenStream {
+    let f = |n: &str| format_ident!("mem{}_{}", l, n);
+    let (wa, ba, wt, bt) = (f("w_alpha"), f("b_alpha"), f("w_theta"), f("b_theta"));
+    let eta = if titans(plan) {
+        let (we, be) = (f("w_eta"), f("b_eta"));
+        quote! { w_eta: &bp.#we, b_eta: bp.#be[0], }
+    } else {
+        quote! { w_eta: &[], b_eta: S::ZERO, }
+    };
+    quote! {
+        ::nl_runtime::memory::LevelGates {
+            w_alpha: &bp.#wa, b_alpha: bp.#ba[0],
+            w_theta: &bp.#wt, b_theta: bp.#bt[0],
+            #eta
+        }
+    }
+}
+
 /// One token stream per level, from `f(level, its LevelParams, its period)`.
 fn per_level(plan: &Plan, f: impl Fn(usize, TokenStream, Literal) -> TokenStream) -> Vec<TokenStream> {
     let periods = plan.memory.as_ref().map_or(&[][..], |m| &m.periods[..]);
@@ -134,13 +163,14 @@ pub(crate) fn forward(plan: &Plan) -> TokenStream {
     if plan.memory.is_none() {
         return quote! {};
     }
+    let m_in = m_input(plan);
     let rule = rule_type(plan);
     let scale = scale(plan);
     let norm = normalize(plan);
     let levels = per_level(plan, |l, lp, period| {
         quote! {
             ::nl_runtime::memory::forward::<S, #rule, SEQ, D>(
-                &#lp, #period, #norm, freeze_memory, &bw.u, &bw.start[#l], &mut bw.end[#l], &mut bw.trace[#l], #scale, &mut bw.y,
+                &#lp, #period, #norm, freeze_memory, &#m_in, &bw.start[#l], &mut bw.end[#l], &mut bw.trace[#l], #scale, &mut bw.y,
             );
         }
     });
@@ -169,6 +199,7 @@ pub(crate) fn backward(plan: &Plan) -> TokenStream {
     if plan.memory.is_none() {
         return quote! {};
     }
+    let m_in = m_input(plan);
     let rule = rule_type(plan);
     let scale = scale(plan);
     let norm = normalize(plan);
@@ -193,7 +224,7 @@ pub(crate) fn backward(plan: &Plan) -> TokenStream {
                     #eta
                 };
                 ::nl_runtime::memory::backward::<S, #rule, SEQ, D>(
-                    &#lp, #period, #norm, freeze_memory, &bw.u, &bw.start[#l], &mut bw.trace[#l], &mut sc.adjoint, #scale, &sc.dy, &mut lg, &mut sc.dh,
+                    &#lp, #period, #norm, freeze_memory, &#m_in, &bw.start[#l], &mut bw.trace[#l], &mut sc.adjoint, #scale, &sc.dy, &mut lg, &mut sc.dh,
                 );
             }
         }
@@ -205,7 +236,7 @@ pub(crate) fn backward(plan: &Plan) -> TokenStream {
 }
 
 /// Streaming step of a block's memory branch (reads `self.u`, writes `self.y`).
-pub(crate) fn stream_step(plan: &Plan) -> TokenStream {
+pub(crate) fn stream_step(plan: &Plan, reader: crate::quant::Reader) -> TokenStream {
     if plan.memory.is_none() {
         return quote! {};
     }
@@ -213,9 +244,29 @@ pub(crate) fn stream_step(plan: &Plan) -> TokenStream {
     let scale = scale(plan);
     let norm = normalize(plan);
     let levels = per_level(plan, |l, lp, period| {
+        if reader == crate::quant::Reader::Float {
+            return quote! {
+                ::nl_runtime::memory::step::<S, #rule, D>(
+                    &#lp, #period, #norm, self.freeze_memory, &self.u, &mut bs.mem[#l], &mut self.scratch, #scale, &mut self.y,
+                );
+            };
+        }
+        // Quantized: the projections by the reader's products, then the rest of the step.
+        let proj = |w: &str, out: TokenStream| {
+            crate::quant::mv(plan, reader, true, &format!("mem{l}_{w}"), quote! { self.u }, out)
+        };
+        let (pk, pv, pq) = (
+            proj("wk", quote! { self.scratch.k }),
+            proj("wv", quote! { self.scratch.v }),
+            proj("wq", quote! { self.scratch.q }),
+        );
+        let gates = level_gates(plan, l);
         quote! {
-            ::nl_runtime::memory::step::<S, #rule, D>(
-                &#lp, #period, #norm, self.freeze_memory, &self.u, &mut bs.mem[#l], &mut self.scratch, #scale, &mut self.y,
+            #pk
+            #pv
+            #pq
+            ::nl_runtime::memory::step_projected::<S, #rule, D>(
+                &#gates, #period, #norm, self.freeze_memory, &mut bs.mem[#l], &mut self.scratch, #scale, &mut self.y,
             );
         }
     });

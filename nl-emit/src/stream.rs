@@ -2,12 +2,30 @@
 //! `WINDOW` keys and values and the memory levels' states, plus one token's
 //! vectors) and its `step`, which runs every block for one token.
 
-use crate::{memory, opt, parts};
+use crate::quant::{mv, Reader};
+use crate::{lit, memory, opt, parts};
 use nl_spec::{Composition, Norm, Plan, Positions};
 use proc_macro2::TokenStream;
 use quote::quote;
 
+/// The `Stream` and its `step`; for a quantized plan also `try_step_q` on
+/// the deployable parameters.
 pub(crate) fn stream(plan: &Plan) -> TokenStream {
+    if plan.quant.is_quantized() {
+        let latent = build(plan, Reader::FakeQuant);
+        let int = build(plan, Reader::Int);
+        quote! {
+            #latent
+            #int
+        }
+    } else {
+        build(plan, Reader::Float)
+    }
+}
+
+/// The stream's structs and `step` reading the weights as `reader` says;
+/// for [`Reader::Int`] only `Stream<f32>::try_step_q`.
+fn build(plan: &Plan, reader: Reader) -> TokenStream {
     let mag = plan.composition == Composition::Mag;
     let mal = plan.composition == Composition::Mal;
     let mem = plan.memory.is_some();
@@ -129,7 +147,22 @@ pub(crate) fn stream(plan: &Plan) -> TokenStream {
     } else {
         quote! { self.u = self.x; }
     };
-    let mem_step = memory::stream_step(plan);
+    let mem_step = memory::stream_step(plan, reader);
+    let bind_b = if reader == Reader::Int {
+        quote! { let (bp, bi, bs) = (&p.blocks[b], &q.i.blocks[b], &mut self.blocks[b]); }
+    } else {
+        quote! { let (bp, bs) = (&p.blocks[b], &mut self.blocks[b]); }
+    };
+    let qin = lit(crate::quant::max_in(plan));
+    let quant_fields = opt(
+        plan.quant.is_quantized(),
+        quote! {
+            /// Scratch of the quantized products on latent weights (an input and a row).
+            pub qbuf: [S; 2 * #qin],
+            /// An input's int8 codes (int8 activations).
+            pub qx: [i8; #qin],
+        },
+    );
     let h_in = opt(
         mal,
         quote! {
@@ -191,7 +224,11 @@ pub(crate) fn stream(plan: &Plan) -> TokenStream {
         } else {
             (quote! {}, quote! { self.x })
         };
-        let gate = opt(gated, quote! { k::matvec(&bp.mlp_w_gate, &#w, &mut self.gate_pre); });
+        let gate = if gated {
+            mv(plan, reader, true, "mlp_w_gate", quote! { #w }, quote! { self.gate_pre })
+        } else {
+            quote! {}
+        };
         let act = parts::activation(
             plan,
             quote! { &self.up[..] },
@@ -207,12 +244,14 @@ pub(crate) fn stream(plan: &Plan) -> TokenStream {
         } else {
             quote! { self.x = self.f; }
         };
+        let up = mv(plan, reader, true, "mlp_w_up", quote! { #w }, quote! { self.up });
+        let down = mv(plan, reader, true, "mlp_w_down", quote! { self.act }, quote! { self.f });
         quote! {
             #norm_m
-            k::matvec(&bp.mlp_w_up, &#w, &mut self.up);
+            #up
             #gate
             #act
-            k::matvec(&bp.mlp_w_down, &self.act, &mut self.f);
+            #down
             #residual_f
         }
     } else {
@@ -225,6 +264,76 @@ pub(crate) fn stream(plan: &Plan) -> TokenStream {
         quote! { self.x }
     };
     let _ = self_tok;
+    let unembed_field = if plan.tie_embeddings { "embed" } else { "unembed" };
+    let _ = &unembed;
+    let (mv_q, mv_k, mv_v, mv_o) = (
+        mv(plan, reader, true, "attn_wq", quote! { #h }, quote! { self.q }),
+        mv(plan, reader, true, "attn_wk", quote! { #h }, quote! { bs.k[slot] }),
+        mv(plan, reader, true, "attn_wv", quote! { #h }, quote! { bs.v[slot] }),
+        mv(plan, reader, true, "attn_wo", quote! { #o }, quote! { self.z }),
+    );
+    let mv_logits = mv(plan, reader, false, unembed_field, quote! { #xf }, quote! { self.logits });
+    let body = quote! {
+        let tok = token as usize;
+        if tok >= VOCAB {
+            return Err(::nl_runtime::TokenError { token, vocab: VOCAB });
+        }
+        #rope_fill
+        let slot = (self.pos % WINDOW as u64) as usize;
+        let n = if self.pos < WINDOW as u64 { self.pos as usize + 1 } else { WINDOW };
+        self.x = p.embed[tok];
+        for b in 0..LAYERS {
+            #bind_b
+            #norm_a
+            #mem_step
+            #h_in
+            #mv_q
+            #mv_k
+            #mv_v
+            #attend
+            #compose
+            #mv_o
+            #residual_z
+            #mlp_step
+        }
+        #final_norm
+        #mv_logits
+        self.pos += 1;
+        Ok(&self.logits)
+    };
+    if reader == Reader::Int {
+        return quote! {
+            impl Stream<f32> {
+                /// [`Stream::try_step`] on the deployable parameters
+                /// ([`QParams`], from [`quantize`] or read in place from an
+                /// exported checkpoint): every quantized matrix through the
+                /// integer kernels of `nl_runtime::quant`. The logits equal
+                /// `try_step`'s on the latent parameters within float rounding.
+                pub fn try_step_q(&mut self, q: &QParams, token: u32) -> Result<&[f32; VOCAB], ::nl_runtime::TokenError> {
+                    #[allow(non_camel_case_types, dead_code)]
+                    type S = f32;
+                    let p = &q.f;
+                    #body
+                }
+
+                /// [`Stream::try_step_q`], panicking on a token `>= VOCAB`.
+                ///
+                /// # Panics
+                /// If `token >= VOCAB`.
+                pub fn step_q(&mut self, q: &QParams, token: u32) -> &[f32; VOCAB] {
+                    match self.try_step_q(q, token) {
+                        Ok(logits) => logits,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+        };
+    }
+    let try_doc = if reader == Reader::FakeQuant {
+        " As [`Stream::step`], but a token `>= VOCAB` is an error and leaves the stream unchanged, instead of a panic (the form for a device, where a panic is a hang). Each quantized matrix and its input are quantized from the latent parameters on the fly (`nl_runtime::qat::fq_matvec`): the training forward's math; [`Stream::try_step_q`] is the fast integer form."
+    } else {
+        " As [`Stream::step`], but a token `>= VOCAB` is an error and leaves the stream unchanged, instead of a panic (the form for a device, where a panic is a hang)."
+    };
     quote! {
         /// One block's serving state.
         #[repr(C)]
@@ -266,6 +375,7 @@ pub(crate) fn stream(plan: &Plan) -> TokenStream {
             #rope_fields
             #mem_fields
             #rope_ready
+            #quant_fields
         }
 
         #[doc = " SAFETY: every field is an array of `S: Scalar` or of `nl_runtime::memory::LevelState` (arrays of `S` and a `u64`), so all-zero bytes are a valid `BlockStream`."]
@@ -298,36 +408,9 @@ pub(crate) fn stream(plan: &Plan) -> TokenStream {
                 }
             }
 
-            /// As [`Stream::step`], but a token `>= VOCAB` is an error and
-            /// leaves the stream unchanged, instead of a panic (the form for
-            /// a device, where a panic is a hang).
+            #[doc = #try_doc]
             pub fn try_step(&mut self, p: &Params<S>, token: u32) -> Result<&[S; VOCAB], ::nl_runtime::TokenError> {
-                let tok = token as usize;
-                if tok >= VOCAB {
-                    return Err(::nl_runtime::TokenError { token, vocab: VOCAB });
-                }
-                #rope_fill
-                let slot = (self.pos % WINDOW as u64) as usize;
-                let n = if self.pos < WINDOW as u64 { self.pos as usize + 1 } else { WINDOW };
-                self.x = p.embed[tok];
-                for b in 0..LAYERS {
-                    let (bp, bs) = (&p.blocks[b], &mut self.blocks[b]);
-                    #norm_a
-                    #mem_step
-                    #h_in
-                    k::matvec(&bp.attn_wq, &#h, &mut self.q);
-                    k::matvec(&bp.attn_wk, &#h, &mut bs.k[slot]);
-                    k::matvec(&bp.attn_wv, &#h, &mut bs.v[slot]);
-                    #attend
-                    #compose
-                    k::matvec(&bp.attn_wo, &#o, &mut self.z);
-                    #residual_z
-                    #mlp_step
-                }
-                #final_norm
-                k::matvec(&p.#unembed, &#xf, &mut self.logits);
-                self.pos += 1;
-                Ok(&self.logits)
+                #body
             }
 
             /// The surprise of `next`: `-log softmax(logits)[next]` under the

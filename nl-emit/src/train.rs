@@ -168,6 +168,40 @@ pub(crate) fn workspace(plan: &Plan) -> TokenStream {
             pub attn: ::nl_runtime::attn::AttnScratch<S, SEQ, HEAD_DIM>,
         },
     );
+    let acts = crate::quant::int8_acts(plan);
+    let q_fields = opt(acts, {
+        let hq = opt(
+            mal,
+            quote! {
+                /// The attention input `h` as the quantized products read it (int8 activations).
+                pub hq: [[S; D]; SEQ],
+            },
+        );
+        let mlp_q = opt(
+            mlp,
+            quote! {
+                /// The MLP input as `W_up` (and `W_gate`) read it (int8 activations).
+                pub mq: [[S; D]; SEQ],
+                /// The activation as `W_down` reads it (int8 activations).
+                pub actq: [[S; HIDDEN]; SEQ],
+            },
+        );
+        quote! {
+            /// `u` as the quantized products read it: each row `a * round(u / a)` (int8 activations).
+            pub uq: [[S; D]; SEQ],
+            #hq
+            /// The output projection's input as `W_o` reads it (int8 activations).
+            pub oq: [[S; D]; SEQ],
+            #mlp_q
+        }
+    });
+    let xfq = opt(
+        acts && !plan.tie_embeddings,
+        quote! {
+            /// The unembedding's input as it reads it (int8 activations).
+            pub xfq: [[S; D]; SEQ],
+        },
+    );
     quote! {
         /// What the training forward keeps of one block for its backward,
         /// and the block's packed weights.
@@ -199,6 +233,7 @@ pub(crate) fn workspace(plan: &Plan) -> TokenStream {
             /// `attn_wo` transposed.
             pub attn_wo_t: [[S; D]; D],
             #mlp_packed
+            #q_fields
         }
 
         /// The backward's buffers, shared by the blocks (the backward runs
@@ -245,6 +280,7 @@ pub(crate) fn workspace(plan: &Plan) -> TokenStream {
             #rope
             /// The backward's buffers.
             pub sc: Scratch<S>,
+            #xfq
             #freeze
         }
 
@@ -322,6 +358,14 @@ pub(crate) fn train(plan: &Plan) -> TokenStream {
         quote! { ws.xs[LAYERS] }
     };
     let g_tok = quote! { g };
+    // The unembedding's input as it reads it (a tied `embed` stays f32, and so does its input).
+    let q_xf = crate::quant::int8_acts(plan) && !plan.tie_embeddings;
+    let xf_q = opt(q_xf, quote! { ws.xfq = #xf; ::nl_runtime::qat::fake_quant_rows(&mut ws.xfq); });
+    let xf_in = if q_xf {
+        quote! { ws.xfq }
+    } else {
+        xf.clone()
+    };
     let final_back = if norm {
         let back = parts::norm_seq_back(
             plan,
@@ -381,7 +425,8 @@ pub(crate) fn train(plan: &Plan) -> TokenStream {
                 block_forward(&p.blocks[b], &mut ws.blocks[b], &done[b], &mut rest[0], #freeze, #rope_arg, #attn_arg);
             }
             #final_norm
-            mm::linear_t(&#xf, &ws.unembed_t, &mut ws.logits);
+            #xf_q
+            mm::linear_t(&#xf_in, &ws.unembed_t, &mut ws.logits);
         }
 
         #block_fwd
@@ -431,7 +476,7 @@ pub(crate) fn train(plan: &Plan) -> TokenStream {
             forward_packed(p, tokens, ws);
             let loss = k::cross_entropy_backward(&ws.logits, &tokens[1..], &mut ws.dlogits);
             // logits = U xf
-            mm::linear_backward_weight_acc(&ws.dlogits, &#xf, &mut g.#unembed);
+            mm::linear_backward_weight_acc(&ws.dlogits, &#xf_in, &mut g.#unembed);
             #final_back
             for b in (0..LAYERS).rev() {
                 block_backward(&p.blocks[b], &mut g.blocks[b], &mut ws.blocks[b], &ws.xs[b], &mut ws.sc, #freeze, #rope_arg);
@@ -459,6 +504,37 @@ fn attn_input(plan: &Plan) -> TokenStream {
     }
 }
 
+/// What a product reads of its input `orig`: with int8 activations its
+/// quantized copy `q` (docs/quant.md), else `orig` itself.
+fn q_input(plan: &Plan, orig: TokenStream, q: TokenStream) -> TokenStream {
+    if crate::quant::int8_acts(plan) {
+        q
+    } else {
+        orig
+    }
+}
+
+/// The attention projections' input as they read it.
+fn attn_mm_input(plan: &Plan) -> TokenStream {
+    let q = if plan.composition == Composition::Mal {
+        quote! { bw.hq }
+    } else {
+        quote! { bw.uq }
+    };
+    q_input(plan, attn_input(plan), q)
+}
+
+/// `dst = src; quantize each row of dst` when activations are int8.
+fn q_copy(plan: &Plan, dst: TokenStream, src: TokenStream) -> TokenStream {
+    opt(
+        crate::quant::int8_acts(plan),
+        quote! {
+            #dst = #src;
+            ::nl_runtime::qat::fake_quant_rows(&mut #dst);
+        },
+    )
+}
+
 fn block_forward(plan: &Plan) -> TokenStream {
     let mag = plan.composition == Composition::Mag;
     let mal = plan.composition == Composition::Mal;
@@ -470,6 +546,8 @@ fn block_forward(plan: &Plan) -> TokenStream {
     } else {
         quote! { bw.u = *x; }
     };
+    let u_q = q_copy(plan, quote! { bw.uq }, quote! { bw.u });
+    let h_q = opt(mal, q_copy(plan, quote! { bw.hq }, quote! { bw.h }));
     let mem_forward = memory::forward(plan);
     let h_in = opt(
         mal,
@@ -481,7 +559,7 @@ fn block_forward(plan: &Plan) -> TokenStream {
             }
         },
     );
-    let h = attn_input(plan);
+    let h = attn_mm_input(plan);
     let rotate = opt(
         rope,
         quote! {
@@ -511,6 +589,8 @@ fn block_forward(plan: &Plan) -> TokenStream {
     } else {
         quote! { bw.a }
     };
+    let o_q = q_copy(plan, quote! { bw.oq }, o.clone());
+    let o = q_input(plan, o, quote! { bw.oq });
     let add = |target: TokenStream, from: TokenStream| {
         opt(
             plan.residual,
@@ -531,6 +611,10 @@ fn block_forward(plan: &Plan) -> TokenStream {
         } else {
             (quote! {}, quote! { bw.mid })
         };
+        let w_q = q_copy(plan, quote! { bw.mq }, w.clone());
+        let w = q_input(plan, w, quote! { bw.mq });
+        let act_q = q_copy(plan, quote! { bw.actq }, quote! { bw.act });
+        let act_in = q_input(plan, quote! { bw.act }, quote! { bw.actq });
         let gate_mm = if parts::gated(plan) {
             quote! { mm::linear_t(&#w, &bw.mlp_w_gate_t, &mut bw.gate_pre); }
         } else {
@@ -544,16 +628,19 @@ fn block_forward(plan: &Plan) -> TokenStream {
         );
         (
             quote! {
+                #o_q
                 mm::linear_t(&#o, &bw.attn_wo_t, &mut bw.mid);
                 #add_x
             },
             quote! {
                 // MLP: f = W_down act(W_up N_m(mid)); out = [mid +] f.
                 #norm_m
+                #w_q
                 mm::linear_t(&#w, &bw.mlp_w_up_t, &mut bw.up);
                 #gate_mm
                 #act
-                mm::linear_t(&bw.act, &bw.mlp_w_down_t, out);
+                #act_q
+                mm::linear_t(&#act_in, &bw.mlp_w_down_t, out);
                 #add_mid
             },
         )
@@ -561,6 +648,7 @@ fn block_forward(plan: &Plan) -> TokenStream {
         let add_x = add(quote! { out }, quote! { x });
         (
             quote! {
+                #o_q
                 mm::linear_t(&#o, &bw.attn_wo_t, out);
                 #add_x
             },
@@ -592,8 +680,10 @@ fn block_forward(plan: &Plan) -> TokenStream {
         ) {
             // u = N_a(x)
             #norm_a
+            #u_q
             #mem_forward
             #h_in
+            #h_q
             mm::linear_t(&#h, &bw.attn_wq_t, &mut bw.q);
             mm::linear_t(&#h, &bw.attn_wk_t, &mut bw.k);
             mm::linear_t(&#h, &bw.attn_wv_t, &mut bw.v);
@@ -631,6 +721,8 @@ fn block_backward(plan: &Plan) -> TokenStream {
         } else {
             quote! { bw.mid }
         };
+        let w = q_input(plan, w, quote! { bw.mq });
+        let act_in = q_input(plan, quote! { bw.act }, quote! { bw.actq });
         let act_back = parts::activation_back(
             plan,
             quote! { bw.up.as_flattened() },
@@ -676,7 +768,7 @@ fn block_backward(plan: &Plan) -> TokenStream {
         (
             quote! {
                 // out = [mid +] W_down act
-                mm::linear_backward_weight_acc(&sc.dx, &bw.act, &mut bg.mlp_w_down);
+                mm::linear_backward_weight_acc(&sc.dx, &#act_in, &mut bg.mlp_w_down);
                 k::zero(&mut sc.dact);
                 mm::linear_backward_input_acc(&sc.dx, &bp.mlp_w_down, &mut sc.dact);
                 #dmid_init
@@ -698,6 +790,7 @@ fn block_backward(plan: &Plan) -> TokenStream {
     } else {
         quote! { bw.a }
     };
+    let o = q_input(plan, o, quote! { bw.oq });
     let d_o = if mag {
         quote! { sc.d_o }
     } else {
@@ -753,7 +846,7 @@ fn block_backward(plan: &Plan) -> TokenStream {
     } else {
         quote! {}
     };
-    let h = attn_input(plan);
+    let h = attn_mm_input(plan);
     let mal_back = opt(
         mal,
         quote! {

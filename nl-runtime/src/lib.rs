@@ -32,6 +32,7 @@ pub mod optim;
 #[cfg(feature = "std")]
 pub mod parallel;
 pub mod positions;
+pub mod qat;
 pub mod quant;
 pub mod rng;
 mod scalar;
@@ -86,6 +87,10 @@ unsafe impl Zeroable for u64 {}
 unsafe impl Zeroable for usize {}
 // SAFETY: all-zero bytes is `false`.
 unsafe impl Zeroable for bool {}
+// SAFETY: all-zero is the integer 0.
+unsafe impl Zeroable for i8 {}
+// SAFETY: all-zero is the integer 0.
+unsafe impl Zeroable for u8 {}
 // SAFETY: an array has no padding beyond its elements', so all-zero bytes are
 // N all-zero elements, each valid by `T: Zeroable`.
 unsafe impl<T: Zeroable, const N: usize> Zeroable for [T; N] {}
@@ -111,6 +116,80 @@ pub struct TensorInfo {
     pub offset: usize,
     /// Number of elements.
     pub len: usize,
+    /// Whether the forward pass reads it quantized (`[quant]`; docs/quant.md).
+    pub quantized: bool,
+}
+
+/// Element type of a stored tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    /// IEEE binary32, little-endian.
+    F32,
+    /// Signed bytes (int8 weight codes).
+    I8,
+    /// Unsigned bytes (ternary codes packed 4 per byte; padding).
+    U8,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub const fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::I8 | Dtype::U8 => 1,
+        }
+    }
+
+    /// The safetensors name (`F32`, `I8`, `U8`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "F32",
+            Dtype::I8 => "I8",
+            Dtype::U8 => "U8",
+        }
+    }
+}
+
+/// One tensor of a model's deployable parameters ([`Model::QParams`]), as
+/// listed in the generated `QTENSORS`: struct and file order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QTensorInfo {
+    /// Name: a `TENSORS` name (its f32 value, or its integer codes), that
+    /// name + `.scale` (its scales), or `__pad__` (bytes that round the
+    /// struct to a multiple of 4).
+    pub name: &'static str,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape, outermost first (packed ternary: `[out, ceil(in / 4)]`).
+    pub shape: &'static [usize],
+    /// Offset in bytes from the start of `QParams`.
+    pub offset: usize,
+    /// Size in bytes.
+    pub bytes: usize,
+}
+
+/// The `[quant]` table of a model's spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuantScheme {
+    /// What the forward pass reads of the weight matrices.
+    pub weights: quant::WeightQuant,
+    /// What it reads of their inputs.
+    pub activations: quant::ActQuant,
+}
+
+impl QuantScheme {
+    /// The scheme's name in checkpoints and messages: `weights/activations`, e.g. `int8/f32`.
+    pub const fn name(&self) -> &'static str {
+        use quant::{ActQuant as A, WeightQuant as W};
+        match (self.weights, self.activations) {
+            (W::F32, A::F32) => "f32/f32",
+            (W::F32, A::Int8) => "f32/int8",
+            (W::Int8, A::F32) => "int8/f32",
+            (W::Int8, A::Int8) => "int8/int8",
+            (W::Ternary, A::F32) => "ternary/f32",
+            (W::Ternary, A::Int8) => "ternary/int8",
+        }
+    }
 }
 
 /// A parameter struct that can be viewed as one flat slice of scalars.
@@ -156,6 +235,10 @@ pub trait Model: 'static {
     const PARAM_COUNT: usize;
     /// Every tensor, in struct (and checkpoint) order.
     const TENSORS: &'static [TensorInfo];
+    /// The spec's `[quant]` table.
+    const QUANT: QuantScheme;
+    /// Every tensor of [`Model::QParams`], in struct and file order.
+    const QTENSORS: &'static [QTensorInfo];
     /// Forward FLOPs per token of a training sequence (formula in `nl-spec`'s plan docs).
     const FLOPS_FORWARD: u64;
     /// Forward + backward FLOPs per token of a training sequence.
@@ -169,6 +252,11 @@ pub trait Model: 'static {
     type Workspace<S: Scalar>: Zeroable;
     /// Streaming (serving) state.
     type Stream<S: Scalar>: Zeroable;
+    /// The deployable parameters: `Params<f32>` for an f32 model; for a
+    /// quantized one, the f32 tensors and the scales, then the integer
+    /// weight codes (docs/quant.md). Made by [`Model::quantize`], read by
+    /// [`Model::try_step_q`]; an exported checkpoint is its bytes.
+    type QParams: Zeroable;
 
     /// Deterministic initialisation from a seed (scheme documented in the
     /// generated module and the README).
@@ -227,6 +315,17 @@ pub trait Model: 'static {
         params: &Self::Params<S>,
         token: u32,
     ) -> Result<&'a [S], TokenError>;
+    /// The deployable parameters of `params` (a copy for an f32 model).
+    fn quantize(params: &Self::Params<f32>, q: &mut Self::QParams);
+    /// [`Model::try_step`] on the deployable parameters: the integer
+    /// kernels for a quantized model ([`Model::try_step`] on its latent
+    /// parameters computes the same within float rounding), `try_step`
+    /// itself for an f32 one.
+    fn try_step_q<'a>(
+        stream: &'a mut Self::Stream<f32>,
+        q: &Self::QParams,
+        token: u32,
+    ) -> Result<&'a [f32], TokenError>;
     /// A read-only view of a memory level's inner-loop state in a
     /// streaming state, the levels of all blocks counted block-major:
     /// `level = block * LEVELS + l` (`None` if the model has no such level).

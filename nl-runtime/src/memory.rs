@@ -205,6 +205,38 @@ pub struct LevelParams<'a, S, const D: usize> {
     pub b_eta: S,
 }
 
+/// One level's gate parameters (the part of [`LevelParams`] a step reads
+/// after the projections).
+#[derive(Clone, Copy)]
+pub struct LevelGates<'a, S> {
+    /// Forget-gate weight `[2D]`.
+    pub w_alpha: &'a [S],
+    /// Forget-gate bias.
+    pub b_alpha: S,
+    /// Inner-learning-rate weight `[2D]`.
+    pub w_theta: &'a [S],
+    /// Inner-learning-rate bias.
+    pub b_theta: S,
+    /// Momentum-gate weight `[2D]` (titans) or empty.
+    pub w_eta: &'a [S],
+    /// Momentum-gate bias (titans).
+    pub b_eta: S,
+}
+
+impl<'a, S: Copy, const D: usize> LevelParams<'a, S, D> {
+    /// The gate parameters.
+    pub fn gates(&self) -> LevelGates<'a, S> {
+        LevelGates {
+            w_alpha: self.w_alpha,
+            b_alpha: self.b_alpha,
+            w_theta: self.w_theta,
+            b_theta: self.b_theta,
+            w_eta: self.w_eta,
+            b_eta: self.b_eta,
+        }
+    }
+}
+
 /// Gradients of one level's parameters, borrowed from the generated gradient `Params`.
 pub struct LevelGrads<'a, S, const D: usize> {
     /// Gradient of `wk`.
@@ -300,7 +332,7 @@ pub fn gate_pre<S: Scalar, const D: usize>(w: &[S], b: S, k: &[S; D], v: &[S; D]
 /// eps))` and `theta_pre = w_theta . [k; v] + b_theta`.
 #[inline]
 fn gates<S: Scalar, R: Rule, const D: usize>(
-    p: &LevelParams<'_, S, D>,
+    p: &LevelGates<'_, S>,
     period: u64,
     k: &[S; D],
     v: &[S; D],
@@ -799,6 +831,23 @@ pub fn step<S: Scalar, R: Rule, const D: usize>(
     y: &mut [S; D],
 ) {
     project(p, m_in, &mut sc.k, &mut sc.v, &mut sc.q);
+    step_projected::<S, R, D>(&p.gates(), period, normalize_keys, frozen, st, sc, scale, y);
+}
+
+/// [`step`] after the projections: `sc.k`, `sc.v`, `sc.q` already hold
+/// `W_k m`, `W_v m`, `W_q m` (computed by the caller, e.g. from quantized
+/// weights); only the level's gates are read.
+#[allow(clippy::too_many_arguments)]
+pub fn step_projected<S: Scalar, R: Rule, const D: usize>(
+    p: &LevelGates<'_, S>,
+    period: u64,
+    normalize_keys: bool,
+    frozen: bool,
+    st: &mut LevelState<S, D>,
+    sc: &mut StepScratch<S, D>,
+    scale: S,
+    y: &mut [S; D],
+) {
     if normalize_keys {
         normalize(&mut sc.k);
         normalize(&mut sc.q);
@@ -839,7 +888,7 @@ pub fn forward<S: Scalar, R: Rule, const T: usize, const D: usize>(
             tr.k_norm[t] = S::ONE;
             tr.q_norm[t] = S::ONE;
         }
-        let (alpha, theta, theta_pre, eta) = gates::<S, R, D>(p, period, &tr.k[t], &tr.v[t]);
+        let (alpha, theta, theta_pre, eta) = gates::<S, R, D>(&p.gates(), period, &tr.k[t], &tr.v[t]);
         tr.alpha[t] = alpha;
         tr.theta[t] = theta;
         tr.theta_pre[t] = theta_pre;
@@ -1251,7 +1300,7 @@ mod tests {
                 tr.k_norm[t] = S::ONE;
                 tr.q_norm[t] = S::ONE;
             }
-            let (alpha, theta, theta_pre, eta) = gates::<S, R, D>(p, period, &tr.k[t], &tr.v[t]);
+            let (alpha, theta, theta_pre, eta) = gates::<S, R, D>(&p.gates(), period, &tr.k[t], &tr.v[t]);
             tr.alpha[t] = alpha;
             tr.theta[t] = theta;
             tr.theta_pre[t] = theta_pre;

@@ -25,7 +25,8 @@ pub use plan::{
     attention_as_gemm, footprint, sha256, sha256_hex, Flops, Footprint, Init, MemoryPlan, Plan, TensorPlan,
 };
 pub use spec::{
-    Activation, Composition, Limits, MlpSpec, Norm, Positions, Rule, Spec, DEFAULT_WORKSPACE_LIMIT_MIB, LIMITS,
+    ActQuant, Activation, Composition, Limits, MlpSpec, Norm, Positions, QuantSpec, Rule, Spec, WeightQuant,
+    DEFAULT_WORKSPACE_LIMIT_MIB, LIMITS,
 };
 
 /// Parses and validates a spec, then builds its plan.

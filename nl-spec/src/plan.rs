@@ -98,6 +98,11 @@ pub struct TensorPlan {
     /// Index of its initialisation stream (see [`Plan::new`]'s docs and the
     /// module docs, "Initialisation").
     pub stream: u64,
+    /// Whether the forward pass reads it quantized (`[quant] weights`
+    /// other than `f32`; only the `[out, in]` matrices that multiply an
+    /// activation: attention, memory projections, MLP and an untied
+    /// `unembed`).
+    pub quantized: bool,
 }
 
 /// The memory branch of the plan.
@@ -170,6 +175,8 @@ pub struct Plan {
     pub mlp: Option<MlpSpec>,
     /// Whether `unembed` is `embed`.
     pub tie_embeddings: bool,
+    /// The `[quant]` table (which tensors: [`TensorPlan::quantized`]).
+    pub quant: crate::spec::QuantSpec,
     /// Every tensor in struct order.
     pub tensors: Vec<TensorPlan>,
     /// Total parameters.
@@ -205,7 +212,7 @@ impl Plan {
                 Some(b) => format!("blocks.{b}.{name}"),
                 None => name.to_string(),
             };
-            tensors.push(TensorPlan { name, field, block, shape, offset, len, init, stream: 0 });
+            tensors.push(TensorPlan { name, field, block, shape, offset, len, init, stream: 0, quantized: false });
         };
         // Tied, `embed` is also the output layer: it starts like `unembed`
         // (N(0, 1) rows would give logits of size d at initialisation).
@@ -267,6 +274,11 @@ impl Plan {
             push(None, "unembed", vec![v, d], Init::Uniform { bound: w_bound });
         }
         assign_streams(&mut tensors);
+        if spec.quant.is_quantized() {
+            for t in tensors.iter_mut() {
+                t.quantized = is_quantizable(&t.name);
+            }
+        }
         let param_count = tensors.last().map_or(0, |t| t.offset + t.len);
         debug_assert_eq!(param_count, spec.param_count());
         let memory = spec.memory.as_ref().map(|m| MemoryPlan {
@@ -292,6 +304,7 @@ impl Plan {
             positions: spec.positions,
             mlp: spec.mlp,
             tie_embeddings: spec.tie_embeddings,
+            quant: spec.quant,
             tensors,
             param_count,
             bytes_f32: param_count * 4,
@@ -314,6 +327,22 @@ impl Plan {
     /// The tensors of one block (every block has the same fields), in struct order.
     pub fn block_tensors(&self, block: usize) -> impl Iterator<Item = &TensorPlan> {
         self.tensors.iter().filter(move |t| t.block == Some(block))
+    }
+}
+
+/// Whether the tensor called `name` is one of the matrices `[quant]`
+/// quantizes: `attn.wq/wk/wv/wo`, `mem.{l}.wk/wv/wq`, `mlp.w_up/w_gate/w_down`
+/// and `unembed` (absent when tied: the output product then reads `embed`,
+/// which stays f32, as do norms, gates, position biases and the memory state).
+fn is_quantizable(name: &str) -> bool {
+    let local = name.strip_prefix("blocks.").and_then(|r| r.split_once('.')).map_or(name, |(_, l)| l);
+    let last = local.rsplit('.').next().unwrap_or(local);
+    match local.split('.').next().unwrap_or(local) {
+        "attn" => matches!(last, "wq" | "wk" | "wv" | "wo"),
+        "mem" => matches!(last, "wk" | "wv" | "wq"),
+        "mlp" => true,
+        "unembed" => true,
+        _ => false,
     }
 }
 
@@ -464,6 +493,9 @@ pub fn footprint(spec: &Spec) -> Footprint {
     let half = d / spec.heads / 2;
     let (hid, swiglu) = spec.mlp.map_or((0, false), |m| (m.hidden, m.activation == Activation::Swiglu));
     let mlp = spec.mlp.is_some();
+    let quantized = spec.quant.is_quantized();
+    // int8 activations keep each quantized product's input as it reads it.
+    let acts = quantized && spec.quant.activations == crate::spec::ActQuant::Int8;
     let mut state = Layout::default();
     state.f32s(4 * d * d);
     state.field(8, 8);
@@ -502,6 +534,12 @@ pub fn footprint(spec: &Spec) -> Footprint {
     if mlp {
         bw.f32s(d * hid * if swiglu { 3 } else { 2 });
     }
+    if acts {
+        bw.f32s(t * d * if mal { 3 } else { 2 }); // uq, [hq,] oq
+        if mlp {
+            bw.f32s(t * d + t * hid); // mq, actq
+        }
+    }
     let mut ws = Layout::default();
     ws.structs(bw, layers);
     ws.f32s((layers + 1) * t * d); // xs
@@ -528,9 +566,22 @@ pub fn footprint(spec: &Spec) -> Footprint {
     }
     if lv > 0 {
         ws.f32s(t * d + 4 * d * d); // dy, adjoint
+    }
+    if acts && !spec.tie_embeddings {
+        ws.f32s(t * d); // xfq
+    }
+    if lv > 0 {
         ws.field(1, 1); // freeze_memory
     }
-    let ws = ws.finish();
+    let ws = if quantized {
+        // The dequantized parameters, then the f32 code's workspace.
+        let mut outer = Layout::default();
+        outer.f32s(spec.param_count());
+        outer.structs(ws, 1);
+        outer.finish()
+    } else {
+        ws.finish()
+    };
 
     // Stream.
     let mut bs = Layout::default();
@@ -564,6 +615,11 @@ pub fn footprint(spec: &Spec) -> Footprint {
     }
     if rope {
         st.field(1, 1); // rope_ready
+    }
+    if quantized {
+        let qin = d.max(hid);
+        st.f32s(2 * qin); // qbuf
+        st.field(qin, 1); // qx
     }
     let st = st.finish();
     Footprint {
@@ -685,6 +741,37 @@ mod tests {
         assert_eq!(streams.len(), p.tensors.len(), "one stream per tensor");
         // Per block per token: 8 d^2 + 3 * 2 * d * hidden, plus the unembedding.
         assert_eq!(p.flops.step, 2 * (8 * 64 + 6 * 8 * 12 + 4 * 8 * 4) + 2 * 8 * 5);
+    }
+
+    #[test]
+    fn quantized_tensors_are_the_matrices_that_multiply_activations() {
+        let base =
+            "d_model = 8\nheads = 2\nvocab = 16\nseq_len = 4\nlayers = 2\nnorm = \"layer\"\npositions = \"bias\"\n\
+                    [mlp]\nhidden = 8\n[memory]\nrule = \"titans\"\n[[memory.levels]]\nperiod = 1\n";
+        let plan = |extra: &str| crate::plan_from_str(&format!("{base}{extra}"), "q").map_err(|e| e.to_string());
+        // f32: nothing is quantized.
+        assert_eq!(plan("").map(|p| p.tensors.iter().filter(|t| t.quantized).count()), Ok(0));
+        let p = plan("[quant]\nweights = \"int8\"\n").unwrap_or_else(|e| panic!("{e}"));
+        let mut names: Vec<&str> = p.tensors.iter().filter(|t| t.quantized).map(|t| t.name.as_str()).collect();
+        names.sort_unstable();
+        let mut want = vec!["unembed".to_string()];
+        for b in 0..2 {
+            for t in ["attn.wq", "attn.wk", "attn.wv", "attn.wo", "mem.0.wk", "mem.0.wv", "mem.0.wq"] {
+                want.push(format!("blocks.{b}.{t}"));
+            }
+            for t in ["mlp.w_up", "mlp.w_gate", "mlp.w_down"] {
+                want.push(format!("blocks.{b}.{t}"));
+            }
+        }
+        want.sort_unstable();
+        assert_eq!(names, want);
+        // Every quantized tensor is a matrix; tied embeddings quantize no output layer.
+        assert!(p.tensors.iter().filter(|t| t.quantized).all(|t| t.shape.len() == 2));
+        let tied = crate::plan_from_str(&format!("tie_embeddings = true\n{base}[quant]\nweights = \"ternary\"\n"), "q")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(tied.tensors.iter().all(|t| !(t.quantized && (t.name == "embed" || t.name == "unembed"))));
+        assert_eq!(tied.tensors.iter().filter(|t| t.quantized).count(), 20);
+        assert_eq!(tied.quant.activations, crate::ActQuant::Int8);
     }
 
     #[test]

@@ -120,6 +120,68 @@ impl Activation {
     }
 }
 
+/// What the forward pass reads of a weight matrix (docs/model.md, "Quantized weights").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum WeightQuant {
+    /// The f32 weights themselves (the default).
+    F32,
+    /// Per-row absmax int8: `s_r * round(W / s_r)`, `s_r = max|W_r| / 127`.
+    Int8,
+    /// Per-tensor absmean ternary (BitNet b1.58): `s * clamp(round(W / s), -1, 1)`, `s = mean|W|`.
+    Ternary,
+}
+
+impl WeightQuant {
+    /// The spec word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WeightQuant::F32 => "f32",
+            WeightQuant::Int8 => "int8",
+            WeightQuant::Ternary => "ternary",
+        }
+    }
+}
+
+/// What the forward pass reads of the input of a quantized weight matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ActQuant {
+    /// f32 inputs.
+    F32,
+    /// Per-token absmax int8 inputs: `a * round(x / a)`, `a = max|x| / 127`.
+    Int8,
+}
+
+impl ActQuant {
+    /// The spec word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActQuant::F32 => "f32",
+            ActQuant::Int8 => "int8",
+        }
+    }
+}
+
+/// The `[quant]` table, validated, defaults applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuantSpec {
+    /// `weights` (default `f32`).
+    pub weights: WeightQuant,
+    /// `activations` (default `f32`, or `int8` with ternary weights).
+    pub activations: ActQuant,
+}
+
+impl QuantSpec {
+    /// No quantization: the f32 model.
+    pub const F32: QuantSpec = QuantSpec { weights: WeightQuant::F32, activations: ActQuant::F32 };
+
+    /// Whether anything is quantized.
+    pub fn is_quantized(&self) -> bool {
+        self.weights != WeightQuant::F32
+    }
+}
+
 /// A block's MLP, validated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MlpSpec {
@@ -152,6 +214,8 @@ words! {
     Norm: None, Rms, Layer;
     Positions: None, Rope, Bias;
     Activation: Swiglu, Gelu, Relu;
+    WeightQuant: F32, Int8, Ternary;
+    ActQuant: F32, Int8;
 }
 
 /// Bounds the validator enforces. Sizes outside them are rejected as absurd
@@ -205,6 +269,14 @@ struct RawSpec {
     tie_embeddings: Option<bool>,
     mlp: Option<Spanned<Table<RawMlp>>>,
     memory: Option<Spanned<Table<RawMemory>>>,
+    quant: Option<Spanned<Table<RawQuant>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuant {
+    weights: Option<Spanned<WeightQuant>>,
+    activations: Option<Spanned<ActQuant>>,
 }
 
 #[derive(Deserialize)]
@@ -238,6 +310,9 @@ trait TableName {
 }
 impl TableName for RawMlp {
     const WHAT: &'static str = "an [mlp] table";
+}
+impl TableName for RawQuant {
+    const WHAT: &'static str = "a [quant] table";
 }
 impl TableName for RawMemory {
     const WHAT: &'static str = "a [memory] table";
@@ -324,6 +399,8 @@ pub struct Spec {
     pub mlp: Option<MlpSpec>,
     /// Whether `unembed` is `embed` (default `false`).
     pub tie_embeddings: bool,
+    /// Quantization of the weight matrices and their inputs (default none).
+    pub quant: QuantSpec,
 }
 
 /// Default of `workspace_limit_mib`: 1 GiB.
@@ -606,6 +683,26 @@ impl Spec {
                 Some(MlpSpec { hidden, activation })
             }
         };
+        let quant = match &raw.quant {
+            None => QuantSpec::F32,
+            Some(q) => {
+                let q = q.get_ref();
+                let weights = q.weights.as_ref().map_or(WeightQuant::F32, |w| *w.get_ref());
+                let default_act = if weights == WeightQuant::Ternary { ActQuant::Int8 } else { ActQuant::F32 };
+                let activations = match &q.activations {
+                    Some(a) if *a.get_ref() == ActQuant::Int8 && weights == WeightQuant::F32 => {
+                        return err(
+                            "quant.activations",
+                            a.span(),
+                            "\"int8\" activations feed an integer product, which needs quantized weights; allowed: \"f32\", or set weights = \"int8\" or \"ternary\"".to_string(),
+                        );
+                    }
+                    Some(a) => *a.get_ref(),
+                    None => default_act,
+                };
+                QuantSpec { weights, activations }
+            }
+        };
         let spec = Spec {
             name,
             d_model: d,
@@ -622,6 +719,7 @@ impl Spec {
             positions,
             mlp,
             tie_embeddings: raw.tie_embeddings.unwrap_or(false),
+            quant,
         };
         let params = spec.param_count();
         if params > lim.max_params {
@@ -739,6 +837,8 @@ fn enum_words(key: &str) -> Option<&'static str> {
         "norm" => "\"none\", \"rms\" or \"layer\"",
         "positions" => "\"none\", \"rope\" or \"bias\"",
         "mlp.activation" => "\"swiglu\", \"gelu\" or \"relu\"",
+        "quant.weights" => "\"f32\", \"int8\" or \"ternary\"",
+        "quant.activations" => "\"f32\" or \"int8\"",
         _ => return None,
     })
 }
@@ -749,7 +849,7 @@ fn enum_words(key: &str) -> Option<&'static str> {
 fn describe_toml_error(message: &str, key: &str) -> (String, String) {
     // `[[mlp]]` / `[[memory]]`: serde reads the array as the table's fields
     // in order and fails on the first one with a message about that field.
-    for table in ["mlp", "memory"] {
+    for table in ["mlp", "memory", "quant"] {
         if key.strip_prefix(table).is_some_and(|rest| rest.starts_with('[')) {
             let msg = format!("`[[{table}]]` is an array of tables; allowed: one [{table}] table");
             return (table.to_string(), msg);
@@ -772,7 +872,7 @@ fn describe_toml_error(message: &str, key: &str) -> (String, String) {
             .replace("invalid type: map", "invalid type: table");
         m = m.replace("expected usize", "allowed: a positive integer").replace("expected f64", "allowed: a number");
         m = m.replace("expected a boolean", "allowed: true or false");
-        for table in [RawMemory::WHAT, RawMlp::WHAT, RawLevel::WHAT] {
+        for table in [RawMemory::WHAT, RawMlp::WHAT, RawLevel::WHAT, RawQuant::WHAT] {
             m = m.replace(&format!("expected {table}"), &format!("allowed: {table}"));
         }
         m = m.replace("expected a sequence", "allowed: [[memory.levels]] tables");
@@ -1023,6 +1123,39 @@ mod tests {
         // head_dim 1 (d_model = heads) is odd too.
         let e = parse_err("d_model = 4\nheads = 4\nvocab = 5\nseq_len = 6\npositions = \"rope\"\n");
         assert!(e.message.contains("= 1 is odd"), "{e}");
+    }
+
+    #[test]
+    fn quant_table_defaults_and_errors() {
+        let parse = |extra: &str| Spec::parse(&format!("{MICRO}{extra}"), "m");
+        assert_eq!(parse("").map(|s| s.quant), Ok(QuantSpec::F32));
+        let q = |w, a| QuantSpec { weights: w, activations: a };
+        for (extra, want) in [
+            ("[quant]\n", q(WeightQuant::F32, ActQuant::F32)),
+            ("[quant]\nweights = \"int8\"\n", q(WeightQuant::Int8, ActQuant::F32)),
+            ("[quant]\nweights = \"int8\"\nactivations = \"int8\"\n", q(WeightQuant::Int8, ActQuant::Int8)),
+            // Ternary weights default to int8 activations (BitNet b1.58), and may keep f32 ones.
+            ("[quant]\nweights = \"ternary\"\n", q(WeightQuant::Ternary, ActQuant::Int8)),
+            ("[quant]\nweights = \"ternary\"\nactivations = \"f32\"\n", q(WeightQuant::Ternary, ActQuant::F32)),
+        ] {
+            assert_eq!(parse(extra).map(|s| s.quant), Ok(want), "{extra}");
+        }
+        assert!(parse("[quant]\nweights = \"int8\"\n").is_ok_and(|s| s.quant.is_quantized()));
+        // int8 activations need quantized weights: the error points at `activations`.
+        let e = parse_err(&format!("{MICRO}[quant]\nactivations = \"int8\"\n"));
+        assert_eq!((e.key.as_str(), e.line, e.column), ("quant.activations", 7, 15));
+        assert!(e.message.contains("needs quantized weights"), "{}", e.message);
+        let e = parse_err(&format!("{MICRO}[quant]\nweights = \"int4\"\n"));
+        assert_eq!((e.key.as_str(), e.line), ("quant.weights", 7));
+        assert!(e.message.contains("`f32`, `int8`, `ternary`"), "{}", e.message);
+        let e = parse_err(&format!("{MICRO}[quant]\nweights = 8\n"));
+        assert_eq!(e.key, "quant.weights");
+        assert!(e.message.contains("\"f32\", \"int8\" or \"ternary\""), "{}", e.message);
+        let e = parse_err(&format!("{MICRO}[quant]\nbits = 4\n"));
+        assert_eq!((e.key.as_str(), e.line), ("quant.bits", 7));
+        let e = parse_err(&format!("{MICRO}quant = \"int8\"\n"));
+        assert_eq!(e.key, "quant");
+        assert!(e.message.contains("a [quant] table"), "{}", e.message);
     }
 
     #[test]
