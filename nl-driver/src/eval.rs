@@ -43,11 +43,12 @@ pub fn windows<M: Model>(params: &M::Params<f32>, text: &[u8], which: &[usize], 
 /// `text.len() - 1`, or 0 for a text shorter than 2 bytes). `progress` is
 /// called every few thousand bytes with the number of bytes fed so far.
 pub fn stream<M: Model>(params: &M::Params<f32>, text: &[u8], mut progress: impl FnMut(usize)) -> (f64, usize) {
+    let q = deployable::<M>(params);
     let mut stream = boxed_zeroed::<M::Stream<f32>>();
     M::reset(&mut *stream);
     let mut total = 0.0f64;
     for (i, pair) in text.windows(2).enumerate() {
-        let logits = M::step(&mut *stream, params, u32::from(pair[0]));
+        let logits = step_byte::<M>(&mut stream, &q, pair[0]);
         total += surprise(logits, usize::from(pair[1]));
         if i % 4096 == 4095 {
             progress(i + 1);
@@ -56,6 +57,27 @@ pub fn stream<M: Model>(params: &M::Params<f32>, text: &[u8], mut progress: impl
     let predicted = text.len().saturating_sub(1);
     progress(predicted);
     (total, predicted)
+}
+
+/// The deployable parameters of `params` ([`Model::quantize`]: a copy for
+/// an f32 model), which every streaming command of this crate serves: a
+/// quantized model streams through its integer kernels, as on a device.
+pub fn deployable<M: Model>(params: &M::Params<f32>) -> Box<M::QParams> {
+    let mut q = boxed_zeroed::<M::QParams>();
+    M::quantize(params, &mut q);
+    q
+}
+
+/// Feeds one byte to a stream on deployable parameters
+/// ([`Model::try_step_q`]) and returns the next-byte logits.
+///
+/// # Panics
+/// If `M::VOCAB < 256` (the commands check [`crate::require_bytes`] first).
+pub fn step_byte<'a, M: Model>(stream: &'a mut M::Stream<f32>, q: &M::QParams, byte: u8) -> &'a [f32] {
+    match M::try_step_q(stream, q, u32::from(byte)) {
+        Ok(logits) => logits,
+        Err(e) => panic!("{e} (a byte-level command on a model whose vocabulary is below 256)"),
+    }
 }
 
 /// Both scores of a text, in bits per byte.

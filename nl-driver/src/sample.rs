@@ -5,19 +5,20 @@
 use nl_runtime::rng::{sample_logits, Rng};
 use nl_runtime::{boxed_zeroed, Model};
 
-/// Feeds `prompt` to a fresh stream of `M`, then samples `len` bytes, each
-/// fed back. With an empty prompt the first byte is drawn from a
+/// Feeds `prompt` to a fresh stream of `M` (on its deployable parameters,
+/// [`crate::eval::deployable`]), then samples `len` bytes, each fed back. With an empty prompt the first byte is drawn from a
 /// zero-logit (uniform) distribution. Deterministic for a given `seed`.
 /// `M::VOCAB` must be 256 or more and every sampled token is a byte: a
 /// token above 255 (a vocabulary larger than the bytes) is written as `?`.
 pub fn generate<M: Model>(params: &M::Params<f32>, prompt: &[u8], len: usize, temperature: f64, seed: u64) -> Vec<u8> {
+    let q = crate::eval::deployable::<M>(params);
     let mut stream = boxed_zeroed::<M::Stream<f32>>();
     M::reset(&mut *stream);
     let mut rng = Rng::new(seed ^ 0x5A3B_1E00_0000_0002);
     let mut logits: Vec<f32> = vec![0.0; M::VOCAB];
     for &b in prompt {
         logits.clear();
-        logits.extend_from_slice(M::step(&mut *stream, params, u32::from(b)));
+        logits.extend_from_slice(crate::eval::step_byte::<M>(&mut stream, &q, b));
     }
     let mut out = Vec::with_capacity(len.min(1 << 20));
     for _ in 0..len {
@@ -25,7 +26,7 @@ pub fn generate<M: Model>(params: &M::Params<f32>, prompt: &[u8], len: usize, te
         let b = u8::try_from(next).unwrap_or(b'?');
         out.push(b);
         logits.clear();
-        logits.extend_from_slice(M::step(&mut *stream, params, u32::from(b)));
+        logits.extend_from_slice(crate::eval::step_byte::<M>(&mut stream, &q, b));
     }
     out
 }

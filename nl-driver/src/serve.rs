@@ -2,8 +2,9 @@
 //! per chunk of bytes, in bounded memory.
 //!
 //! The model reads the input as one continuous stream (state carried, the
-//! memory levels learning as they read): byte `i - 1` is fed with
-//! [`Model::step`], and byte `i` is scored by its surprise under those
+//! memory levels learning as they read) on its deployable parameters
+//! ([`eval::deployable`]: integer kernels for a quantized model): byte
+//! `i - 1` is fed with [`Model::try_step_q`], and byte `i` is scored by its surprise under those
 //! logits, in bits ([`crate::eval::surprise`] / ln 2). The first byte has
 //! no prediction. Per byte (`chunk == 0`) a line is
 //! `{"i":1,"byte":104,"bits":7.98}`; per chunk of `n` predicted bytes it is
@@ -44,6 +45,7 @@ pub fn serve<M: Model>(
     chunk: usize,
 ) -> Result<ServeSummary> {
     crate::require_bytes::<M>()?;
+    let q = eval::deployable::<M>(params);
     let mut stream = boxed_zeroed::<M::Stream<f32>>();
     M::reset(&mut *stream);
     let mut logits = vec![0f32; M::VOCAB];
@@ -74,7 +76,7 @@ pub fn serve<M: Model>(
                     }
                 }
             }
-            logits.copy_from_slice(M::step(&mut *stream, params, u32::from(b)));
+            logits.copy_from_slice(eval::step_byte::<M>(&mut stream, &q, b));
             i += 1;
         }
         out.flush().map_err(werr)?;
