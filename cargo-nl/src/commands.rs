@@ -227,7 +227,7 @@ pub fn describe(p: &nl_spec::Plan) -> String {
     let _ = writeln!(s, "model {} (spec sha256 {})", p.name, p.spec_sha256);
     let _ = writeln!(
         s,
-        "  d_model {}, heads {} (head_dim {}), vocab {}, seq_len {}, window {}, {} block(s), norm {:?}, positions {:?}, mlp {}, {} memory level(s) per block",
+        "  d_model {}, heads {} (head_dim {}), vocab {}, seq_len {}, window {}, {} block(s), norm {}, positions {}, mlp {}, {} memory level(s) per block",
         p.d,
         p.heads,
         p.head_dim,
@@ -235,9 +235,9 @@ pub fn describe(p: &nl_spec::Plan) -> String {
         p.seq_len,
         p.window,
         p.layers,
-        format!("{:?}", p.norm).to_lowercase(),
-        format!("{:?}", p.positions).to_lowercase(),
-        p.mlp.as_ref().map_or("none".to_string(), |m| format!("{:?} hidden {}", m.activation, m.hidden).to_lowercase()),
+        p.norm.as_str(),
+        p.positions.as_str(),
+        p.mlp.as_ref().map_or("none".to_string(), |m| format!("{} hidden {}", m.activation.as_str(), m.hidden)),
         p.levels()
     );
     let _ = writeln!(s, "tensors:");
@@ -245,6 +245,17 @@ pub fn describe(p: &nl_spec::Plan) -> String {
         let _ = writeln!(s, "  {:<28} {:<14} {:>10}", t.name, format!("{:?}", t.shape), t.len);
     }
     let _ = writeln!(s, "parameters: {} ({} as f32)", p.param_count, bytes(p.bytes_f32));
+    if p.quant.is_quantized() {
+        let _ = writeln!(
+            s,
+            "quantized: weights {}, activations {} ({} matrices); deployable parameters {} ({:.1}% of f32)",
+            p.quant.weights.as_str(),
+            p.quant.activations.as_str(),
+            p.tensors.iter().filter(|t| t.quantized).count(),
+            bytes(p.deploy_bytes()),
+            100.0 * p.deploy_bytes() as f64 / p.bytes_f32 as f64
+        );
+    }
     let f = &p.footprint;
     let _ = writeln!(s, "bytes (f32): Params {}", bytes(f.params));
     let _ = writeln!(s, "             Workspace {} (memory history {})", bytes(f.workspace), bytes(f.memory_history));

@@ -314,6 +314,31 @@ impl Plan {
         }
     }
 
+    /// Bytes of the deployable parameters (`QParams`; docs/quant.md): the
+    /// f32 tensors and the quantized matrices' f32 scales (one per row for
+    /// int8, one per tensor for ternary), then the codes (a byte each for
+    /// int8; 4 per byte, each row padded to whole bytes, for ternary), then
+    /// padding to a multiple of 4. The f32 bytes for an f32 model.
+    pub fn deploy_bytes(&self) -> usize {
+        if !self.quant.is_quantized() {
+            return self.bytes_f32;
+        }
+        let ternary = self.quant.weights == crate::spec::WeightQuant::Ternary;
+        let (mut f, mut i) = (0usize, 0usize);
+        for t in &self.tensors {
+            if !t.quantized {
+                f += 4 * t.len;
+            } else if ternary {
+                f += 4;
+                i += t.shape[0] * t.shape[1].div_ceil(4);
+            } else {
+                f += 4 * t.shape[0];
+                i += t.len;
+            }
+        }
+        f + i.next_multiple_of(4)
+    }
+
     /// Number of memory levels per block.
     pub fn levels(&self) -> usize {
         self.memory.as_ref().map_or(0, |m| m.periods.len())

@@ -353,6 +353,7 @@ pub fn footprint_matches_generated_structs<M: Model>() {
         ("Params", f.params, std::mem::size_of::<M::Params<f32>>()),
         ("Workspace", f.workspace, std::mem::size_of::<M::Workspace<f32>>()),
         ("Stream", f.stream, std::mem::size_of::<M::Stream<f32>>()),
+        ("QParams", plan.deploy_bytes(), std::mem::size_of::<M::QParams>()),
     ];
     for (what, planned, actual) in sizes {
         assert_eq!(planned, actual, "{}: {what} planned {planned} bytes, generated {actual}", M::NAME);
