@@ -14,7 +14,7 @@ cargo build -q --release -p cargo-nl
 NL=target/release/cargo-nl
 models=("$@")
 if [ ${#models[@]} -eq 0 ]; then
-    models=(micro_memory_int8 micro_memory_ternary micro_memory_ternary_2x deep_int8 deep_ternary deep_ternary_2x)
+    models=(micro_int8 micro_ternary micro_memory_int8 micro_memory_ternary micro_memory_ternary_2x deep_int8 deep_ternary deep_ternary_2x)
 fi
 for m in "${models[@]}"; do
     case $m in
