@@ -285,6 +285,10 @@ fn emit_params(plan: &Plan) -> TokenStream {
         unsafe impl<S: Scalar> ::nl_runtime::Zeroable for Params<S> {}
         #[doc = " SAFETY: `#[repr(C)]` and every field is an array of `S` or of the `#[repr(C)]` `Block<S>` made only of arrays of `S`, so there is no padding (checked by the size assertions above) and the struct is `PARAM_COUNT` contiguous `S` values."]
         unsafe impl<S: Scalar> ::nl_runtime::ScalarStruct<S> for Params<S> {}
+        #[doc = " SAFETY: `#[repr(C)]`, only arrays of `S` (f32 or f64: any bits valid), no padding (the size assertions above)."]
+        unsafe impl<S: Scalar> ::nl_runtime::Pod for Block<S> {}
+        #[doc = " SAFETY: `#[repr(C)]`, only arrays of `S` and of the `Pod` `Block<S>`, no padding (the size assertions above)."]
+        unsafe impl<S: Scalar> ::nl_runtime::Pod for Params<S> {}
 
         impl<S: Scalar> Params<S> {
             /// Deterministic initialisation from `seed`: every tensor draws

@@ -363,6 +363,16 @@ pub(crate) fn qparams(plan: &Plan) -> TokenStream {
         unsafe impl ::nl_runtime::Zeroable for QInt {}
         #[doc = " SAFETY: `QFloat`, `QInt` and a `u8` array, each valid all-zero."]
         unsafe impl ::nl_runtime::Zeroable for QParams {}
+        #[doc = " SAFETY: `#[repr(C)]`, only arrays of `f32` (any bits valid), no padding (every field's size is a multiple of 4)."]
+        unsafe impl ::nl_runtime::Pod for QBlockF {}
+        #[doc = " SAFETY: `#[repr(C)]`, only arrays of `i8`/`u8` (alignment 1, any bits valid), so no padding."]
+        unsafe impl ::nl_runtime::Pod for QBlockI {}
+        #[doc = " SAFETY: `#[repr(C)]`, only arrays of `f32` and of the `Pod` `QBlockF` (alignment 4, size a multiple of 4), so no padding."]
+        unsafe impl ::nl_runtime::Pod for QFloat {}
+        #[doc = " SAFETY: `#[repr(C)]`, only arrays of `i8`/`u8` and of the `Pod` `QBlockI` (alignment 1), so no padding."]
+        unsafe impl ::nl_runtime::Pod for QInt {}
+        #[doc = " SAFETY: `#[repr(C)]`: `QFloat` (size a multiple of 4), `QInt` and `pad`, which rounds the size to a multiple of the alignment 4, so no padding (`size_of` is asserted equal to `QPARAMS_BYTES`, the sum of the `QTENSORS` bytes); every field `Pod`."]
+        unsafe impl ::nl_runtime::Pod for QParams {}
 
         /// Every tensor of [`QParams`], in struct and file order.
         pub const QTENSORS: &[::nl_runtime::QTensorInfo] = &[#(#entries),*];

@@ -20,12 +20,27 @@
 //! functions). Parsing and validation need no allocator; [`view`] even uses
 //! the bytes in place.
 //!
+//! **Deployable files** ([`export`], [`export_bytes`]; read by [`view_q`],
+//! [`load_q_from_bytes`], [`load_q`]) hold a model's [`Model::QParams`]: the
+//! same layout, with the metadata also holding `kind = "deploy"` (a training
+//! checkpoint has no `kind`; each reader refuses the other kind with
+//! [`CheckpointError::WrongKind`]) and `quant` (the scheme,
+//! [`crate::QuantScheme::name`], e.g. `int8/f32`), and one tensor per
+//! [`Model::QTENSORS`] entry (dtype `F32`, `I8` or `U8`, `data_offsets` its
+//! byte range), so the data section is exactly the bytes of `QParams`. An f32
+//! model's deployable file has the same data section as its f32 checkpoint
+//! and differs only in that metadata. Reading runs the same parser and
+//! tensor-table checks, then checks the values: f32 finite, scales `> 0`,
+//! int8 codes not -128, packed ternary codes valid, `__pad__` zero
+//! (docs/quant.md, "Deployable checkpoints").
+//!
 //! [safetensors]: https://github.com/huggingface/safetensors
 
 use core::any::TypeId;
 use core::fmt;
 
-use crate::{Flat, Model, Scalar, ScalarStruct};
+use crate::quant::QuantError;
+use crate::{Dtype, Flat, Model, QTensorInfo, Scalar, ScalarStruct, TensorInfo};
 
 /// Largest header accepted, in bytes.
 pub const MAX_HEADER: u64 = 1 << 20;
@@ -36,6 +51,31 @@ pub const MAX_TENSORS: usize = 1024;
 pub const FORMAT: &str = "nl";
 /// Value of the `format_version` metadata key.
 pub const FORMAT_VERSION: &str = "2";
+/// Value of the `kind` metadata key of a deployable file ([`export`]); a
+/// training checkpoint ([`save`]) has no `kind` key.
+pub const KIND_DEPLOY: &str = "deploy";
+
+/// What a file holds, as its `kind` metadata says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileKind {
+    /// A training checkpoint: `Params<S>` (no `kind` key), read by [`load`] / [`view`].
+    Training,
+    /// A deployable file: `QParams` (`kind = "deploy"`), read by [`load_q`] / [`view_q`].
+    Deploy,
+    /// Another `kind` value (in [`CheckpointError::WrongKind`]'s `kind`).
+    Other,
+}
+
+impl fmt::Display for FileKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileKind::Training => f.write_str("a training checkpoint (f32/f64 parameters, no `kind` metadata)"),
+            FileKind::Deploy => f.write_str("a deployable file (metadata kind = \"deploy\": the quantized QParams)"),
+            FileKind::Other => f.write_str("a file of unknown kind"),
+        }
+    }
+}
 
 /// A short piece of text copied from a checkpoint for an error message
 /// (at most 64 bytes; longer text is cut and shown with `…`).
@@ -272,6 +312,60 @@ pub enum CheckpointError {
         /// The value (NaN, `inf` or `-inf`; `f32` values are widened exactly).
         value: f64,
     },
+    /// The file is not the kind the reader reads: a deployable file given
+    /// to the training loader, or a training checkpoint given to
+    /// [`view_q`] / [`load_q`].
+    WrongKind {
+        /// What the file is.
+        found: FileKind,
+        /// What the reader reads.
+        expected: FileKind,
+        /// The file's `kind` metadata (`None`: a training checkpoint's, absent).
+        kind: Option<Text>,
+    },
+    /// A deployable file quantized with another scheme than the model's.
+    QuantMismatch {
+        /// `quant` in the file.
+        found: Text,
+        /// The model's scheme, [`crate::QuantScheme::name`].
+        expected: &'static str,
+    },
+    /// A scale of a quantized tensor is zero or negative (a NaN or an
+    /// infinite scale is [`CheckpointError::NonFinite`]).
+    BadScale {
+        /// The scale tensor (`<name>.scale`).
+        tensor: &'static str,
+        /// The index of the first such scale.
+        index: usize,
+        /// Its value.
+        value: f32,
+    },
+    /// An int8 weight code is -128 (codes are -127..=127; the integer
+    /// kernels rely on it).
+    BadCode {
+        /// The tensor.
+        tensor: &'static str,
+        /// The flat (row-major) index of the first such code.
+        index: usize,
+        /// The same index per dimension, outermost first.
+        position: Dims,
+        /// The code.
+        value: i8,
+    },
+    /// Packed ternary codes hold the invalid code `0b11` or non-zero padding.
+    BadTernary {
+        /// The tensor.
+        tensor: &'static str,
+        /// What [`crate::quant::check_ternary`] found (row and column).
+        error: QuantError,
+    },
+    /// A byte of the `__pad__` tensor is not zero.
+    NonZeroPad {
+        /// Its index in `__pad__`.
+        index: usize,
+        /// Its value.
+        value: u8,
+    },
     /// Reading or writing a checkpoint file failed.
     #[cfg(feature = "std")]
     Io {
@@ -345,6 +439,35 @@ impl fmt::Display for CheckpointError {
                 "tensor `{tensor}` has the non-finite value {value} at index {index} (position {position}); \
                  refused (LoadOptions::new().check_finite(false) loads it anyway)"
             ),
+            WrongKind { found, expected, kind } => {
+                write!(f, "the file is {found}")?;
+                if let (FileKind::Other, Some(k)) = (found, kind) {
+                    write!(f, " {k:?}")?;
+                }
+                write!(f, ", but {expected} is being read")?;
+                match (found, expected) {
+                    (FileKind::Deploy, _) => {
+                        f.write_str("; read it with checkpoint::view_q / load_q, not as training parameters")
+                    }
+                    (FileKind::Training, FileKind::Deploy) => {
+                        f.write_str("; make a deployable file from it with `export` (checkpoint::export)")
+                    }
+                    _ => Ok(()),
+                }
+            }
+            QuantMismatch { found, expected } => write!(
+                f,
+                "the deployable file is quantized as {found:?}, this model as {expected:?} (another [quant] scheme)"
+            ),
+            BadScale { tensor, index, value } => {
+                write!(f, "tensor `{tensor}` has the scale {value} at index {index}; scales must be > 0")
+            }
+            BadCode { tensor, index, position, value } => write!(
+                f,
+                "tensor `{tensor}` has the int8 code {value} at index {index} (position {position}); codes are -127..=127"
+            ),
+            BadTernary { tensor, error } => write!(f, "tensor `{tensor}`: {error}"),
+            NonZeroPad { index, value } => write!(f, "byte {index} of `__pad__` is {value:#04x}, not zero"),
             #[cfg(feature = "std")]
             Io { op, path, source } => {
                 let path = path.display();
@@ -474,7 +597,7 @@ impl W<'_> {
     }
 }
 
-fn write_json<M: Model, S: Scalar>(w: &mut W<'_>) {
+fn write_json<M: Model>(w: &mut W<'_>, table: Table) {
     w.put(b"{\"__metadata__\":{\"format\":");
     w.string(FORMAT);
     w.put(b",\"format_version\":");
@@ -483,35 +606,62 @@ fn write_json<M: Model, S: Scalar>(w: &mut W<'_>) {
     w.string(M::SPEC_SHA256);
     w.put(b",\"model\":");
     w.string(M::NAME);
+    if table.is_deploy() {
+        w.put(b",\"kind\":");
+        w.string(KIND_DEPLOY);
+        w.put(b",\"quant\":");
+        w.string(M::QUANT.name());
+    }
     w.put(b"}");
-    let b = S::BYTES as u64;
-    for t in M::TENSORS {
+    for e in table.entries() {
         w.put(b",");
-        w.string(t.name);
+        w.string(e.name);
         w.put(b":{\"dtype\":");
-        w.string(S::DTYPE);
+        w.string(e.dtype);
         w.put(b",\"shape\":[");
-        for (i, &d) in t.shape.iter().enumerate() {
+        for (i, &d) in e.shape.iter().enumerate() {
             if i > 0 {
                 w.put(b",");
             }
             w.uint(d as u64);
         }
         w.put(b"],\"data_offsets\":[");
-        w.uint(t.offset as u64 * b);
+        w.uint(e.begin);
         w.put(b",");
-        w.uint((t.offset + t.len) as u64 * b);
+        w.uint(e.end);
         w.put(b"]}");
     }
     w.put(b"}");
 }
 
+/// The length of the header of `table` (8 + JSON + padding to a multiple of 8).
+fn table_header_len<M: Model>(table: Table) -> usize {
+    let mut w = W { buf: &mut [], n: 0 };
+    write_json::<M>(&mut w, table);
+    8 + w.n.next_multiple_of(8)
+}
+
+/// Writes the header of `table` into `buf`; returns its length.
+fn write_table_header<M: Model>(buf: &mut [u8], table: Table) -> Result<usize, CheckpointError> {
+    let needed = table_header_len::<M>(table);
+    let found = buf.len();
+    let Some(buf) = buf.get_mut(..needed) else {
+        return Err(CheckpointError::BufferTooSmall { needed, found });
+    };
+    let (len, rest) = buf.split_at_mut(8);
+    len.copy_from_slice(&((needed - 8) as u64).to_le_bytes());
+    let mut w = W { buf: rest, n: 0 };
+    write_json::<M>(&mut w, table);
+    while w.n < needed - 8 {
+        w.put(b" ");
+    }
+    Ok(needed)
+}
+
 /// Bytes before the data section: the 8-byte length, the JSON header and its
 /// padding (a multiple of 8 in all).
 pub fn header_len<M: Model, S: Scalar>() -> usize {
-    let mut w = W { buf: &mut [], n: 0 };
-    write_json::<M, S>(&mut w);
-    8 + w.n.next_multiple_of(8)
+    table_header_len::<M>(Table::params::<M, S>())
 }
 
 /// Writes everything before the data section (the 8-byte length, the JSON
@@ -520,19 +670,7 @@ pub fn header_len<M: Model, S: Scalar>() -> usize {
 /// little-endian, in `TENSORS` order.
 pub fn write_header<M: Model, S: Scalar>(buf: &mut [u8]) -> Result<usize, CheckpointError> {
     scalar_kind::<S>()?;
-    let needed = header_len::<M, S>();
-    let found = buf.len();
-    let Some(buf) = buf.get_mut(..needed) else {
-        return Err(CheckpointError::BufferTooSmall { needed, found });
-    };
-    let (len, rest) = buf.split_at_mut(8);
-    len.copy_from_slice(&((needed - 8) as u64).to_le_bytes());
-    let mut w = W { buf: rest, n: 0 };
-    write_json::<M, S>(&mut w);
-    while w.n < needed - 8 {
-        w.put(b" ");
-    }
-    Ok(needed)
+    write_table_header::<M>(buf, Table::params::<M, S>())
 }
 
 /// [`write_header`] into a new vector.
@@ -573,22 +711,33 @@ pub fn save<M: Model, S: Scalar>(
     path: impl AsRef<std::path::Path>,
     params: &M::Params<S>,
 ) -> Result<(), CheckpointError> {
-    use std::borrow::ToOwned;
     use std::io::Write;
-    let path = path.as_ref();
+    let header = header_bytes::<M, S>()?;
+    let kind = as_kind(params.as_flat())?;
+    write_atomic(path.as_ref(), |w| {
+        w.write_all(&header)?;
+        match kind {
+            Kind::F32(x) => x.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
+            Kind::F64(x) => x.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
+        }
+    })
+}
+
+/// Writes `path` atomically: `write` fills `<path>.tmp` (buffered), which is
+/// synced and renamed over `path`; on failure the temporary file is removed.
+#[cfg(feature = "std")]
+fn write_atomic(
+    path: &std::path::Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> Result<(), CheckpointError> {
+    use std::borrow::ToOwned;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    let header = header_bytes::<M, S>()?;
-    let kind = as_kind(params.as_flat())?;
     let write = || -> std::io::Result<()> {
         let file = std::fs::File::create(&tmp)?;
         let mut w = std::io::BufWriter::with_capacity(1 << 16, file);
-        w.write_all(&header)?;
-        match kind {
-            Kind::F32(x) => x.iter().try_for_each(|x| w.write_all(&x.to_le_bytes()))?,
-            Kind::F64(x) => x.iter().try_for_each(|x| w.write_all(&x.to_le_bytes()))?,
-        }
+        write(&mut w)?;
         let file = w.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()
     };
@@ -632,12 +781,7 @@ pub fn load_with<M: Model, S: Scalar>(
     params: &mut M::Params<S>,
     options: LoadOptions,
 ) -> Result<(), CheckpointError> {
-    let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
-        op: IoOp::Read,
-        path: std::borrow::ToOwned::to_owned(path),
-        source,
-    })?;
+    let bytes = read_file(path.as_ref())?;
     load_from_bytes_with::<M, S>(&bytes, params, options)
 }
 
@@ -685,6 +829,102 @@ fn as_kind_mut<S: Scalar>(x: &mut [S]) -> Result<KindMut<'_>, CheckpointError> {
     })
 }
 
+// ---------------------------------------------------------------- tables
+
+/// The name of the padding tensor of a deployable file (zero bytes that
+/// round `QParams` to a multiple of 4 bytes).
+pub const PAD_TENSOR: &str = "__pad__";
+
+/// Element type of a listed tensor.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Elem {
+    F32,
+    F64,
+    I8,
+    U8,
+}
+
+/// One tensor a file lists: name, safetensors dtype, shape, byte range in the data section.
+#[derive(Clone, Copy)]
+struct Entry {
+    name: &'static str,
+    dtype: &'static str,
+    elem: Elem,
+    shape: &'static [usize],
+    begin: u64,
+    end: u64,
+}
+
+/// The tensors a file lists, in order: the one description from which
+/// training checkpoints and deployable files are both written and checked.
+#[derive(Clone, Copy)]
+enum Table {
+    /// A training checkpoint: every tensor of `TENSORS`, as `elem` (F32 or F64).
+    Params { tensors: &'static [TensorInfo], elem: Elem },
+    /// A deployable file: `QTENSORS` (`tensors`, the model's `TENSORS`,
+    /// give the packed ternary tensors' widths).
+    Deploy { qtensors: &'static [QTensorInfo], tensors: &'static [TensorInfo] },
+}
+
+impl Table {
+    fn params<M: Model, S: Scalar>() -> Table {
+        Table::Params { tensors: M::TENSORS, elem: if S::BYTES == 8 { Elem::F64 } else { Elem::F32 } }
+    }
+
+    fn deploy<M: Model>() -> Table {
+        Table::Deploy { qtensors: M::QTENSORS, tensors: M::TENSORS }
+    }
+
+    fn is_deploy(self) -> bool {
+        matches!(self, Table::Deploy { .. })
+    }
+
+    fn len(self) -> usize {
+        match self {
+            Table::Params { tensors, .. } => tensors.len(),
+            Table::Deploy { qtensors, .. } => qtensors.len(),
+        }
+    }
+
+    fn entry(self, i: usize) -> Option<Entry> {
+        match self {
+            Table::Params { tensors, elem } => {
+                let t = tensors.get(i)?;
+                let (dtype, b) = if elem == Elem::F64 { ("F64", 8) } else { ("F32", 4) };
+                let (begin, end) = (t.offset as u64 * b, (t.offset + t.len) as u64 * b);
+                Some(Entry { name: t.name, dtype, elem, shape: t.shape, begin, end })
+            }
+            Table::Deploy { qtensors, .. } => {
+                let t = qtensors.get(i)?;
+                let elem = match t.dtype {
+                    Dtype::F32 => Elem::F32,
+                    Dtype::I8 => Elem::I8,
+                    Dtype::U8 => Elem::U8,
+                };
+                let (begin, end) = (t.offset as u64, (t.offset + t.bytes) as u64);
+                Some(Entry { name: t.name, dtype: t.dtype.name(), elem, shape: t.shape, begin, end })
+            }
+        }
+    }
+
+    fn entries(self) -> impl Iterator<Item = Entry> {
+        (0..self.len()).map_while(move |i| self.entry(i))
+    }
+
+    /// Bytes of the data section.
+    fn data_len(self) -> u64 {
+        self.entries().map(|e| e.end.saturating_sub(e.begin)).sum()
+    }
+
+    /// The `in` width of the latent `[out, in]` tensor `name`.
+    fn in_width(self, name: &str) -> Option<usize> {
+        match self {
+            Table::Deploy { tensors, .. } => tensors.iter().find(|t| t.name == name)?.shape.get(1).copied(),
+            Table::Params { .. } => None,
+        }
+    }
+}
+
 // ---------------------------------------------------------------- reading
 
 /// Validates a whole checkpoint for model `M` with scalar `S` and returns
@@ -706,9 +946,16 @@ pub fn validate<M: Model, S: Scalar>(bytes: &[u8]) -> Result<&[u8], CheckpointEr
 /// # Errors
 /// As [`validate`].
 pub fn validate_with<M: Model, S: Scalar>(bytes: &[u8], options: LoadOptions) -> Result<&[u8], CheckpointError> {
-    let is_f32 = scalar_kind::<S>()?;
-    if M::TENSORS.len() > MAX_TENSORS {
-        return Err(CheckpointError::TooManyTensors(M::TENSORS.len()));
+    scalar_kind::<S>()?;
+    check::<M>(bytes, Table::params::<M, S>(), options)
+}
+
+/// Checks a whole file against `table` (and `M`'s metadata) and returns its
+/// data section: the one reader of training checkpoints and deployable
+/// files. Never panics; needs no allocator.
+fn check<M: Model>(bytes: &[u8], table: Table, options: LoadOptions) -> Result<&[u8], CheckpointError> {
+    if table.len() > MAX_TENSORS {
+        return Err(CheckpointError::TooManyTensors(table.len()));
     }
     let Some((len, rest)) = bytes.split_first_chunk::<8>() else {
         return Err(CheckpointError::Truncated { len: bytes.len() });
@@ -723,13 +970,48 @@ pub fn validate_with<M: Model, S: Scalar>(bytes: &[u8], options: LoadOptions) ->
         return Err(CheckpointError::BadJson { offset: 8 + e.valid_up_to() });
     }
     let mut p = Parser { b: header, i: 0 };
-    let found = p.top::<M, S>()?;
+    let found = p.top(table)?;
+    check_metadata::<M>(found.meta, table.is_deploy())?;
+    if let Some(e) = found.first_error {
+        return Err(e);
+    }
+    for (i, e) in table.entries().enumerate() {
+        if found.seen[i / 64] & (1 << (i % 64)) == 0 {
+            return Err(CheckpointError::MissingTensor(e.name));
+        }
+    }
+    let expected = table.data_len();
+    if data.len() as u64 != expected {
+        return Err(CheckpointError::DataLength { found: data.len(), expected: expected as usize });
+    }
+    check_values(table, data, options)?;
+    Ok(data)
+}
 
-    let m = found.meta.ok_or(CheckpointError::MissingMetadata("__metadata__"))?;
+/// The metadata checks, in this order: format, version, kind (a training
+/// checkpoint has none, a deployable file `deploy`), the quantization
+/// scheme (deployable files), the spec hash, the model name's presence.
+fn check_metadata<M: Model>(meta: Option<[Option<&[u8]>; 6]>, deploy: bool) -> Result<(), CheckpointError> {
+    let m = meta.ok_or(CheckpointError::MissingMetadata("__metadata__"))?;
     for (k, want) in [(0, FORMAT), (1, FORMAT_VERSION)] {
         let raw = m[k].ok_or(CheckpointError::MissingMetadata(META_KEYS[k]))?;
         if !jeq(raw, want) {
             return Err(CheckpointError::BadMetadata { key: META_KEYS[k], found: Text::from_raw(raw), expected: want });
+        }
+    }
+    let found = match m[4] {
+        None => FileKind::Training,
+        Some(k) if jeq(k, KIND_DEPLOY) => FileKind::Deploy,
+        Some(_) => FileKind::Other,
+    };
+    let expected = if deploy { FileKind::Deploy } else { FileKind::Training };
+    if found != expected {
+        return Err(CheckpointError::WrongKind { found, expected, kind: m[4].map(Text::from_raw) });
+    }
+    if deploy {
+        let q = m[5].ok_or(CheckpointError::MissingMetadata("quant"))?;
+        if !jeq(q, M::QUANT.name()) {
+            return Err(CheckpointError::QuantMismatch { found: Text::from_raw(q), expected: M::QUANT.name() });
         }
     }
     let sha = m[2].ok_or(CheckpointError::MissingMetadata("spec_sha256"))?;
@@ -737,25 +1019,68 @@ pub fn validate_with<M: Model, S: Scalar>(bytes: &[u8], options: LoadOptions) ->
         return Err(CheckpointError::SpecMismatch { found: Text::from_raw(sha), expected: M::SPEC_SHA256 });
     }
     m[3].ok_or(CheckpointError::MissingMetadata("model"))?;
-    if let Some(e) = found.first_error {
-        return Err(e);
-    }
-    for (i, t) in M::TENSORS.iter().enumerate() {
-        if found.seen[i / 64] & (1 << (i % 64)) == 0 {
-            return Err(CheckpointError::MissingTensor(t.name));
+    Ok(())
+}
+
+/// The value checks, tensor by tensor in file order: f32/f64 values finite
+/// (if `options` say so), scales (`*.scale` of a deployable file) `> 0`,
+/// int8 codes not -128, packed ternary codes valid, `__pad__` zero.
+fn check_values(table: Table, data: &[u8], options: LoadOptions) -> Result<(), CheckpointError> {
+    for e in table.entries() {
+        // The offsets were checked against the table and the length against its sum.
+        let Some(x) = usize::try_from(e.begin).ok().zip(usize::try_from(e.end).ok()).and_then(|(b, n)| data.get(b..n))
+        else {
+            continue;
+        };
+        let non_finite = |(index, value)| CheckpointError::NonFinite {
+            tensor: e.name,
+            index,
+            position: Dims::unravel(index, e.shape),
+            value,
+        };
+        match e.elem {
+            Elem::F32 => {
+                if options.check_finite {
+                    first_non_finite_f32(x).map(non_finite).map_or(Ok(()), Err)?;
+                }
+                if table.is_deploy() && e.name.ends_with(".scale") {
+                    let (words, _) = x.as_chunks::<4>();
+                    if let Some((index, w)) = first(words, |w| f32::from_le_bytes(*w) <= 0.0) {
+                        let value = f32::from_le_bytes(*w);
+                        return Err(CheckpointError::BadScale { tensor: e.name, index, value });
+                    }
+                }
+            }
+            Elem::F64 => {
+                if options.check_finite {
+                    first_non_finite_f64(x).map(non_finite).map_or(Ok(()), Err)?;
+                }
+            }
+            Elem::I8 => {
+                if let Some((index, _)) = first(x, |&b| b == 0x80) {
+                    let position = Dims::unravel(index, e.shape);
+                    return Err(CheckpointError::BadCode { tensor: e.name, index, position, value: i8::MIN });
+                }
+            }
+            Elem::U8 if e.name == PAD_TENSOR => {
+                if let Some((index, &value)) = first(x, |&b| b != 0) {
+                    return Err(CheckpointError::NonZeroPad { index, value });
+                }
+            }
+            Elem::U8 => {
+                // Packed ternary `[out, ceil(in / 4)]`; `in` is the latent tensor's width.
+                if let (Some(&out), Some(&nb)) = (e.shape.first(), e.shape.get(1)) {
+                    let inp = table.in_width(e.name).filter(|&i| crate::quant::ternary_row_bytes(i) == nb);
+                    let inp = inp.unwrap_or(nb.saturating_mul(4));
+                    if out.checked_mul(nb) == Some(x.len()) {
+                        crate::quant::check_ternary(x, out, inp)
+                            .map_err(|error| CheckpointError::BadTernary { tensor: e.name, error })?;
+                    }
+                }
+            }
         }
     }
-    let expected = M::TENSORS.iter().map(|t| t.len).sum::<usize>() * S::BYTES;
-    if data.len() != expected {
-        return Err(CheckpointError::DataLength { found: data.len(), expected });
-    }
-    if options.check_finite {
-        let first = if is_f32 { first_non_finite_f32(data) } else { first_non_finite_f64(data) };
-        if let Some((flat, value)) = first {
-            return Err(non_finite::<M>(flat, value));
-        }
-    }
-    Ok(data)
+    Ok(())
 }
 
 /// Exponent bits of an `f32`: all ones for NaN and the infinities only.
@@ -790,19 +1115,6 @@ fn first<T>(xs: &[T], bad: impl Fn(&T) -> bool) -> Option<(usize, &T)> {
         }
     }
     None
-}
-
-/// [`CheckpointError::NonFinite`] for flat index `flat` of the parameters.
-fn non_finite<M: Model>(flat: usize, value: f64) -> CheckpointError {
-    // `TENSORS` cover the parameters back to back (a `Model` invariant, and
-    // `validate` checked the file's offsets against them); the fallback only
-    // keeps a malformed `TENSORS` from panicking.
-    let found = M::TENSORS.iter().find_map(|t| flat.checked_sub(t.offset).filter(|&i| i < t.len).map(|i| (t, i)));
-    let (tensor, index, shape) = match found {
-        Some((t, i)) => (t.name, i, t.shape),
-        None => ("(no tensor)", flat, &[][..]),
-    };
-    CheckpointError::NonFinite { tensor, index, position: Dims::unravel(index, shape), value }
 }
 
 /// Validates `bytes` (every check on, non-finite values refused) and copies
@@ -901,10 +1213,227 @@ where
     Ok(unsafe { &*(data.as_ptr() as *const M::Params<S>) })
 }
 
-const META_KEYS: [&str; 4] = ["format", "format_version", "spec_sha256", "model"];
+// ---------------------------------------------------------------- deployable files
+
+/// Bytes before the data section of `M`'s deployable file ([`export_bytes`]):
+/// the 8-byte length, the JSON header and its padding (a multiple of 8).
+pub fn export_header_len<M: Model>() -> usize {
+    table_header_len::<M>(Table::deploy::<M>())
+}
+
+/// Writes everything before the data section of `M`'s deployable file into
+/// `buf` and returns its length, [`export_header_len`]; the data section to
+/// follow is the bytes of `M::QParams` (f32 values little-endian).
+///
+/// # Errors
+/// [`CheckpointError::BufferTooSmall`].
+pub fn write_export_header<M: Model>(buf: &mut [u8]) -> Result<usize, CheckpointError> {
+    write_table_header::<M>(buf, Table::deploy::<M>())
+}
+
+/// Swaps the bytes of every f32 value of deployable-parameter bytes `x`
+/// (little-endian file order <-> a big-endian target's; a no-op on a
+/// little-endian target).
+fn swap_f32_to_le(table: Table, x: &mut [u8]) {
+    if cfg!(target_endian = "little") {
+        return;
+    }
+    for e in table.entries().filter(|e| e.elem == Elem::F32) {
+        if let Some(t) = x.get_mut(e.begin as usize..e.end as usize) {
+            t.chunks_exact_mut(4).for_each(|w| w.reverse());
+        }
+    }
+}
+
+/// The size of `M::QParams` must be the bytes `QTENSORS` lists.
+fn check_qparams_size<M: Model>(table: Table) -> Result<(), CheckpointError> {
+    let size = core::mem::size_of::<M::QParams>();
+    if table.data_len() != size as u64 {
+        return Err(CheckpointError::DataLength { found: size, expected: table.data_len() as usize });
+    }
+    if table.len() > MAX_TENSORS {
+        return Err(CheckpointError::TooManyTensors(table.len()));
+    }
+    Ok(())
+}
+
+/// A whole deployable file of `q` in a new vector: the header (metadata
+/// `kind = "deploy"` and `quant`, one tensor per [`Model::QTENSORS`] entry),
+/// then exactly the bytes of `q`. The values are written as they are (a
+/// file that loading would refuse, e.g. with a NaN, can be written).
+///
+/// # Errors
+/// [`CheckpointError::DataLength`] if `size_of::<M::QParams>()` is not the
+/// bytes `QTENSORS` lists (never for a generated model).
+#[cfg(feature = "alloc")]
+pub fn export_bytes<M: Model>(q: &M::QParams) -> Result<alloc::vec::Vec<u8>, CheckpointError> {
+    let table = Table::deploy::<M>();
+    check_qparams_size::<M>(table)?;
+    let h = export_header_len::<M>();
+    let mut v = alloc::vec![0u8; h];
+    write_export_header::<M>(&mut v)?;
+    v.extend_from_slice(crate::pod_bytes(q));
+    if let Some(data) = v.get_mut(h..) {
+        swap_f32_to_le(table, data);
+    }
+    Ok(v)
+}
+
+/// Quantizes `params` with [`Model::quantize`] and saves the deployable
+/// file ([`export_bytes`]) to `path` atomically, as [`save`] does.
+///
+/// # Errors
+/// As [`save`] ([`CheckpointError::Io`] naming `path`), and as [`export_bytes`].
+#[cfg(feature = "std")]
+pub fn export<M: Model>(path: impl AsRef<std::path::Path>, params: &M::Params<f32>) -> Result<(), CheckpointError> {
+    let mut q = crate::boxed_zeroed::<M::QParams>();
+    M::quantize(params, &mut q);
+    let bytes = export_bytes::<M>(&q)?;
+    write_atomic(path.as_ref(), |w| std::io::Write::write_all(w, &bytes))
+}
+
+/// Validates a whole deployable file of `M` (every check on) and returns
+/// its data section, exactly the bytes of `M::QParams`: the header and
+/// metadata (`kind = "deploy"`, the model's `quant` scheme and spec hash),
+/// every tensor's name, dtype, shape and offsets against
+/// [`Model::QTENSORS`] and nothing else, the data length, then the values
+/// in file order: f32 values finite, scales `> 0`, int8 codes not -128,
+/// packed ternary codes valid ([`crate::quant::check_ternary`]), `__pad__`
+/// zero. Succeeds exactly when [`load_q_from_bytes`] does.
+///
+/// Never panics, whatever the bytes; needs no allocator.
+///
+/// # Errors
+/// The first problem found, as a [`CheckpointError`].
+pub fn validate_q<M: Model>(bytes: &[u8]) -> Result<&[u8], CheckpointError> {
+    validate_q_with::<M>(bytes, LoadOptions::new())
+}
+
+/// [`validate_q`] with the checks of `options` ([`LoadOptions::check_finite`]
+/// `false` accepts NaN and infinite f32 values, scales included; the other
+/// value checks always run).
+///
+/// # Errors
+/// As [`validate_q`].
+pub fn validate_q_with<M: Model>(bytes: &[u8], options: LoadOptions) -> Result<&[u8], CheckpointError> {
+    let table = Table::deploy::<M>();
+    check_qparams_size::<M>(table)?;
+    check::<M>(bytes, table, options)
+}
+
+/// Validates a deployable file ([`validate_q`], every check on) and returns
+/// the parameters in place, without copying and without an allocator: for
+/// weights in flash.
+///
+/// Needs a little-endian target ([`CheckpointError::BigEndian`]) and the
+/// data section aligned in memory for `M::QParams` (4 bytes;
+/// [`CheckpointError::Misaligned`] otherwise; the writer puts the data at a
+/// file offset that is a multiple of 8).
+///
+/// # Errors
+/// As [`validate_q`], and the two above.
+pub fn view_q<M: Model>(bytes: &[u8]) -> Result<&M::QParams, CheckpointError> {
+    view_q_with::<M>(bytes, LoadOptions::new())
+}
+
+/// [`view_q`] with the checks of `options`.
+///
+/// # Errors
+/// As [`view_q`].
+pub fn view_q_with<M: Model>(bytes: &[u8], options: LoadOptions) -> Result<&M::QParams, CheckpointError> {
+    let data = validate_q_with::<M>(bytes, options)?;
+    if !cfg!(target_endian = "little") {
+        return Err(CheckpointError::BigEndian);
+    }
+    let size = core::mem::size_of::<M::QParams>();
+    if data.len() != size {
+        return Err(CheckpointError::DataLength { found: data.len(), expected: size });
+    }
+    let align = core::mem::align_of::<M::QParams>();
+    let addr_mod = data.as_ptr() as usize % align;
+    if addr_mod != 0 {
+        return Err(CheckpointError::Misaligned { addr_mod, align });
+    }
+    // SAFETY:
+    // - size: `data` is exactly `size_of::<M::QParams>()` bytes (checked above);
+    // - alignment: `data.as_ptr()` is a multiple of `align_of::<M::QParams>()` (checked);
+    // - validity: `M::QParams: Pod` (the `Model` bound), so it has no padding and every
+    //   bit pattern of its bytes is a valid value (its fields are arrays of f32, i8 and
+    //   u8); on a little-endian target (checked) the file's little-endian f32 bytes are
+    //   those values; `validate_q` checked the layout against `QTENSORS` and the values
+    //   (finite, scales > 0, codes -127..=127, ternary codes, zero padding);
+    // - lifetime and aliasing: the result borrows `bytes` immutably for as long as it
+    //   lives, and `Pod` types have no interior mutability.
+    Ok(unsafe { &*(data.as_ptr() as *const M::QParams) })
+}
+
+/// Validates a deployable file ([`validate_q`], every check on) and copies
+/// it into `q`, which is left untouched on any error. Needs no alignment.
+///
+/// # Errors
+/// As [`validate_q`].
+pub fn load_q_from_bytes<M: Model>(bytes: &[u8], q: &mut M::QParams) -> Result<(), CheckpointError> {
+    load_q_from_bytes_with::<M>(bytes, q, LoadOptions::new())
+}
+
+/// [`load_q_from_bytes`] with the checks of `options`.
+///
+/// # Errors
+/// As [`validate_q`].
+pub fn load_q_from_bytes_with<M: Model>(
+    bytes: &[u8],
+    q: &mut M::QParams,
+    options: LoadOptions,
+) -> Result<(), CheckpointError> {
+    let data = validate_q_with::<M>(bytes, options)?;
+    let dst = crate::pod_bytes_mut(q);
+    if dst.len() != data.len() {
+        return Err(CheckpointError::DataLength { found: data.len(), expected: dst.len() });
+    }
+    dst.copy_from_slice(data);
+    swap_f32_to_le(Table::deploy::<M>(), dst);
+    Ok(())
+}
+
+/// Reads `path` and loads the deployable file into `q` with
+/// [`load_q_from_bytes`] (every check on).
+///
+/// # Errors
+/// [`CheckpointError::Io`] naming `path` if it cannot be read, else as
+/// [`load_q_from_bytes`].
+#[cfg(feature = "std")]
+pub fn load_q<M: Model>(path: impl AsRef<std::path::Path>, q: &mut M::QParams) -> Result<(), CheckpointError> {
+    load_q_with::<M>(path, q, LoadOptions::new())
+}
+
+/// [`load_q`] with the checks of `options`.
+///
+/// # Errors
+/// As [`load_q`].
+#[cfg(feature = "std")]
+pub fn load_q_with<M: Model>(
+    path: impl AsRef<std::path::Path>,
+    q: &mut M::QParams,
+    options: LoadOptions,
+) -> Result<(), CheckpointError> {
+    let bytes = read_file(path.as_ref())?;
+    load_q_from_bytes_with::<M>(&bytes, q, options)
+}
+
+/// The bytes of the file `path` ([`CheckpointError::Io`] naming it on failure).
+#[cfg(feature = "std")]
+fn read_file(path: &std::path::Path) -> Result<std::vec::Vec<u8>, CheckpointError> {
+    std::fs::read(path).map_err(|source| CheckpointError::Io {
+        op: IoOp::Read,
+        path: std::borrow::ToOwned::to_owned(path),
+        source,
+    })
+}
+
+const META_KEYS: [&str; 6] = ["format", "format_version", "spec_sha256", "model", "kind", "quant"];
 
 struct Found<'a> {
-    meta: Option<[Option<&'a [u8]>; 4]>,
+    meta: Option<[Option<&'a [u8]>; 6]>,
     seen: [u64; MAX_TENSORS / 64],
     first_error: Option<CheckpointError>,
 }
@@ -1091,7 +1620,7 @@ impl<'a> Parser<'a> {
         Ok(v)
     }
 
-    fn top<M: Model, S: Scalar>(&mut self) -> Result<Found<'a>, CheckpointError> {
+    fn top(&mut self, table: Table) -> Result<Found<'a>, CheckpointError> {
         let mut f = Found { meta: None, seen: [0; MAX_TENSORS / 64], first_error: None };
         if self.open(b'{', b'}')? {
             loop {
@@ -1106,7 +1635,7 @@ impl<'a> Parser<'a> {
                     }
                     f.meta = Some(self.metadata()?);
                 } else {
-                    self.tensor::<M, S>(key, key_at, &mut f)?;
+                    self.tensor(key, key_at, &mut f, table)?;
                 }
                 if !self.sep(b'}')? {
                     break;
@@ -1120,8 +1649,8 @@ impl<'a> Parser<'a> {
         Ok(f)
     }
 
-    fn metadata(&mut self) -> Result<[Option<&'a [u8]>; 4], CheckpointError> {
-        let mut m = [None; 4];
+    fn metadata(&mut self) -> Result<[Option<&'a [u8]>; 6], CheckpointError> {
+        let mut m = [None; 6];
         if self.open(b'{', b'}')? {
             loop {
                 let key_at = self.i;
@@ -1144,12 +1673,7 @@ impl<'a> Parser<'a> {
         Ok(m)
     }
 
-    fn tensor<M: Model, S: Scalar>(
-        &mut self,
-        key: &'a [u8],
-        key_at: usize,
-        f: &mut Found<'a>,
-    ) -> Result<(), CheckpointError> {
+    fn tensor(&mut self, key: &'a [u8], key_at: usize, f: &mut Found<'a>, table: Table) -> Result<(), CheckpointError> {
         let (mut dtype, mut shape, mut offsets) = (None, None, None);
         let dup = |p: &mut Self, at: usize| {
             p.i = at;
@@ -1202,23 +1726,21 @@ impl<'a> Parser<'a> {
             self.i -= 1; // at the closing brace
             return Err(self.err());
         };
-        let Some(idx) = M::TENSORS.iter().position(|t| jeq(key, t.name)) else {
+        let Some((idx, t)) = table.entries().enumerate().find(|(_, t)| jeq(key, t.name)) else {
             f.first_error.get_or_insert(CheckpointError::UnexpectedTensor(Text::from_raw(key)));
             return Ok(());
         };
         let (word, bit) = (idx / 64, 1u64 << (idx % 64));
         let Some(w) = f.seen.get_mut(word) else {
-            return Err(CheckpointError::TooManyTensors(M::TENSORS.len()));
+            return Err(CheckpointError::TooManyTensors(table.len()));
         };
         if *w & bit != 0 {
             return Err(dup(self, key_at)); // the same tensor twice
         }
         *w |= bit;
-        let t = &M::TENSORS[idx];
-        let b = S::BYTES as u64;
-        let expected = [t.offset as u64 * b, (t.offset + t.len) as u64 * b];
-        let e = if !jeq(dtype, S::DTYPE) {
-            CheckpointError::WrongDtype { tensor: t.name, found: Text::from_raw(dtype), expected: S::DTYPE }
+        let expected = [t.begin, t.end];
+        let e = if !jeq(dtype, t.dtype) {
+            CheckpointError::WrongDtype { tensor: t.name, found: Text::from_raw(dtype), expected: t.dtype }
         } else if !shape.matches(t.shape) {
             CheckpointError::WrongShape { tensor: t.name, found: shape, expected: t.shape }
         } else if offsets != expected {

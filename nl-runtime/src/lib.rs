@@ -95,6 +95,52 @@ unsafe impl Zeroable for u8 {}
 // N all-zero elements, each valid by `T: Zeroable`.
 unsafe impl<T: Zeroable, const N: usize> Zeroable for [T; N] {}
 
+/// Plain bytes: types with no padding, no interior mutability and no
+/// invalid bit patterns, so a value's bytes can be read as `[u8]` and any
+/// bytes of the right size and alignment can be read as a value.
+///
+/// The deployable parameters ([`Model::QParams`]) are `Pod`: an exported
+/// checkpoint's data section is their bytes, and
+/// [`checkpoint::view_q`] reads such a section in place.
+///
+/// # Safety
+///
+/// Implementors guarantee that every one of their `size_of::<Self>()` bytes
+/// belongs to a field (no padding), that every bit pattern is a valid value
+/// (true for `f32`, `f64`, `i8`, `u8`, and arrays and `#[repr(C)]` structs
+/// made only of such types with no padding between or after the fields),
+/// and that they have no interior mutability.
+pub unsafe trait Pod: Zeroable {}
+
+// SAFETY: 4 bytes, every bit pattern an `f32` (NaNs included); no padding.
+unsafe impl Pod for f32 {}
+// SAFETY: 8 bytes, every bit pattern an `f64`; no padding.
+unsafe impl Pod for f64 {}
+// SAFETY: one byte, every bit pattern an `i8`.
+unsafe impl Pod for i8 {}
+// SAFETY: one byte, every bit pattern a `u8`.
+unsafe impl Pod for u8 {}
+// SAFETY: an array is `N` elements back to back (its size is `N` times the
+// element's, a multiple of the element's alignment), each `Pod`.
+unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}
+
+/// The bytes of a [`Pod`] value (in the target's byte order).
+pub fn pod_bytes<T: Pod>(t: &T) -> &[u8] {
+    // SAFETY: by `T: Pod` every one of the `size_of::<T>()` bytes at `t` is an
+    // initialised byte of a field (no padding); `u8` has alignment 1; the
+    // shared borrow keeps the value alive and unchanged (no interior
+    // mutability) while the slice lives.
+    unsafe { core::slice::from_raw_parts(t as *const T as *const u8, core::mem::size_of::<T>()) }
+}
+
+/// The bytes of a [`Pod`] value, writable: any bytes written leave a valid value.
+pub fn pod_bytes_mut<T: Pod>(t: &mut T) -> &mut [u8] {
+    // SAFETY: as in `pod_bytes`, and by `T: Pod` every bit pattern is a valid
+    // `T`, so any bytes written through the slice leave a valid value; the
+    // exclusive borrow makes the slice the only access.
+    unsafe { core::slice::from_raw_parts_mut(t as *mut T as *mut u8, core::mem::size_of::<T>()) }
+}
+
 /// Allocates a `T` on the heap with all bytes zero, without building it on
 /// the stack first (so a 1 MiB parameter struct works on a small stack).
 #[cfg(feature = "alloc")]
@@ -255,8 +301,9 @@ pub trait Model: 'static {
     /// The deployable parameters: `Params<f32>` for an f32 model; for a
     /// quantized one, the f32 tensors and the scales, then the integer
     /// weight codes (docs/quant.md). Made by [`Model::quantize`], read by
-    /// [`Model::try_step_q`]; an exported checkpoint is its bytes.
-    type QParams: Zeroable;
+    /// [`Model::try_step_q`]; an exported checkpoint is its bytes
+    /// ([`checkpoint::export`], [`checkpoint::view_q`]).
+    type QParams: Pod;
 
     /// Deterministic initialisation from a seed (scheme documented in the
     /// generated module and the README).

@@ -3,7 +3,7 @@
 use core::fmt::Debug;
 use core::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
 
-use crate::Zeroable;
+use crate::Pod;
 
 /// A floating-point scalar a generated model computes in.
 ///
@@ -20,7 +20,7 @@ pub trait Scalar:
     + Send
     + Sync
     + 'static
-    + Zeroable
+    + Pod
     + Add<Output = Self>
     + Sub<Output = Self>
     + Mul<Output = Self>

@@ -354,20 +354,20 @@ fn save_and_load_errors_name_the_path() {
 /// `bytes` copied to a buffer at an offset that puts its start (and so the
 /// data section, at a multiple of 8 in the file) on an 8-aligned address;
 /// `view` needs that.
-struct Aligned {
+pub(crate) struct Aligned {
     buf: Vec<u8>,
     at: usize,
     len: usize,
 }
 
 impl Aligned {
-    fn new(bytes: &[u8]) -> Aligned {
+    pub(crate) fn new(bytes: &[u8]) -> Aligned {
         let mut buf = vec![0u8; bytes.len() + 8];
         let at = (8 - buf.as_ptr() as usize % 8) % 8;
         buf[at..at + bytes.len()].copy_from_slice(bytes);
         Aligned { buf, at, len: bytes.len() }
     }
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.buf[self.at..self.at + self.len]
     }
 }

@@ -16,6 +16,7 @@ mod memory;
 mod memory_learning;
 mod models;
 mod parallel;
+mod quant_checkpoint;
 mod quantized;
 mod reference_oracle;
 mod stability;
