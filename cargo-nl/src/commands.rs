@@ -62,6 +62,8 @@ enum Cmd {
     Serve(RunOpts),
     /// Training and streaming tokens per second on one core.
     Bench(RunOpts),
+    /// Quantize a checkpoint into a deployable file (--checkpoint CKPT --out FILE) and print both sizes.
+    Export(RunOpts),
     /// Build a Python wheel of the model (PyO3 + maturin) and print its path.
     Python {
         #[command(flatten)]
@@ -104,6 +106,7 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, String> {
         Cmd::Sample(r) => exec(&r, "sample"),
         Cmd::Serve(r) => exec(&r, "serve"),
         Cmd::Bench(r) => exec(&r, "bench"),
+        Cmd::Export(r) => exec(&r, "export"),
         Cmd::Python { build, out } => {
             let wheel = python(&build, &out)?;
             println!("{}", wheel.display());

@@ -1,5 +1,5 @@
 //! The command line of one compiled model: `info`, `train`, `eval`,
-//! `sample`, `serve` and `bench`. `cargo nl` builds, per spec, a binary
+//! `sample`, `serve`, `bench` and `export`. `cargo nl` builds, per spec, a binary
 //! whose `main` is [`main`] and runs it with the user's arguments; a user's
 //! crate can do the same in one line.
 //!
@@ -41,6 +41,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Measure training and streaming tokens per second on one core.
     Bench(BenchArgs),
+    /// Quantize a checkpoint into a deployable file (the model's QParams, docs/quant.md) and print both sizes.
+    Export(ExportArgs),
 }
 
 /// `train`'s settings; every one left out takes the run's [`Recipe`] value.
@@ -232,6 +234,17 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// `export`'s arguments.
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {
+    /// The (f32 training) checkpoint to export.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The deployable file to write (atomically; its directory is created).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
 /// Parses the process's arguments and runs the command for `M`; prints
 /// an error as one line and returns a failing exit code.
 pub fn main<M: Model>() -> ExitCode
@@ -357,7 +370,34 @@ where
             }
             Ok(())
         }
+        Command::Export(a) => {
+            let (size, f32_size) = export::<M>(&a.checkpoint, &a.out)?;
+            println!(
+                "{}: {size} bytes, quantized {}; the f32 checkpoint {} is {f32_size} bytes ({:.2}x)",
+                a.out.display(),
+                M::QUANT.name(),
+                a.checkpoint.display(),
+                f32_size as f64 / size.max(1) as f64
+            );
+            Ok(())
+        }
     }
+}
+
+/// Loads the f32 checkpoint `checkpoint`, quantizes it and writes the
+/// deployable file `out` (`nl_runtime::checkpoint::export`); returns the
+/// sizes in bytes of `out` and of `checkpoint`.
+pub fn export<M: Model>(checkpoint: &Path, out: &Path) -> Result<(u64, u64)> {
+    let params = crate::load_params::<M>(checkpoint)?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error(format!("cannot create the directory {}: {e}", dir.display())))?;
+    }
+    nl_runtime::checkpoint::export::<M>(out, &params)?;
+    let size = |p: &Path| {
+        std::fs::metadata(p).map(|m| m.len()).map_err(|e| Error(format!("cannot stat {}: {e}", p.display())))
+    };
+    Ok((size(out)?, size(checkpoint)?))
 }
 
 /// A description of `M`: sizes, tensors, bytes of its state, FLOPs per token.

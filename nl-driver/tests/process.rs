@@ -138,6 +138,8 @@ fn bad_input_is_one_line_and_never_a_panic() {
         (vec!["serve", "--checkpoint", &other], "spec"),
         (vec!["sample", "--checkpoint", &garbage], "cannot load the checkpoint"),
         (vec!["sample", "--checkpoint", &other, "--temperature=-1"], "--temperature"),
+        (vec!["export", "--checkpoint", &missing, "--out", &out], "cannot load the checkpoint"),
+        (vec!["export", "--checkpoint", &other, "--out", &out], "spec"),
     ];
     for (args, needle) in cases {
         let (code, err) = run(&args);
@@ -151,4 +153,32 @@ fn bad_input_is_one_line_and_never_a_panic() {
     let (code, err) = run(&["train", "--steps", "zero"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(!err.contains("panicked"));
+}
+
+#[test]
+fn export_writes_a_deployable_file_of_an_f32_model() {
+    type T = tiny::Model;
+    let dir = scratch("export");
+    let ckpt = dir.join("t.safetensors");
+    let mut p = boxed_zeroed::<<T as Model>::Params<f32>>();
+    T::init(&mut p, 3);
+    nl_runtime::checkpoint::save::<T, f32>(&ckpt, &p).expect("save");
+    let out = dir.join("deploy").join("t.deploy.safetensors");
+    let o = Command::new(exe())
+        .args(["export", "--checkpoint", &ckpt.to_string_lossy(), "--out", &out.to_string_lossy()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the example");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let size = std::fs::metadata(&out).expect("written").len();
+    assert!(stdout.contains(&format!("{size} bytes")) && stdout.contains("f32/f32"), "{stdout}");
+    // An f32 model's deployable file holds its parameters, bit for bit.
+    let mut q = boxed_zeroed::<<T as Model>::QParams>();
+    nl_runtime::checkpoint::load_q::<T>(&out, &mut q).expect("a valid deployable file");
+    assert_eq!(nl_runtime::pod_bytes(&*q), nl_runtime::pod_bytes(&*p));
+    // It is not a training checkpoint: `eval` and `export` refuse it, saying why.
+    let (code, err) = run(&["export", "--checkpoint", &out.to_string_lossy(), "--out", &out.to_string_lossy()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.lines().count() == 1 && err.contains("deployable"), "{err}");
 }
