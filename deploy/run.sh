@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Deploy anywhere: builds nl-deploy (no_std, no allocator, weights embedded
-# and used in place) twice, with the seed's memory model
-# (models/micro_memory.toml, the default) and with the deep language model
-# (models/deep.toml, `--features deep`), each for
+# and used in place) with the seed's memory model
+# (models/micro_memory.toml, the default), the deep language model
+# (models/deep.toml, `--features deep`) and both quantized as int8 and
+# ternary (models/quant/, `--features int8|ternary|deep_int8|deep_ternary`),
+# each for
 #   thumbv7em-none-eabihf, riscv32imac-unknown-none-elf   (staticlib; size table)
 #   wasm32-unknown-unknown                                (cdylib, run by node)
 #   aarch64-unknown-linux-gnu                             (run under qemu-aarch64)
@@ -39,9 +41,9 @@ LLD="$(rustc --print sysroot)/lib/rustlib/$HOST/bin/rust-lld"
 
 # The models deploy/ embeds: NAME (models/NAME.toml, weights/NAME.safetensors)
 # and the cargo features that select it; the first is the crate's default.
-MODELS=("micro_memory:" "deep:deep")
+MODELS=("micro_memory:" "deep:deep" "micro_memory_int8:int8" "micro_memory_ternary:ternary" "deep_int8:deep_int8" "deep_ternary:deep_ternary")
 
-echo "== deploy: weights (init(seed 1), f32, safetensors)"
+echo "== deploy: weights (init(seed 1); f32 checkpoints, or exported deployable checkpoints of the quantized models)"
 for m in "${MODELS[@]}"; do
     cargo run --quiet --release --example make_deploy_weights -- --model "${m%%:*}"
 done
@@ -94,12 +96,12 @@ deploy_model() {
         llvm-size -A "$out/$t.elf" | awk -v m="$name" -v t="$t" -v w="$weight_bytes" -v limit="$limit" '
             $1 == ".text" { text += $2 } $1 == ".rodata" { ro += $2 } $1 == ".bss" { bss += $2 }
             END {
-                printf "%-14s %-30s %10d %12d %12d %10d\n", m, t, text, w, ro - w, bss
+                printf "%-22s %-30s %10d %12d %12d %10d\n", m, t, text, w, ro - w, bss
                 if (limit > 0 && text >= limit) { print m " " t ": code is " limit " bytes or more" > "/dev/stderr"; exit 1 }
                 if (ro < w) { print m " " t ": weights not in .rodata" > "/dev/stderr"; exit 1 }
             }' >>"$SIZES"
     done
-    printf '%-14s %-30s %10s\n' "$name" "wasm32-unknown-unknown (file)" "$(stat -c %s "$out/nl_deploy.wasm")" >>"$SIZES"
+    printf '%-22s %-30s %10s\n' "$name" "wasm32-unknown-unknown (file)" "$(stat -c %s "$out/nl_deploy.wasm")" >>"$SIZES"
 
     echo "== deploy [$name]: scores"
     target/release/nl-deploy-scores >"$out/native.txt"
@@ -122,6 +124,6 @@ for m in "${MODELS[@]}"; do
 done
 
 echo "== deploy: sizes (bytes; linked with --gc-sections from nl_scores)"
-printf '%-14s %-30s %10s %12s %12s %10s\n' model target "code" "weights" "other ro" "RAM (bss)"
+printf '%-22s %-30s %10s %12s %12s %10s\n' model target "code" "weights" "other ro" "RAM (bss)"
 cat "$SIZES"
 cd "$ROOT"

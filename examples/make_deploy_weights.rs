@@ -5,7 +5,12 @@
 //! - `micro_memory` (default): the seed's memory model, `models/micro_memory.toml`;
 //! - `deep`: the main job's deep language model, `models/deep.toml` (two
 //!   pre-norm blocks, RMSNorm, rope, SwiGLU, tied embeddings), embedded by
-//!   `deploy/` built with `--features deep`.
+//!   `deploy/` built with `--features deep`;
+//! - `micro_memory_int8`, `micro_memory_ternary`, `deep_int8`,
+//!   `deep_ternary` (`models/quant/`): quantized, written as exported
+//!   deployable checkpoints (`checkpoint::export`: int8 or packed ternary
+//!   codes and f32 scales), embedded by `deploy/` with `--features int8`,
+//!   `ternary`, `deep_int8`, `deep_ternary`.
 //!
 //! ```text
 //! cargo run --release --example make_deploy_weights                       # deploy/weights/micro_memory.safetensors
@@ -23,15 +28,25 @@ use nl::nl_runtime::{boxed_zeroed, checkpoint, Model};
 
 nl_model!("models/micro_memory.toml");
 nl_model!("models/deep.toml");
+nl_model!("models/quant/micro_memory_int8.toml");
+nl_model!("models/quant/micro_memory_ternary.toml");
+nl_model!("models/quant/deep_int8.toml");
+nl_model!("models/quant/deep_ternary.toml");
 
 /// The models `deploy/` can embed, by name.
-const MODELS: [&str; 2] = ["micro_memory", "deep"];
+const MODELS: [&str; 6] =
+    ["micro_memory", "deep", "micro_memory_int8", "micro_memory_ternary", "deep_int8", "deep_ternary"];
 
-/// Initialises `M` with `seed` and saves it (f32) to `out`; returns the parameter count.
+/// Initialises `M` with `seed` and saves it to `out` (f32; a quantized
+/// model as its exported deployable checkpoint); returns the parameter count.
 fn write<M: Model>(out: &Path, seed: u64) -> std::io::Result<usize> {
     let mut p = boxed_zeroed::<M::Params<f32>>();
     M::init(&mut p, seed);
-    checkpoint::save::<M, f32>(out, &p)?;
+    if M::QUANT.weights == nl::nl_runtime::quant::WeightQuant::F32 {
+        checkpoint::save::<M, f32>(out, &p)?;
+    } else {
+        checkpoint::export::<M>(out, &p)?;
+    }
     Ok(M::PARAM_COUNT)
 }
 
@@ -72,6 +87,10 @@ fn main() -> std::io::Result<()> {
     }
     let count = match model.as_str() {
         "deep" => write::<deep::Model>(&out, seed)?,
+        "micro_memory_int8" => write::<micro_memory_int8::Model>(&out, seed)?,
+        "micro_memory_ternary" => write::<micro_memory_ternary::Model>(&out, seed)?,
+        "deep_int8" => write::<deep_int8::Model>(&out, seed)?,
+        "deep_ternary" => write::<deep_ternary::Model>(&out, seed)?,
         _ => write::<micro_memory::Model>(&out, seed)?,
     };
     println!(

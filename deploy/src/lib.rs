@@ -7,7 +7,12 @@
 //! - feature `deep`: the main job's deep language model, `models/deep.toml`
 //!   (two pre-norm residual blocks, RMSNorm, rope, SwiGLU MLP, tied
 //!   embeddings; 361,088 parameters); its `Stream` (a 128-token ring of
-//!   keys and values per block) is 288,792 bytes in f32.
+//!   keys and values per block) is 288,792 bytes in f32;
+//! - features `int8`, `ternary`, `deep_int8`, `deep_ternary`: those two
+//!   models quantized (`models/quant/`, docs/quant.md), embedded as their
+//!   exported deployable checkpoints (int8 codes or ternary codes packed 4
+//!   per byte, f32 scales), viewed in place with `checkpoint::view_q` and
+//!   served by the integer kernels (`Stream::try_step_q`).
 //!
 //! Either way:
 //!
@@ -33,10 +38,10 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use nl_runtime::{checkpoint, TokenError};
 
-#[cfg(not(feature = "deep"))]
+#[cfg(nl_default_model)]
 nl_macros::nl_model!("../models/micro_memory.toml");
 /// The generated module of the embedded model.
-#[cfg(not(feature = "deep"))]
+#[cfg(nl_default_model)]
 pub use micro_memory as model;
 
 #[cfg(feature = "deep")]
@@ -44,6 +49,73 @@ nl_macros::nl_model!("../models/deep.toml");
 /// The generated module of the embedded model.
 #[cfg(feature = "deep")]
 pub use deep as model;
+
+#[cfg(feature = "int8")]
+nl_macros::nl_model!("../models/quant/micro_memory_int8.toml");
+/// The generated module of the embedded model.
+#[cfg(feature = "int8")]
+pub use micro_memory_int8 as model;
+
+#[cfg(feature = "ternary")]
+nl_macros::nl_model!("../models/quant/micro_memory_ternary.toml");
+/// The generated module of the embedded model.
+#[cfg(feature = "ternary")]
+pub use micro_memory_ternary as model;
+
+#[cfg(feature = "deep_int8")]
+nl_macros::nl_model!("../models/quant/deep_int8.toml");
+/// The generated module of the embedded model.
+#[cfg(feature = "deep_int8")]
+pub use deep_int8 as model;
+
+#[cfg(feature = "deep_ternary")]
+nl_macros::nl_model!("../models/quant/deep_ternary.toml");
+/// The generated module of the embedded model.
+#[cfg(feature = "deep_ternary")]
+pub use deep_ternary as model;
+
+/// The parameters as embedded, and how a step reads them: an f32 model's
+/// `Params<f32>` (a checkpoint viewed with `checkpoint::view`), or a
+/// quantized model's deployable `QParams` (an exported checkpoint viewed
+/// with `checkpoint::view_q`, served by the integer kernels).
+#[cfg(not(nl_quantized))]
+mod embedded {
+    use super::{checkpoint, model, M};
+    /// The embedded parameters' type.
+    pub type P = model::Params<f32>;
+    /// Validates the embedded bytes and views them in place.
+    pub fn view(bytes: &[u8]) -> Result<&P, checkpoint::CheckpointError> {
+        checkpoint::view::<M, f32>(bytes)
+    }
+    /// One step of the stream.
+    pub fn step<'a>(
+        st: &'a mut model::Stream<f32>,
+        p: &P,
+        token: u32,
+    ) -> Result<&'a [f32; model::VOCAB], nl_runtime::TokenError> {
+        st.try_step(p, token)
+    }
+}
+
+/// See the f32 form.
+#[cfg(nl_quantized)]
+mod embedded {
+    use super::{checkpoint, model, M};
+    /// The embedded parameters' type.
+    pub type P = model::QParams;
+    /// Validates the embedded bytes and views them in place.
+    pub fn view(bytes: &[u8]) -> Result<&P, checkpoint::CheckpointError> {
+        checkpoint::view_q::<M>(bytes)
+    }
+    /// One step of the stream.
+    pub fn step<'a>(
+        st: &'a mut model::Stream<f32>,
+        p: &P,
+        token: u32,
+    ) -> Result<&'a [f32; model::VOCAB], nl_runtime::TokenError> {
+        st.try_step_q(p, token)
+    }
+}
 
 /// The model type.
 pub type M = model::Model;
@@ -62,14 +134,14 @@ pub const N_SCORES: usize = SENTENCE.len() - 1;
 #[repr(C, align(8))]
 struct Aligned<B: ?Sized>(B);
 
-/// The checkpoint written by `cargo run --release --example make_deploy_weights`.
-#[cfg(not(feature = "deep"))]
-static WEIGHTS: &Aligned<[u8]> =
-    &Aligned(*include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/weights/micro_memory.safetensors")));
-/// The checkpoint written by `cargo run --release --example make_deploy_weights -- --model deep`.
-#[cfg(feature = "deep")]
-static WEIGHTS: &Aligned<[u8]> =
-    &Aligned(*include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/weights/deep.safetensors")));
+/// The checkpoint written by `cargo run --release --example make_deploy_weights -- --model <name>`
+/// (for a quantized model: its exported, deployable checkpoint).
+static WEIGHTS: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/weights/",
+    env!("NL_DEPLOY_MODEL"),
+    ".safetensors"
+)));
 
 /// The embedded checkpoint's bytes.
 pub fn weights_bytes() -> &'static [u8] {
@@ -77,8 +149,8 @@ pub fn weights_bytes() -> &'static [u8] {
 }
 
 /// The embedded parameters, validated and viewed in place (no copy).
-pub fn params() -> Result<&'static model::Params<f32>, checkpoint::CheckpointError> {
-    checkpoint::view::<M, f32>(weights_bytes())
+pub fn params() -> Result<&'static embedded::P, checkpoint::CheckpointError> {
+    embedded::view(weights_bytes())
 }
 
 /// Why [`scores`] failed.
@@ -149,7 +221,7 @@ pub fn scores(out: &mut [f32; N_SCORES]) -> Result<(), Error> {
     with_stream(|st| {
         st.reset();
         for (i, w) in SENTENCE.windows(2).enumerate() {
-            st.try_step(p, u32::from(w[0])).map_err(Error::Token)?;
+            embedded::step(st, p, u32::from(w[0])).map_err(Error::Token)?;
             out[i] = st.surprise(u32::from(w[1])).unwrap_or(f32::NAN);
         }
         Ok(())
@@ -171,7 +243,7 @@ pub fn step(token: u32) -> Result<f32, Error> {
             return Err(Error::Token(TokenError { token, vocab: model::VOCAB }));
         }
         let surprise = st.surprise(token).unwrap_or(f32::NAN);
-        st.try_step(p, token).map_err(Error::Token)?;
+        embedded::step(st, p, token).map_err(Error::Token)?;
         Ok(surprise)
     })?
 }
