@@ -31,11 +31,11 @@ fn titans(plan: &Plan) -> bool {
     plan.memory.as_ref().is_some_and(|m| m.rule == Rule::Titans)
 }
 
-/// `LevelParams` of level `l` borrowed from the block's parameters `bp`.
-fn level_params(plan: &Plan, l: usize) -> TokenStream {
+/// The gate fields of level `l` (`w_alpha: ..., b_alpha: ..., ...`), borrowed
+/// from the block's parameters `bp`: shared by `LevelParams` and `LevelGates`.
+fn gate_fields(plan: &Plan, l: usize) -> TokenStream {
     let f = |n: &str| format_ident!("mem{}_{}", l, n);
-    let (wk, wv, wq, wa, ba, wt, bt) =
-        (f("wk"), f("wv"), f("wq"), f("w_alpha"), f("b_alpha"), f("w_theta"), f("b_theta"));
+    let (wa, ba, wt, bt) = (f("w_alpha"), f("b_alpha"), f("w_theta"), f("b_theta"));
     let eta = if titans(plan) {
         let (we, be) = (f("w_eta"), f("b_eta"));
         quote! { w_eta: &bp.#we, b_eta: bp.#be[0], }
@@ -43,11 +43,21 @@ fn level_params(plan: &Plan, l: usize) -> TokenStream {
         quote! { w_eta: &[], b_eta: S::ZERO, }
     };
     quote! {
+        w_alpha: &bp.#wa, b_alpha: bp.#ba[0],
+        w_theta: &bp.#wt, b_theta: bp.#bt[0],
+        #eta
+    }
+}
+
+/// `LevelParams` of level `l` borrowed from the block's parameters `bp`.
+fn level_params(plan: &Plan, l: usize) -> TokenStream {
+    let f = |n: &str| format_ident!("mem{}_{}", l, n);
+    let (wk, wv, wq) = (f("wk"), f("wv"), f("wq"));
+    let gates = gate_fields(plan, l);
+    quote! {
         ::nl_runtime::memory::LevelParams {
             wk: &bp.#wk, wv: &bp.#wv, wq: &bp.#wq,
-            w_alpha: &bp.#wa, b_alpha: bp.#ba[0],
-            w_theta: &bp.#wt, b_theta: bp.#bt[0],
-            #eta
+            #gates
         }
     }
 }
@@ -64,20 +74,9 @@ fn m_input(plan: &Plan) -> TokenStream {
 
 /// Level `l`'s `LevelGates` of the block `bp`.
 fn level_gates(plan: &Plan, l: usize) -> TokenStream {
-    let f = |n: &str| format_ident!("mem{}_{}", l, n);
-    let (wa, ba, wt, bt) = (f("w_alpha"), f("b_alpha"), f("w_theta"), f("b_theta"));
-    let eta = if titans(plan) {
-        let (we, be) = (f("w_eta"), f("b_eta"));
-        quote! { w_eta: &bp.#we, b_eta: bp.#be[0], }
-    } else {
-        quote! { w_eta: &[], b_eta: S::ZERO, }
-    };
+    let gates = gate_fields(plan, l);
     quote! {
-        ::nl_runtime::memory::LevelGates {
-            w_alpha: &bp.#wa, b_alpha: bp.#ba[0],
-            w_theta: &bp.#wt, b_theta: bp.#bt[0],
-            #eta
-        }
+        ::nl_runtime::memory::LevelGates { #gates }
     }
 }
 
