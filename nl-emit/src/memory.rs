@@ -250,20 +250,19 @@ pub(crate) fn stream_step(plan: &Plan, reader: crate::quant::Reader) -> TokenStr
                 );
             };
         }
-        // Quantized: the projections by the reader's products, then the rest of the step.
-        let proj = |w: &str, out: TokenStream| {
-            crate::quant::mv(plan, reader, true, &format!("mem{l}_{w}"), quote! { self.u }, out)
-        };
-        let (pk, pv, pq) = (
-            proj("wk", quote! { self.scratch.k }),
-            proj("wv", quote! { self.scratch.v }),
-            proj("wq", quote! { self.scratch.q }),
+        // Quantized: the projections by the reader's products (one input,
+        // quantized once for the three), then the rest of the step.
+        let (wk, wv, wq) = (format!("mem{l}_wk"), format!("mem{l}_wv"), format!("mem{l}_wq"));
+        let proj = crate::quant::mv_group(
+            plan,
+            reader,
+            true,
+            quote! { self.u },
+            &[(&wk, quote! { self.scratch.k }), (&wv, quote! { self.scratch.v }), (&wq, quote! { self.scratch.q })],
         );
         let gates = level_gates(plan, l);
         quote! {
-            #pk
-            #pv
-            #pq
+            #proj
             ::nl_runtime::memory::step_projected::<S, #rule, D>(
                 &#gates, #period, #norm, self.freeze_memory, &mut bs.mem[#l], &mut self.scratch, #scale, &mut self.y,
             );

@@ -67,48 +67,70 @@ pub(crate) fn max_in(plan: &Plan) -> usize {
 }
 
 /// `y = W x` for the matrix in field `f` of the block (`block`) or of the
-/// top-level parameters, as `reader` reads it. The owners: `bp` / `p` for
-/// the latent weights and f32 tensors (in `QParams`: `q.f.blocks[b]` /
-/// `q.f`), `bi` / `q.i` for the integer codes. `x` and `y` are place
-/// expressions of arrays of the input and output widths.
+/// top-level parameters, as `reader` reads it: [`mv_group`] of one product.
 pub(crate) fn mv(plan: &Plan, reader: Reader, block: bool, f: &str, x: TokenStream, y: TokenStream) -> TokenStream {
-    let t = tensor(plan, block, f);
-    let fid = field(f);
+    mv_group(plan, reader, block, x, &[(f, y)])
+}
+
+/// `y_j = W_j x` for the matrices in fields `f_j` of the block (`block`) or
+/// of the top-level parameters, all reading the same input `x`, as `reader`
+/// reads them. The owners: `bp` / `p` for the latent weights and f32
+/// tensors (in `QParams`: `q.f.blocks[b]` / `q.f`), `bi` / `q.i` for the
+/// integer codes. `x` and each `y_j` are place expressions of arrays of
+/// the input and output widths. With int8 activations on the integer path
+/// the input is quantized once (into `self.qx`) for the whole group.
+pub(crate) fn mv_group(
+    plan: &Plan,
+    reader: Reader,
+    block: bool,
+    x: TokenStream,
+    products: &[(&str, TokenStream)],
+) -> TokenStream {
     let (owner, owner_i) = if block { (quote! { bp }, quote! { bi }) } else { (quote! { p }, quote! { q.i }) };
-    if !t.quantized || reader == Reader::Float {
-        return quote! { k::matvec(&#owner.#fid, &#x, &mut #y); };
-    }
-    let (out, inp) = (lit(t.shape[0]), lit(t.shape[1]));
-    match reader {
-        Reader::Float => unreachable!(),
-        Reader::FakeQuant => quote! {
-            ::nl_runtime::qat::fq_matvec::<S, #out, #inp>(QUANT.weights, QUANT.activations, &#owner.#fid, &#x, &mut self.qbuf, &mut #y);
-        },
-        Reader::Int => {
-            let scale = format_ident!("{}_scale", f);
-            let codes = quote! { #owner_i.#fid.as_flattened() };
-            match (plan.quant.weights, plan.quant.activations) {
-                (WeightQuant::Int8, ActQuant::F32) => quote! {
-                    ::nl_runtime::quant::matvec_i8_f32(#codes, &#owner.#scale, #out, #inp, &#x, &mut #y);
-                },
-                (WeightQuant::Int8, ActQuant::Int8) => quote! {
-                    {
-                        let a = ::nl_runtime::quant::quantize_act(&#x, &mut self.qx[..#inp]);
-                        ::nl_runtime::quant::matvec_i8_i8(#codes, &#owner.#scale, #out, #inp, &self.qx[..#inp], a, &mut #y);
-                    }
-                },
-                (WeightQuant::Ternary, ActQuant::F32) => quote! {
-                    ::nl_runtime::quant::matvec_t2_f32(#codes, #owner.#scale[0], #out, #inp, &#x, &mut #y);
-                },
-                (WeightQuant::Ternary, ActQuant::Int8) => quote! {
-                    {
-                        let a = ::nl_runtime::quant::quantize_act(&#x, &mut self.qx[..#inp]);
-                        ::nl_runtime::quant::matvec_t2_i8(#codes, #owner.#scale[0], #out, #inp, &self.qx[..#inp], a, &mut #y);
-                    }
-                },
-                (WeightQuant::F32, _) => unreachable!("an f32 tensor is not quantized"),
-            }
+    let mut int8_in = None;
+    let mut body = Vec::new();
+    for (f, y) in products {
+        let t = tensor(plan, block, f);
+        let fid = field(f);
+        if !t.quantized || reader == Reader::Float {
+            body.push(quote! { k::matvec(&#owner.#fid, &#x, &mut #y); });
+            continue;
         }
+        let (out, inp) = (lit(t.shape[0]), lit(t.shape[1]));
+        if reader == Reader::FakeQuant {
+            body.push(quote! {
+                ::nl_runtime::qat::fq_matvec::<S, #out, #inp>(QUANT.weights, QUANT.activations, &#owner.#fid, &#x, &mut self.qbuf, &mut #y);
+            });
+            continue;
+        }
+        let scale = format_ident!("{}_scale", f);
+        let codes = quote! { #owner_i.#fid.as_flattened() };
+        body.push(match (plan.quant.weights, plan.quant.activations) {
+            (WeightQuant::Int8, ActQuant::F32) => quote! {
+                ::nl_runtime::quant::matvec_i8_f32(#codes, &#owner.#scale, #out, #inp, &#x, &mut #y);
+            },
+            (WeightQuant::Ternary, ActQuant::F32) => quote! {
+                ::nl_runtime::quant::matvec_t2_f32(#codes, #owner.#scale[0], #out, #inp, &#x, &mut #y);
+            },
+            (WeightQuant::Int8, ActQuant::Int8) => {
+                int8_in = Some(inp.clone());
+                quote! { ::nl_runtime::quant::matvec_i8_i8(#codes, &#owner.#scale, #out, #inp, &self.qx[..#inp], a, &mut #y); }
+            }
+            (WeightQuant::Ternary, ActQuant::Int8) => {
+                int8_in = Some(inp.clone());
+                quote! { ::nl_runtime::quant::matvec_t2_i8(#codes, #owner.#scale[0], #out, #inp, &self.qx[..#inp], a, &mut #y); }
+            }
+            (WeightQuant::F32, _) => unreachable!("an f32 tensor is not quantized"),
+        });
+    }
+    match int8_in {
+        Some(inp) => quote! {
+            {
+                let a = ::nl_runtime::quant::quantize_act(&#x, &mut self.qx[..#inp]);
+                #(#body)*
+            }
+        },
+        None => quote! { #(#body)* },
     }
 }
 

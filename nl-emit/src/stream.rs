@@ -2,7 +2,7 @@
 //! `WINDOW` keys and values and the memory levels' states, plus one token's
 //! vectors) and its `step`, which runs every block for one token.
 
-use crate::quant::{mv, Reader};
+use crate::quant::{mv, mv_group, Reader};
 use crate::{lit, memory, opt, parts};
 use nl_spec::{Composition, Norm, Plan, Positions};
 use proc_macro2::TokenStream;
@@ -266,12 +266,14 @@ fn build(plan: &Plan, reader: Reader) -> TokenStream {
     let _ = self_tok;
     let unembed_field = if plan.tie_embeddings { "embed" } else { "unembed" };
     let _ = &unembed;
-    let (mv_q, mv_k, mv_v, mv_o) = (
-        mv(plan, reader, true, "attn_wq", quote! { #h }, quote! { self.q }),
-        mv(plan, reader, true, "attn_wk", quote! { #h }, quote! { bs.k[slot] }),
-        mv(plan, reader, true, "attn_wv", quote! { #h }, quote! { bs.v[slot] }),
-        mv(plan, reader, true, "attn_wo", quote! { #o }, quote! { self.z }),
+    let mv_qkv = mv_group(
+        plan,
+        reader,
+        true,
+        quote! { #h },
+        &[("attn_wq", quote! { self.q }), ("attn_wk", quote! { bs.k[slot] }), ("attn_wv", quote! { bs.v[slot] })],
     );
+    let mv_o = mv(plan, reader, true, "attn_wo", quote! { #o }, quote! { self.z });
     let mv_logits = mv(plan, reader, false, unembed_field, quote! { #xf }, quote! { self.logits });
     let body = quote! {
         let tok = token as usize;
@@ -287,9 +289,7 @@ fn build(plan: &Plan, reader: Reader) -> TokenStream {
             #norm_a
             #mem_step
             #h_in
-            #mv_q
-            #mv_k
-            #mv_v
+            #mv_qkv
             #attend
             #compose
             #mv_o
