@@ -5,6 +5,7 @@
 # binaries and both wasm variants (scalar and simd128), runs the node speed
 # script and the browser test (headless Chromium driven by puppeteer-core;
 # screenshot docs/img/web.png). Exits non-zero on any failure.
+# Called by .ci/run. Takes (clean clone, idle 2 cores): see docs/web.md.
 # Called by .ci/run; runs as root on Debian (apt-get for missing tools).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -37,7 +38,8 @@ cargo fmt -- --check
 cargo clippy --quiet --release --all-targets -- -D warnings
 cargo clippy --quiet --release --lib --target wasm32-unknown-unknown -- -D warnings
 
-echo "== web: builds"
+echo "== web: unit tests, builds"
+cargo test --quiet --release
 cargo build --quiet --release
 bash build-wasm.sh
 

@@ -274,3 +274,87 @@ pub fn score_text(engine: &mut Engine, text: &[u8], frozen: bool) -> Vec<f32> {
 
 #[cfg(target_arch = "wasm32")]
 pub mod abi;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nl_runtime::Model;
+
+    /// A checkpoint of the model initialised from `seed` (no trained weights needed).
+    fn init_bytes(seed: u64) -> Vec<u8> {
+        let mut p = boxed_zeroed::<model::Params<f32>>();
+        M::init(&mut p, seed);
+        checkpoint::to_bytes::<M, f32>(&p).expect("a checkpoint of the model's own layout")
+    }
+
+    fn window(seed: u64) -> Vec<u8> {
+        let mut r = Rng::new(seed);
+        (0..=SEQ).map(|_| b"abcdefgh the memory "[r.below(20) as usize]).collect()
+    }
+
+    /// The page's per-byte surprises, averaged, are the training forward's
+    /// loss on the same window (another code path: `M::loss`, whole
+    /// sequence at once), in bits; with the memory on and frozen.
+    #[test]
+    fn feed_matches_training_forward() {
+        let bytes = init_bytes(3);
+        let mut e = Engine::new(&bytes).unwrap();
+        let text = window(5);
+        let tokens: Vec<u32> = text.iter().map(|&b| u32::from(b)).collect();
+        for frozen in [false, true] {
+            let s = score_text(&mut e, &text, frozen);
+            assert!(s[0].is_nan());
+            let mean_bits = s[1..].iter().map(|&x| f64::from(x)).sum::<f64>() / SEQ as f64;
+            let mut ws = boxed_zeroed::<model::Workspace<f32>>();
+            ws.freeze_memory = frozen;
+            let loss = f64::from(M::loss(&e.loaded, &tokens, &mut ws)) / core::f64::consts::LN_2;
+            assert!((mean_bits - loss).abs() < 1e-4 * loss, "frozen {frozen}: stream {mean_bits} vs forward {loss}");
+        }
+    }
+
+    /// `top_k` against a plain f64 softmax sorted by probability.
+    #[test]
+    fn top_k_matches_sorted_softmax() {
+        let mut r = Rng::new(9);
+        let mut logits = [0f32; VOCAB];
+        for l in logits.iter_mut() {
+            *l = (r.next_f64() * 10.0 - 5.0) as f32;
+        }
+        let sum: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
+        let mut want: Vec<(usize, f64)> = logits.iter().map(|&l| f64::from(l).exp() / sum).enumerate().collect();
+        want.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut got = [Prediction::default(); 5];
+        top_k(&logits, &mut got);
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(usize::from(g.byte), w.0);
+            assert!((f64::from(g.p) - w.1).abs() < 1e-6);
+        }
+    }
+
+    /// Fine-tuning on one text lowers the loss on it (the training forward
+    /// `M::loss` before and after, an oracle outside the engine), a bad
+    /// checkpoint is a typed error that leaves the engine as it was, and
+    /// `restore` gives the checkpoint's scores back.
+    #[test]
+    fn fine_tuning_lowers_the_loss_and_restore_undoes_it() {
+        let mut e = Engine::new(&init_bytes(1)).unwrap();
+        let text = window(7);
+        let tokens: Vec<u32> = text.iter().map(|&b| u32::from(b)).collect();
+        let mut ws = boxed_zeroed::<model::Workspace<f32>>();
+        let before = M::loss(&e.params, &tokens, &mut ws);
+        let s0 = score_text(&mut e, &text, false);
+        e.train_start(&text, 3e-3, 2, 1).unwrap();
+        for _ in 0..8 {
+            e.train_step().unwrap();
+        }
+        let after = M::loss(&e.params, &tokens, &mut ws);
+        assert!(after < 0.9 * before, "loss {before} -> {after}");
+        assert!(matches!(e.load(&init_bytes(1)[..100]), Err(Error::Checkpoint(_))));
+        assert_eq!(M::loss(&e.params, &tokens, &mut ws), after);
+        e.restore();
+        let s1 = score_text(&mut e, &text, false);
+        assert_eq!(s0[1..], s1[1..]);
+        assert!(matches!(e.train_start(b"x", 1e-3, 1, 1), Err(Error::TextTooShort(1))));
+        assert!(matches!(e.train_step(), Err(Error::NotTraining)));
+    }
+}
