@@ -270,7 +270,7 @@ try {
   matches((await scored()).surprise, nativeOn, "the good checkpoint loads from a file: page = native");
 
   // 8. Fine-tuning in the browser lowers the loss.
-  await page.select("#sample", "A repeated phrase (watch the memory)");
+  await page.select("#sample", "Shakespeare");
   const before = await scored();
   const bpbBefore = mean(before.surprise.filter((s) => s !== null));
   const trained = await page.evaluate(() => window.nl.trainDone);
@@ -286,16 +286,24 @@ try {
   check(pageErrors.length === 0, "no errors on the page", pageErrors.join("; "));
   check(foreign.length === 0, "no request beyond the local server", foreign.join(", "));
 
-  // 9. The screenshot (after fine-tuning on one sample, another sample with
-  // the memory off then on: the colours, both bits/byte, the predictions
-  // under the pointer and the loss curve).
-  await page.select("#sample", "Shakespeare");
+  // 9. The screenshot: after fine-tuning on the sample, a new line typed
+  // under it (the tuned text green, the new line not), the memory off then
+  // on (both bits/byte), the predictions under the pointer, the loss curve.
+  await page.focus("#text");
+  await page.keyboard.down("Control");
+  await page.keyboard.press("End");
+  await page.keyboard.up("Control");
+  const extra = "The rest is silence; the memory keeps learning.\n";
+  const n0 = (await scored()).bytes.length;
+  await page.keyboard.type(extra);
+  await page.waitForFunction((n) => window.nl.bytes.length === n, { timeout: 30000 }, n0 + extra.length);
   await scored();
   await setMemory(false);
   await scored();
   await setMemory(true);
   await scored();
-  await page.hover(".bytes span:nth-child(52)");
+  const spans = await page.$$eval(".bytes span", (s) => s.length);
+  await page.hover(`.bytes span:nth-child(${spans - 20})`);
   await mkdir(new URL("../docs/img/", import.meta.url).pathname, { recursive: true });
   await page.screenshot({ path: SCREENSHOT });
   console.log(`     screenshot: docs/img/web.png`);
