@@ -219,7 +219,7 @@ where
         let logits = r.map_err(|e| Error(format!("streaming step refused a token: {e}")))?;
         std::hint::black_box(logits);
         if i >= warm {
-            step_us.push(dt.as_secs_f64() * 1e6);
+            step_us.push(dt.as_nanos() as f64 / 1e3);
         }
     }
 
@@ -254,7 +254,7 @@ where
             let dt = t0.elapsed();
             std::hint::black_box(loss);
             if t > 0 {
-                ms.push(dt.as_secs_f64() * 1e3);
+                ms.push(dt.as_nanos() as f64 / 1e6);
             }
         }
         Percentiles::of(&mut ms)

@@ -228,7 +228,8 @@ impl Shared {
 /// [`Pool::run`], which runs job `i` on thread `i` (job 0 on the caller).
 ///
 /// A waiting thread (a pool thread between jobs, the caller waiting for the
-/// others) first spins for up to [`SPIN`], polling an atomic, then blocks
+/// others) first spins for up to [`SPIN`], polling an atomic and yielding
+/// the core between polls, then blocks
 /// on a condition variable: a training step's jobs follow each other within
 /// microseconds, and waking a blocked thread costs a system call and, on a
 /// virtual machine, the wake-up of an idle virtual CPU (tens of
@@ -428,13 +429,17 @@ fn worker_loop(shared: &Shared, index: usize) {
 /// How long a waiting thread spins before it blocks (see [`Pool`]).
 pub const SPIN: Duration = Duration::from_micros(200);
 
-/// Spins while `busy()` holds, for at most [`SPIN`].
+/// Spins while `busy()` holds, for at most [`SPIN`], yielding the core
+/// between polls: on an idle core `yield_now` returns at once (the spin
+/// keeps its latency), on a loaded one it lets the runnable threads (the
+/// one being waited for among them) run instead of the spinner.
 fn spin_while(busy: impl Fn() -> bool) {
     let start = Instant::now();
     while busy() {
-        for _ in 0..64 {
+        for _ in 0..16 {
             core::hint::spin_loop();
         }
+        std::thread::yield_now();
         if start.elapsed() >= SPIN {
             return;
         }
