@@ -32,10 +32,13 @@
 //!   tokens. GFLOP/s is `tok_s * FLOPS_TRAIN / 1e9` (forward + backward per
 //!   token; the AdamW update's own few FLOPs per parameter are not counted).
 //!   With `--threads N > 1` the batch goes through
-//!   [`nl_runtime::parallel::loss_and_grad_batch`]: split into `N`
-//!   contiguous chunks of sequences, one per worker thread (scoped threads
-//!   spawned per step; worker 0 is the calling thread), gradients reduced
-//!   deterministically in worker order; the AdamW step stays on one thread.
+//!   [`nl_runtime::parallel::DataParallel`]: split into `N` contiguous
+//!   chunks of sequences, one per worker of a pool whose threads are
+//!   started once, before timing (worker 0 is the calling thread);
+//!   gradients reduced deterministically in worker order, each thread
+//!   reducing its own range of elements; then the `1 / batch` scaling and
+//!   the AdamW step, each thread on its own range of the flat vectors
+//!   ([`nl_runtime::parallel::DataParallel::adamw_step`]).
 //!   `--threads 1` is the sequential `Model::loss_and_grad_batch`.
 //! - `serve`: one unit of work is 64 streaming `step`s, one token each, with
 //!   the memory levels' inner loop on (a zeroed stream has
@@ -88,7 +91,7 @@ use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use nl::nl_runtime::optim::AdamW;
-use nl::nl_runtime::parallel::{self, Worker};
+use nl::nl_runtime::parallel::DataParallel;
 use nl::nl_runtime::rng::Rng;
 use nl::nl_runtime::{boxed_zeroed, Flat, Model};
 
@@ -306,8 +309,8 @@ struct TrainWork<M: Model> {
     params: Box<M::Params<f32>>,
     grads: Box<M::Params<f32>>,
     ws: Box<M::Workspace<f32>>,
-    /// Data-parallel workers (empty with one thread: the sequential path uses `ws`).
-    workers: Vec<Worker<M, f32>>,
+    /// The data-parallel pool (`None` with one thread: the sequential path uses `ws`).
+    dp: Option<DataParallel<M, f32>>,
     adam_m: Vec<f32>,
     adam_v: Vec<f32>,
     opt: AdamW,
@@ -338,20 +341,38 @@ where
         let s = self.next_seq * len;
         self.next_seq += self.batch;
         let batch = black_box(&self.pool[s..s + self.batch * len]);
-        let loss = if self.workers.is_empty() {
-            M::loss_and_grad_batch(&*self.params, batch, &mut *self.ws, &mut *self.grads)
-        } else {
-            parallel::loss_and_grad_batch(&*self.params, batch, &mut self.workers, &mut *self.grads)
-        };
         let inv = 1.0 / self.batch as f32;
-        for g in self.grads.as_flat_mut() {
-            *g *= inv;
-        }
         self.t += 1;
-        let norm = self
-            .opt
-            .step(self.params.as_flat_mut(), self.grads.as_flat_mut(), &mut self.adam_m, &mut self.adam_v, self.t)
-            .expect("finite AdamW step");
+        let (loss, norm) = match self.dp.as_mut() {
+            None => {
+                let loss = M::loss_and_grad_batch(&*self.params, batch, &mut *self.ws, &mut *self.grads);
+                for g in self.grads.as_flat_mut() {
+                    *g *= inv;
+                }
+                let norm = self.opt.step(
+                    self.params.as_flat_mut(),
+                    self.grads.as_flat_mut(),
+                    &mut self.adam_m,
+                    &mut self.adam_v,
+                    self.t,
+                );
+                (loss, norm)
+            }
+            Some(dp) => {
+                let loss = dp.loss_and_grad_batch(&*self.params, batch, &mut *self.grads);
+                let norm = dp.adamw_step(
+                    &self.opt,
+                    inv,
+                    self.params.as_flat_mut(),
+                    self.grads.as_flat_mut(),
+                    &mut self.adam_m,
+                    &mut self.adam_v,
+                    self.t,
+                );
+                (loss, norm)
+            }
+        };
+        let norm = norm.expect("finite AdamW step");
         black_box(norm);
         self.last_loss = black_box(loss * inv);
     }
@@ -372,7 +393,7 @@ where
         params,
         grads: boxed_zeroed(),
         ws: boxed_zeroed(),
-        workers: if cfg.threads > 1 { parallel::workers(cfg.threads) } else { Vec::new() },
+        dp: (cfg.threads > 1).then(|| DataParallel::new(cfg.threads)),
         adam_m: vec![0.0; M::PARAM_COUNT],
         adam_v: vec![0.0; M::PARAM_COUNT],
         opt: AdamW::default(),

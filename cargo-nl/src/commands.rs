@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::cache::{self, Kind, Spec};
 
-/// Check, expand, train, evaluate, sample, serve, benchmark and wrap for Python any nl model spec.
+/// Check, expand, train, evaluate, sample, serve, benchmark, report on and wrap for Python any nl model spec.
 #[derive(Parser, Debug)]
 #[command(name = "cargo-nl", bin_name = "cargo nl", version, about, long_about = None)]
 struct Cli {
@@ -62,6 +62,8 @@ enum Cmd {
     Serve(RunOpts),
     /// Training and streaming tokens per second on one core.
     Bench(RunOpts),
+    /// One JSON line of per-token step latency p50/p95/p99/max, per-step training latency, RAM and flash bytes.
+    Report(RunOpts),
     /// Quantize a checkpoint into a deployable file (--checkpoint CKPT --out FILE) and print both sizes.
     Export(RunOpts),
     /// Build a Python wheel of the model (PyO3 + maturin) and print its path.
@@ -106,6 +108,7 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, String> {
         Cmd::Sample(r) => exec(&r, "sample"),
         Cmd::Serve(r) => exec(&r, "serve"),
         Cmd::Bench(r) => exec(&r, "bench"),
+        Cmd::Report(r) => exec(&r, "report"),
         Cmd::Export(r) => exec(&r, "export"),
         Cmd::Python { build, out } => {
             let wheel = python(&build, &out)?;

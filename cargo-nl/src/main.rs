@@ -10,6 +10,7 @@
 //! cargo nl sample my.toml --checkpoint checkpoints/my.safetensors --prompt "The "
 //! cargo nl serve  my.toml --checkpoint checkpoints/my.safetensors < log.txt
 //! cargo nl bench  my.toml
+//! cargo nl report my.toml                # latency percentiles, RAM and flash bytes (JSON)
 //! cargo nl python my.toml                # a wheel: pip install it, import nl_<name>
 //! ```
 //!

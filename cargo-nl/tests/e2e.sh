@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `cargo nl` end to end on a spec that is not in models/ (cargo-nl/tests/wren.toml):
-# check, expand, train a few steps, stop, resume, eval, sample, serve, bench,
+# check, expand, train a few steps, stop, resume, eval, sample, serve, bench, report,
 # then the Python wheel and its pytest suite against the Rust results.
 # Run from the repository root (CI: .ci/run). Prints every command and its output.
 set -euo pipefail
@@ -49,6 +49,8 @@ head -3 "$W/serve.jsonl"
 test "$(wc -l < "$W/serve.jsonl")" -eq 2999
 NL serve "$SPEC" --checkpoint "$CK" --chunk 1000 < "$W/serve.txt"
 NL bench "$SPEC" --runs 3 --min-time 0.2
+NL report "$SPEC" --tokens 500 --train-steps 5 --batch 4 | tee "$W/report.json"
+python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); s = r["step_us"]; assert r["target"] == "native" and 0 < s["p50"] <= s["p95"] <= s["p99"] <= s["max"] and r["tokens"] == 500, r' "$W/report.json"
 
 # Bad input: one line on stderr, exit code 1.
 if NL eval "$SPEC" --checkpoint "$W/text.txt" --corpus "$W/text.txt" 2> "$W/err.txt"; then

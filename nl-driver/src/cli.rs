@@ -1,5 +1,5 @@
 //! The command line of one compiled model: `info`, `train`, `eval`,
-//! `sample`, `serve`, `bench` and `export`. `cargo nl` builds, per spec, a binary
+//! `sample`, `serve`, `bench`, `report` and `export`. `cargo nl` builds, per spec, a binary
 //! whose `main` is [`main`] and runs it with the user's arguments; a user's
 //! crate can do the same in one line.
 //!
@@ -41,6 +41,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Measure training and streaming tokens per second on one core.
     Bench(BenchArgs),
+    /// Print one JSON line: per-token step latency p50/p95/p99/max, per-step training latency, RAM and flash bytes.
+    Report(ReportArgs),
     /// Quantize a checkpoint into a deployable file (the model's QParams, docs/quant.md) and print both sizes.
     Export(ExportArgs),
 }
@@ -234,6 +236,39 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// `report`'s arguments (see [`crate::report`] for what each number is).
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Timed streaming steps (one token each).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub tokens: u64,
+    /// Timed training steps (0: no training measurement; train_step_ms is null).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub train_steps: u64,
+    /// Sequences per training step.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub batch: u64,
+    /// Worker threads of a training step (data-parallel pool).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub threads: u64,
+    /// Seed of the parameters and tokens.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl ReportArgs {
+    /// The measurement these arguments ask for.
+    pub fn config(&self) -> crate::report::ReportConfig {
+        crate::report::ReportConfig {
+            tokens: self.tokens as usize,
+            train_steps: self.train_steps as usize,
+            batch: self.batch as usize,
+            threads: self.threads as usize,
+            seed: self.seed,
+        }
+    }
+}
+
 /// `export`'s arguments.
 #[derive(Args, Debug, Clone)]
 pub struct ExportArgs {
@@ -368,6 +403,11 @@ where
                     a.runs
                 );
             }
+            Ok(())
+        }
+        Command::Report(a) => {
+            let r = crate::report::report::<M>(&a.config())?;
+            println!("{}", r.to_json());
             Ok(())
         }
         Command::Export(a) => {

@@ -26,6 +26,8 @@
 //! - [`serve`]: a byte stream in, one JSON line per byte (or chunk) of
 //!   surprise out, in bounded memory;
 //! - [`bench`]: training and streaming tokens per second of one core;
+//! - [`report`]: per-token and per-step latency percentiles, RAM and flash
+//!   bytes, as one JSON line;
 //! - [`cli`]: the command line over all of it.
 //!
 //! Every model here is byte-level: tokens are bytes, so the model's
@@ -38,6 +40,7 @@ pub mod cli;
 pub mod data;
 pub mod eval;
 pub mod plot;
+pub mod report;
 pub mod sample;
 pub mod serve;
 pub mod state;

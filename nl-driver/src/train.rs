@@ -5,8 +5,8 @@
 //! optimizer step accumulates the gradients of `batch` sequences and takes
 //! one AdamW step (linear warmup, then cosine decay to 10% of `lr`,
 //! global-norm clipping; [`lr_at`]). With `threads > 1` each batch goes
-//! through [`nl_runtime::parallel`] (one contiguous chunk of sequences per
-//! worker, gradients added in worker order), so a run is deterministic for
+//! through [`nl_runtime::parallel::DataParallel`] (a pool of threads started
+//! once; one contiguous chunk of sequences per worker, gradients added in worker order), so a run is deterministic for
 //! a given thread count.
 //!
 //! Along the way: a progress bar (on a terminal), a held-out evaluation
@@ -466,7 +466,8 @@ where
 
     let mut grads = boxed_zeroed::<M::Params<f32>>();
     let mut ws = boxed_zeroed::<M::Workspace<f32>>();
-    let mut workers = if threads > 1 { parallel::workers::<M, f32>(threads) } else { Vec::new() };
+    // The data-parallel pool: its threads start here, once, and serve every step.
+    let mut pool = (threads > 1).then(|| parallel::DataParallel::<M, f32>::new(threads));
     let mut rng = Rng::new(seed ^ 0xDA7A_5EED_0000_0001);
     let max_start = (train_part.len() - (seq + 1)) as u64 + 1;
     // Replay the completed steps' draws so the batches go on as in an uninterrupted run.
@@ -538,10 +539,9 @@ where
                 *t = u32::from(b);
             }
         }
-        let loss_sum = if workers.is_empty() {
-            M::loss_and_grad_batch(&*params, &batch_tokens, &mut *ws, &mut *grads)
-        } else {
-            parallel::loss_and_grad_batch::<M, f32>(&params, &batch_tokens, &mut workers, &mut grads)
+        let loss_sum = match pool.as_mut() {
+            None => M::loss_and_grad_batch(&*params, &batch_tokens, &mut *ws, &mut *grads),
+            Some(pool) => pool.loss_and_grad_batch(&params, &batch_tokens, &mut grads),
         };
         let batch_loss = f64::from(loss_sum) / batch as f64;
         if !batch_loss.is_finite() {
@@ -550,12 +550,27 @@ where
                 "the training loss diverged ({batch_loss}) at step {step}; try a lower --lr (the last checkpoint is kept)"
             )));
         }
-        for g in grads.as_flat_mut() {
-            *g *= inv_batch;
-        }
         let lr = lr_at(step, steps, warmup, cfg.lr);
         let opt = AdamW { lr, weight_decay: cfg.weight_decay, clip: cfg.clip, ..AdamW::default() };
-        last_norm = match opt.step(params.as_flat_mut(), grads.as_flat_mut(), &mut adam_m, &mut adam_v, step) {
+        // The mean gradient and the AdamW step (on the pool's threads, by ranges of elements, with threads > 1).
+        let stepped = match pool.as_mut() {
+            None => {
+                for g in grads.as_flat_mut() {
+                    *g *= inv_batch;
+                }
+                opt.step(params.as_flat_mut(), grads.as_flat_mut(), &mut adam_m, &mut adam_v, step)
+            }
+            Some(pool) => pool.adamw_step(
+                &opt,
+                inv_batch,
+                params.as_flat_mut(),
+                grads.as_flat_mut(),
+                &mut adam_m,
+                &mut adam_v,
+                step,
+            ),
+        };
+        last_norm = match stepped {
             Ok(norm) => norm,
             Err(e) => {
                 pb.abandon();

@@ -182,3 +182,57 @@ fn export_writes_a_deployable_file_of_an_f32_model() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.lines().count() == 1 && err.contains("deployable"), "{err}");
 }
+
+/// `report` prints one JSON line in the shared schema whose byte counts are
+/// the structs' sizes (computed here from the same spec, and the parameter
+/// and flash bytes also from the tensor lists) and whose percentiles are
+/// ordered; with a bad argument it fails with one line.
+#[test]
+fn report_prints_sizes_and_ordered_percentiles() {
+    type T = tiny::Model;
+    let o = Command::new(exe())
+        .args(["report", "--tokens", "300", "--train-steps", "4", "--batch", "3", "--threads", "2"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the example");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let j: serde_json::Value = serde_json::from_str(lines[0]).expect("one JSON object");
+    let keys: Vec<&str> = j.as_object().expect("an object").keys().map(String::as_str).collect();
+    let mut want = ["model", "target", "weights", "step_us", "train_step_ms", "ram_bytes", "flash_bytes", "tokens"];
+    want.sort_unstable();
+    assert_eq!(keys, want, "{j}");
+    assert_eq!(
+        (j["model"].as_str(), j["target"].as_str(), j["weights"].as_str()),
+        (Some("tiny"), Some("native"), Some("f32"))
+    );
+    assert_eq!(j["tokens"].as_u64(), Some(300));
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or_else(|| panic!("not a count: {v}")) as usize;
+    let ram = &j["ram_bytes"];
+    let param_bytes: usize = T::TENSORS.iter().map(|t| t.len * 4).sum();
+    assert_eq!(n(&ram["params"]), size_of::<<T as Model>::Params<f32>>());
+    assert_eq!(n(&ram["params"]), param_bytes);
+    assert_eq!(n(&ram["grads"]), param_bytes);
+    assert_eq!(n(&ram["stream"]), size_of::<<T as Model>::Stream<f32>>());
+    assert_eq!(n(&ram["workspace"]), size_of::<<T as Model>::Workspace<f32>>());
+    assert_eq!(n(&ram["optimizer"]), 2 * T::PARAM_COUNT * 4);
+    let qbytes: usize = T::QTENSORS.iter().map(|t| t.bytes).sum();
+    assert_eq!(n(&j["flash_bytes"]), size_of::<<T as Model>::QParams>());
+    assert_eq!(n(&j["flash_bytes"]), qbytes);
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"));
+    let s = &j["step_us"];
+    let (p50, p95, p99, max) = (f(&s["p50"]), f(&s["p95"]), f(&s["p99"]), f(&s["max"]));
+    assert!(0.0 < p50 && p50 <= p95 && p95 <= p99 && p99 <= max, "{s}");
+    let t = &j["train_step_ms"];
+    assert!(0.0 < f(&t["p50"]) && f(&t["p50"]) <= f(&t["p95"]) && f(&t["p95"]) <= f(&t["max"]), "{t}");
+
+    let o = Command::new(exe()).args(["report", "--train-steps", "0", "--tokens", "20"]).output().expect("run");
+    assert!(o.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert!(j["train_step_ms"].is_null(), "{j}");
+    let (code, err) = run(&["report", "--tokens", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(!err.contains("panicked"));
+}

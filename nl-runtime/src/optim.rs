@@ -17,20 +17,7 @@ use crate::Scalar;
 pub fn global_norm<S: Scalar>(grads: &[S]) -> f64 {
     // Eight partial sums in f64, so the pass is not one chain of dependent
     // adds (the order differs from a left fold; the sum is f64 either way).
-    let mut lanes = [0.0f64; 8];
-    let mut chunks = grads.chunks_exact(8);
-    for c in &mut chunks {
-        for j in 0..8 {
-            let g = c[j].to_f64();
-            lanes[j] += g * g;
-        }
-    }
-    let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-    for g in chunks.remainder() {
-        let g = g.to_f64();
-        s += g * g;
-    }
-    libm::sqrt(s)
+    libm::sqrt(sum_squares(grads))
 }
 
 /// Scales `grads` so their global norm is at most `max_norm`; returns the
@@ -147,10 +134,7 @@ fn finite_norm<S: Scalar>(grads: &[S]) -> Result<f64, NonFinite> {
     if norm.is_finite() {
         return Ok(norm);
     }
-    Err(match grads.iter().position(|&g| !finite(g)) {
-        Some(index) => NonFinite::Gradient { index, value: grads[index].to_f64() },
-        None => NonFinite::GradientNorm,
-    })
+    Err(norm_error(grads))
 }
 
 /// The factor [`clip_global_norm`] scales the gradients by (`1` when it
@@ -311,34 +295,108 @@ impl AdamW {
         let n = params.len();
         assert!(grads.len() == n && m.len() == n && v.len() == n, "AdamW::step: slice lengths differ");
         let norm = finite_norm(grads)?;
-        let k = clip_factor::<S>(norm, self.clip);
-        let bc1 = 1.0 - libm::pow(self.beta1, t as f64);
-        let bc2 = 1.0 - libm::pow(self.beta2, t as f64);
-        let b1 = S::from_f64(self.beta1);
-        let b2 = S::from_f64(self.beta2);
-        let one = S::ONE;
-        let step = S::from_f64(self.lr / bc1);
-        let inv_bc2 = S::from_f64(1.0 / bc2);
-        let eps = S::from_f64(self.eps);
-        let decay = S::from_f64(1.0 - self.lr * self.weight_decay);
-        // Check with exactly the arithmetic of the writing loop below (on the
-        // gradient clipped as `clip_global_norm` clips it), then write.
-        check_update(n, [Quantity::FirstMoment, Quantity::SecondMoment, Quantity::Param], |i| {
+        let u = AdamUpdate::<S>::new(self, norm, t);
+        u.check(0, params, grads, m, v)?;
+        u.apply(params, grads, m, v);
+        Ok(norm)
+    }
+}
+
+/// The element-wise part of one [`AdamW::step`], given the gradient's
+/// global norm: the constants of step `t` and the clip factor, applied to
+/// any range of the flat slices (so a data-parallel caller,
+/// [`crate::parallel::DataParallel::adamw_step`], runs it by ranges with
+/// the very arithmetic of the sequential step).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AdamUpdate<S: Scalar> {
+    /// The clip factor (`1` when not clipping).
+    pub(crate) k: S,
+    b1: S,
+    b2: S,
+    step: S,
+    inv_bc2: S,
+    eps: S,
+    decay: S,
+}
+
+impl<S: Scalar> AdamUpdate<S> {
+    /// The constants of step `t` (1-based) for a gradient of global norm `norm`.
+    pub(crate) fn new(opt: &AdamW, norm: f64, t: u64) -> Self {
+        let bc1 = 1.0 - libm::pow(opt.beta1, t as f64);
+        let bc2 = 1.0 - libm::pow(opt.beta2, t as f64);
+        Self {
+            k: clip_factor::<S>(norm, opt.clip),
+            b1: S::from_f64(opt.beta1),
+            b2: S::from_f64(opt.beta2),
+            step: S::from_f64(opt.lr / bc1),
+            inv_bc2: S::from_f64(1.0 / bc2),
+            eps: S::from_f64(opt.eps),
+            decay: S::from_f64(1.0 - opt.lr * opt.weight_decay),
+        }
+    }
+
+    /// Checks that the update of these (equally long) slices writes only
+    /// finite values, writing nothing; an error's index is `offset` plus
+    /// the index in the slices.
+    pub(crate) fn check(&self, offset: usize, params: &[S], grads: &[S], m: &[S], v: &[S]) -> Result<(), NonFinite> {
+        let (k, b1, b2, one) = (self.k, self.b1, self.b2, S::ONE);
+        // Exactly the arithmetic of `apply` (on the gradient clipped as
+        // `clip_global_norm` clips it).
+        check_update(params.len(), [Quantity::FirstMoment, Quantity::SecondMoment, Quantity::Param], |i| {
             let g = grads[i] * k;
             let mi = b1 * m[i] + (one - b1) * g;
             let vi = b2 * v[i] + (one - b2) * g * g;
-            let denom = (vi * inv_bc2).sqrt() + eps;
-            [mi, vi, params[i] * decay - step * mi / denom]
-        })?;
-        scale(grads, k);
+            let denom = (vi * self.inv_bc2).sqrt() + self.eps;
+            [mi, vi, params[i] * self.decay - self.step * mi / denom]
+        })
+        .map_err(|e| match e {
+            NonFinite::Update { index, quantity, value } => {
+                NonFinite::Update { index: index + offset, quantity, value }
+            }
+            e => e,
+        })
+    }
+
+    /// Clips `grads` in place and writes the new `params`, `m` and `v`.
+    pub(crate) fn apply(&self, params: &mut [S], grads: &mut [S], m: &mut [S], v: &mut [S]) {
+        let n = params.len();
+        assert!(grads.len() == n && m.len() == n && v.len() == n, "AdamW: slice lengths differ");
+        scale(grads, self.k);
+        let (b1, b2, one) = (self.b1, self.b2, S::ONE);
         for i in 0..n {
             let g = grads[i];
             m[i] = b1 * m[i] + (one - b1) * g;
             v[i] = b2 * v[i] + (one - b2) * g * g;
-            let denom = (v[i] * inv_bc2).sqrt() + eps;
-            params[i] = params[i] * decay - step * m[i] / denom;
+            let denom = (v[i] * self.inv_bc2).sqrt() + self.eps;
+            params[i] = params[i] * self.decay - self.step * m[i] / denom;
         }
-        Ok(norm)
+    }
+}
+
+/// The sum of squares of `grads` in `f64`, as [`global_norm`] sums them
+/// (eight partial sums, then the remainder).
+pub(crate) fn sum_squares<S: Scalar>(grads: &[S]) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let mut chunks = grads.chunks_exact(8);
+    for c in &mut chunks {
+        for j in 0..8 {
+            let g = c[j].to_f64();
+            lanes[j] += g * g;
+        }
+    }
+    let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    for g in chunks.remainder() {
+        let g = g.to_f64();
+        s += g * g;
+    }
+    s
+}
+
+/// [`finite_norm`]'s refusal for a gradient whose norm is not finite.
+pub(crate) fn norm_error<S: Scalar>(grads: &[S]) -> NonFinite {
+    match grads.iter().position(|&g| !finite(g)) {
+        Some(index) => NonFinite::Gradient { index, value: grads[index].to_f64() },
+        None => NonFinite::GradientNorm,
     }
 }
 
