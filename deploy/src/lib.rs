@@ -576,50 +576,50 @@ pub fn print_run(w: &mut impl core::fmt::Write) -> Result<(), &'static str> {
     if unsafe { nl_step(u32::from(SENTENCE[1]), &mut x) } != NL_OK || x != s[0] {
         return Err("nl_step's surprise is not the scores' first");
     }
-    type Step = unsafe extern "C" fn(*const u32, usize, *mut f32) -> i32;
-    let forms: [(&str, extern "C" fn() -> i32, Step, Step); 2] =
-        [("train", nl_train_init, nl_train_step, nl_train_loss), ("head", nl_head_init, nl_head_step, nl_head_loss)];
     #[cfg(not(nl_quantized))]
-    let mut tokens = [0u32; train::SEQ_TOKENS];
-    #[cfg(nl_quantized)]
-    let mut tokens = [0u32; 1];
-    // SAFETY: `tokens` is valid for `tokens.len()` writes.
-    let n = unsafe { nl_train_tokens(tokens.as_mut_ptr(), tokens.len()) };
-    for (name, init, step, loss) in forms {
-        let mut l = 0f32;
-        // SAFETY: `tokens` is valid for `n <= tokens.len()` reads, `l` for a write.
-        let before = unsafe { step(tokens.as_ptr(), n, &mut l) };
-        if n == 0 || before == NL_ERR_UNSUPPORTED {
-            continue;
-        }
-        if before != NL_ERR_UNINIT {
-            return Err("a training step before init was not refused");
-        }
-        if init() != NL_OK {
-            return Err("training init failed");
-        }
-        // SAFETY: as above (a shorter prefix; a null pointer).
-        if unsafe { step(tokens.as_ptr(), n - 1, &mut l) } != NL_ERR_LENGTH
-            || unsafe { step(core::ptr::null(), n, &mut l) } != NL_ERR_LENGTH
-        {
-            return Err("a training step of a bad length was not refused");
-        }
-        let mut bad = tokens;
-        bad[n / 2] = 256;
-        // SAFETY: as above.
-        if unsafe { step(bad.as_ptr(), n, &mut l) } != NL_ERR_TOKEN {
-            return Err("a training step with token 256 was not refused");
-        }
-        #[cfg(not(nl_quantized))]
-        for i in 0..=train::DEMO_STEPS {
-            let f = if i < train::DEMO_STEPS { step } else { loss };
-            // SAFETY: as above.
-            if unsafe { f(tokens.as_ptr(), n, &mut l) } != NL_OK {
-                return Err("a training step failed");
+    {
+        type Step = unsafe extern "C" fn(*const u32, usize, *mut f32) -> i32;
+        let forms: [(&str, extern "C" fn() -> i32, Step, Step); 2] = [
+            ("train", nl_train_init, nl_train_step, nl_train_loss),
+            ("head", nl_head_init, nl_head_step, nl_head_loss),
+        ];
+        let mut tokens = [0u32; train::SEQ_TOKENS];
+        // SAFETY: `tokens` is valid for `tokens.len()` writes.
+        let n = unsafe { nl_train_tokens(tokens.as_mut_ptr(), tokens.len()) };
+        for (name, init, step, loss) in forms {
+            let mut l = 0f32;
+            // SAFETY: `tokens` is valid for `n <= tokens.len()` reads, `l` for a write.
+            let before = unsafe { step(tokens.as_ptr(), n, &mut l) };
+            if before == NL_ERR_UNSUPPORTED {
+                continue;
             }
-            writeln!(w, "{name} {i} {l:.9e}").map_err(|_| SINK)?;
+            if before != NL_ERR_UNINIT {
+                return Err("a training step before init was not refused");
+            }
+            if init() != NL_OK {
+                return Err("training init failed");
+            }
+            // SAFETY: as above (a shorter prefix; a null pointer).
+            if unsafe { step(tokens.as_ptr(), n - 1, &mut l) } != NL_ERR_LENGTH
+                || unsafe { step(core::ptr::null(), n, &mut l) } != NL_ERR_LENGTH
+            {
+                return Err("a training step of a bad length was not refused");
+            }
+            let mut bad = tokens;
+            bad[n / 2] = 256;
+            // SAFETY: as above.
+            if unsafe { step(bad.as_ptr(), n, &mut l) } != NL_ERR_TOKEN {
+                return Err("a training step with token 256 was not refused");
+            }
+            for i in 0..=train::DEMO_STEPS {
+                let f = if i < train::DEMO_STEPS { step } else { loss };
+                // SAFETY: as above.
+                if unsafe { f(tokens.as_ptr(), n, &mut l) } != NL_OK {
+                    return Err("a training step failed");
+                }
+                writeln!(w, "{name} {i} {l:.9e}").map_err(|_| SINK)?;
+            }
         }
-        let _ = loss;
     }
     for part in 0..9 {
         writeln!(w, "ram {part} {}", nl_train_ram(part)).map_err(|_| SINK)?;

@@ -96,6 +96,18 @@ static FULL: Cell<Full> = Cell {
     state: UnsafeCell::new(unsafe { core::mem::zeroed() }),
 };
 
+/// Makes the next sequence start from a reset memory state with the inner
+/// loop on (a model without memory has no such state).
+fn fresh(ws: &mut model::Workspace<f32>) {
+    #[cfg(nl_default_model)]
+    {
+        ws.reset_state();
+        ws.freeze_memory = false;
+    }
+    #[cfg(not(nl_default_model))]
+    let _ = ws;
+}
+
 /// Checks a step's tokens: a non-empty whole number of sequences, every
 /// token below the vocabulary. Returns the number of sequences.
 fn check_tokens(tokens: &[u32]) -> Result<usize, Error> {
@@ -124,8 +136,7 @@ pub fn train_init() -> Result<(), Error> {
         s.grads.as_flat_mut().fill(0.0);
         s.m.as_flat_mut().fill(0.0);
         s.v.as_flat_mut().fill(0.0);
-        s.ws.reset_state();
-        s.ws.freeze_memory = false;
+        fresh(&mut s.ws);
         s.t = 0;
         s.ready = true;
     })
@@ -148,7 +159,7 @@ pub fn train_step(tokens: &[u32]) -> Result<f32, Error> {
             return Err(Error::NotInitialized);
         }
         s.grads.as_flat_mut().fill(0.0);
-        s.ws.reset_state();
+        fresh(&mut s.ws);
         let loss = model::loss_and_grad_batch(&s.params, tokens, &mut s.ws, &mut s.grads) / n as f32;
         if !loss.is_finite() {
             return Err(Error::NonFinite);
@@ -178,7 +189,7 @@ pub fn train_loss(tokens: &[u32]) -> Result<f32, Error> {
         }
         let mut loss = 0.0;
         for sq in tokens.chunks_exact(SEQ_TOKENS) {
-            s.ws.reset_state();
+            fresh(&mut s.ws);
             loss += model::loss(&s.params, seq(sq), &mut s.ws);
         }
         Ok(loss / n as f32)
@@ -318,12 +329,11 @@ mod head {
     pub fn head_init() -> Result<(), Error> {
         let p = params().map_err(Error::Checkpoint)?;
         HEAD.with(|s| {
-            s.w = p.unembed;
+            s.w.as_flattened_mut().copy_from_slice(p.unembed.as_flattened());
             s.g.as_flattened_mut().fill(0.0);
             s.m.as_flattened_mut().fill(0.0);
             s.v.as_flattened_mut().fill(0.0);
-            s.ws.reset_state();
-            s.ws.freeze_memory = false;
+            fresh(&mut s.ws);
             s.t = 0;
             s.ready = true;
         })
@@ -335,7 +345,7 @@ mod head {
     fn head_pass(s: &mut Head, p: &model::Params<f32>, tokens: &[u32], grad: bool) -> f32 {
         let mut loss = 0.0;
         for sq in tokens.chunks_exact(SEQ_TOKENS) {
-            s.ws.reset_state();
+            fresh(&mut s.ws);
             // Fills ws.xs[LAYERS] (the head's input); its logits, made with
             // the flash `unembed`, are overwritten below.
             model::forward(p, seq(sq), &mut s.ws);

@@ -20,10 +20,6 @@ fn tokens() -> [u32; SEQ_TOKENS] {
     t
 }
 
-fn seq(t: &[u32]) -> &[u32; SEQ_TOKENS] {
-    t.try_into().expect("one sequence")
-}
-
 fn embedded_f32() -> Box<Params<f32>> {
     let mut p = boxed::<Params<f32>>();
     p.as_flat_mut().copy_from_slice(nl_deploy::params().expect("embedded checkpoint").as_flat());
@@ -146,7 +142,7 @@ fn training_in_statics() {
         train::head_weights(&mut w).expect("head weights");
         p.unembed = *w;
         let mut g = boxed::<Params<f32>>();
-        let loss_ref = model::loss_and_grad(&p, seq(&t), &mut ws, &mut g);
+        let loss_ref = model::loss_and_grad(&p, &t, &mut ws, &mut g);
         let now = train::head_loss_now(&t).expect("head loss");
         assert!(rel(f64::from(now), f64::from(loss_ref)) < 1e-6, "head loss {now} vs generated {loss_ref}");
         model::forward(&p, &t, &mut ws);
