@@ -5,7 +5,9 @@ Lines are `index score` (surprise scores: same count, every score within
 1e-5 relative) and `KIND index value`: `train` and `head` (the on-device
 training demo's losses, full and head-only: same count, every loss within
 1e-4 relative); `ram` (sizes on that target) and `time` lines are not
-compared. Usage: check.py REFERENCE OTHER LABEL. Exits 1 on any mismatch."""
+compared. With --no-train, OTHER must have no training losses and only
+the scores are compared. Usage: check.py [--no-train] REFERENCE OTHER
+LABEL. Exits 1 on any mismatch."""
 import math
 import sys
 
@@ -25,8 +27,17 @@ def read(path):
     return kinds
 
 
-ref, other, label = read(sys.argv[1]), read(sys.argv[2]), sys.argv[3]
+args = sys.argv[1:]
+no_train = args[0] == "--no-train"
+if no_train:
+    args = args[1:]
+ref, other, label = read(args[0]), read(args[1]), args[2]
 bad = False
+if no_train:
+    if "train" in other or "head" in other:
+        print(f"MISMATCH ({label}): training losses where none were expected")
+        sys.exit(1)
+    ref = {"score": ref.get("score", [])}
 if not ref.get("score"):
     print(f"MISMATCH ({label}): the reference has no scores")
     sys.exit(1)

@@ -142,10 +142,14 @@ deploy_model() {
     # qemu-user cannot emulate M-profile cores (cortex-m4 asserts), so the
     # Thumb-2 + VFPv4-SP code runs on qemu-arm's default A-profile cpu; the
     # riscv32 build runs on a real rv32imac core model (SiFive E31, no FPU).
+    # Only the default model trains under qemu (nl_deploy::TRAIN_ON_BARE:
+    # the deep model's training takes minutes under riscv32 soft float).
+    local bare=()
+    [ "$name" = micro_memory ] || bare=(--no-train)
     qemu-arm target/thumbv7em-none-eabihf/release/nl-deploy-bare >"$out/thumbv7em.txt"
-    python3 check.py "$out/native.txt" "$out/thumbv7em.txt" "$name, thumbv7em-none-eabihf (bare-metal build) under qemu-arm"
+    python3 check.py "${bare[@]}" "$out/native.txt" "$out/thumbv7em.txt" "$name, thumbv7em-none-eabihf (bare-metal build) under qemu-arm"
     qemu-riscv32 -cpu sifive-e31 target/riscv32imac-unknown-none-elf/release/nl-deploy-bare >"$out/riscv32imac.txt"
-    python3 check.py "$out/native.txt" "$out/riscv32imac.txt" "$name, riscv32imac-unknown-none-elf (bare-metal build) under qemu-riscv32 -cpu sifive-e31"
+    python3 check.py "${bare[@]}" "$out/native.txt" "$out/riscv32imac.txt" "$name, riscv32imac-unknown-none-elf (bare-metal build) under qemu-riscv32 -cpu sifive-e31"
 }
 
 for m in "${MODELS[@]}"; do

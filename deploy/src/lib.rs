@@ -540,6 +540,12 @@ fn panic(_: &core::panic::PanicInfo) -> ! {
     }
 }
 
+/// Whether the bare-metal runs under qemu train ([`print_run`]'s `train`):
+/// only with the default model. The deep model's five training steps take
+/// over eight minutes under `qemu-riscv32`'s soft float, so `run.sh`
+/// checks its training on the host, aarch64 and wasm32 only.
+pub const TRAIN_ON_BARE: bool = cfg!(nl_default_model);
+
 /// The checked run of `run.sh` on every target with a byte sink
 /// (`nl-deploy-scores` on the host and aarch64, `nl-deploy-bare` under
 /// qemu): prints `index score` lines (the surprise of [`SENTENCE`]'s next
@@ -551,10 +557,12 @@ fn panic(_: &core::panic::PanicInfo) -> ! {
 /// the C ABI refuses what it must, with its codes (a token outside the
 /// vocabulary, a step before `init`, a bad length, a null pointer).
 ///
+/// The training demos run only if `train` (see [`TRAIN_ON_BARE`]).
+///
 /// # Errors
 /// A one-line reason if a call failed or a refusal did not happen, or the
 /// sink failed.
-pub fn print_run(w: &mut impl core::fmt::Write) -> Result<(), &'static str> {
+pub fn print_run(w: &mut impl core::fmt::Write, train: bool) -> Result<(), &'static str> {
     const SINK: &str = "write failed";
     let mut s = [0f32; N_SCORES];
     scores(&mut s).map_err(|_| "scores failed (invalid embedded checkpoint?)")?;
@@ -577,7 +585,7 @@ pub fn print_run(w: &mut impl core::fmt::Write) -> Result<(), &'static str> {
         return Err("nl_step's surprise is not the scores' first");
     }
     #[cfg(not(nl_quantized))]
-    {
+    if train {
         type Step = unsafe extern "C" fn(*const u32, usize, *mut f32) -> i32;
         let forms: [(&str, extern "C" fn() -> i32, Step, Step); 2] = [
             ("train", nl_train_init, nl_train_step, nl_train_loss),

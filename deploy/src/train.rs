@@ -11,12 +11,16 @@
 //!   [`AdamW`] update. RAM: parameters + workspace + gradients + two moments.
 //! - **head** (only with `unembed` and no final norm, i.e. the default
 //!   model): only the output layer `unembed` trains. The body stays in
-//!   flash, read in place; the generated forward (`model::forward`) fills
-//!   the workspace's final residual stream `ws.xs[LAYERS]` and the head's
-//!   logits, softmax cross-entropy and gradient are computed from it by
-//!   [`head_loss_and_grad`], written out plainly here. Only the head's
-//!   copy, gradient and moments are in RAM (the frozen tensors have no
-//!   gradient or optimizer buffer at all).
+//!   flash, read in place. As nothing before the head needs a gradient,
+//!   the body runs as the generated *streaming* step (a `Stream`, 78 KB,
+//!   instead of the training `Workspace`, 1.7 MB, which keeps the inner
+//!   loop's per-token history for the backward): after each token,
+//!   `Stream::x` is the final residual stream, the head's input, kept for
+//!   the sequence; the head's logits, softmax cross-entropy and gradient
+//!   are computed from it by [`head_loss_and_grad`], written out plainly
+//!   here. Only the head's copy, gradient and moments, the stream and the
+//!   hidden states are in RAM (the frozen tensors have no gradient or
+//!   optimizer buffer at all).
 //!
 //! A step never panics: a bad length, a token outside the vocabulary, a
 //! re-entered call, a step before its `init` and a non-finite loss or
@@ -225,12 +229,13 @@ pub fn demo_losses(out: &mut [f32; DEMO_STEPS + 1]) -> Result<(), Error> {
 }
 
 /// The loss of the output layer alone and its gradient, computed plainly
-/// from the final hidden states `h` (the generated forward's
-/// `Workspace::xs[LAYERS]`): `logits[t] = w h[t]`, the mean next-token
+/// from the final hidden states `h` (the generated training forward's
+/// `Workspace::xs[LAYERS]`, or the streaming state's `Stream::x` after
+/// each token): `logits[t] = w h[t]`, the mean next-token
 /// cross-entropy over the rows, and `g += d loss / d w`
 /// (`(softmax(logits[t]) - onehot(targets[t])) / T` outer `h[t]`, summed
-/// over `t`; only if `g` is `Some`). `logits` is scratch (left holding,
-/// with a gradient, the gradient at the logits). Returns the mean loss.
+/// over `t`; only if `g` is `Some`). `row` is one row of logits'
+/// scratch. Returns the mean loss.
 ///
 /// # Panics
 /// If `targets` has fewer than `T` tokens or one is `>= V` (callers check).
@@ -238,14 +243,13 @@ pub fn head_loss_and_grad<S: Scalar, const T: usize, const V: usize, const DM: u
     w: &[[S; DM]; V],
     h: &[[S; DM]; T],
     targets: &[u32],
-    logits: &mut [[S; V]; T],
+    row: &mut [S; V],
     mut g: Option<&mut [[S; DM]; V]>,
 ) -> S {
     let inv_t = S::ONE / S::from_usize(T);
     let mut loss = S::ZERO;
     for t in 0..T {
         let y = targets[t] as usize;
-        let row = &mut logits[t];
         for (l, wv) in row.iter_mut().zip(w.iter()) {
             let mut acc = S::ZERO;
             for (a, b) in wv.iter().zip(h[t].iter()) {
@@ -294,11 +298,17 @@ mod head {
 
     type W = [[f32; model::D]; model::VOCAB];
 
+    /// The final hidden states of one sequence.
+    type H = [[f32; model::D]; model::SEQ];
+
     /// The head-only training state: the trained `unembed`, its gradient
-    /// and moments, and the forward's workspace. Nothing of the frozen body.
+    /// and moments, and the body's streaming state, hidden states and one
+    /// row of logits. Nothing of the frozen body.
     struct Head {
         w: W,
-        ws: model::Workspace<f32>,
+        st: model::Stream<f32>,
+        h: H,
+        row: [f32; model::VOCAB],
         g: W,
         m: W,
         v: W,
@@ -308,18 +318,20 @@ mod head {
 
     static HEAD: Cell<Head> = Cell {
         busy: AtomicBool::new(false),
-        // SAFETY: arrays of f32, the generated `Workspace<f32>` (`Zeroable`),
-        // a `u64` and a `bool`: all-zero bytes are valid. Placed in `.bss`.
+        // SAFETY: arrays of f32, the generated `Stream<f32>` (`Zeroable`: all
+        // zero is a reset stream), a `u64` and a `bool`: all-zero bytes are
+        // valid. Placed in `.bss`.
         state: UnsafeCell::new(unsafe { core::mem::zeroed() }),
     };
 
     /// Bytes of RAM of each part of head-only training (the `.bss` the
     /// linker reports for a firmware that calls only `nl_head_*`, up to
     /// the lock flags and alignment): the trained parameters (`unembed`),
-    /// the workspace, the gradient and the optimizer state (two moments).
+    /// the workspace (the body's `Stream`, the sequence's hidden states and
+    /// one row of logits), the gradient and the optimizer state (two moments).
     pub const HEAD_RAM: [usize; 4] = [
         core::mem::size_of::<W>(),
-        core::mem::size_of::<model::Workspace<f32>>(),
+        core::mem::size_of::<model::Stream<f32>>() + core::mem::size_of::<H>() + 4 * model::VOCAB,
         core::mem::size_of::<W>(),
         2 * core::mem::size_of::<W>(),
     ];
@@ -333,27 +345,43 @@ mod head {
             s.g.as_flattened_mut().fill(0.0);
             s.m.as_flattened_mut().fill(0.0);
             s.v.as_flattened_mut().fill(0.0);
-            fresh(&mut s.ws);
+            s.st.reset();
             s.t = 0;
             s.ready = true;
         })
     }
 
+    /// The frozen body's final hidden states of one sequence: the
+    /// generated streaming step from a reset state over `tokens[..SEQ]`,
+    /// keeping `Stream::x` after each token.
+    ///
+    /// # Errors
+    /// A token outside the vocabulary (callers check first).
+    pub fn body_hidden(
+        st: &mut model::Stream<f32>,
+        p: &model::Params<f32>,
+        tokens: &[u32],
+        h: &mut H,
+    ) -> Result<(), TokenError> {
+        st.reset();
+        for (ht, &tok) in h.iter_mut().zip(tokens) {
+            st.try_step(p, tok)?;
+            *ht = st.x;
+        }
+        Ok(())
+    }
+
     /// Runs the frozen body on each sequence and the RAM head on its output,
     /// adding the head's gradient into `s.g` if `grad`. Returns the sum of
     /// the sequences' mean losses.
-    fn head_pass(s: &mut Head, p: &model::Params<f32>, tokens: &[u32], grad: bool) -> f32 {
+    fn head_pass(s: &mut Head, p: &model::Params<f32>, tokens: &[u32], grad: bool) -> Result<f32, Error> {
         let mut loss = 0.0;
         for sq in tokens.chunks_exact(SEQ_TOKENS) {
-            fresh(&mut s.ws);
-            // Fills ws.xs[LAYERS] (the head's input); its logits, made with
-            // the flash `unembed`, are overwritten below.
-            model::forward(p, seq(sq), &mut s.ws);
-            let ws = &mut s.ws;
+            body_hidden(&mut s.st, p, sq, &mut s.h).map_err(Error::Token)?;
             let g = if grad { Some(&mut s.g) } else { None };
-            loss += head_loss_and_grad(&s.w, &ws.xs[model::LAYERS], &sq[1..], &mut ws.logits, g);
+            loss += head_loss_and_grad(&s.w, &s.h, &sq[1..], &mut s.row, g);
         }
-        loss
+        Ok(loss)
     }
 
     /// One training step of the head only on `tokens` (as
@@ -371,7 +399,7 @@ mod head {
                 return Err(Error::NotInitialized);
             }
             s.g.as_flattened_mut().fill(0.0);
-            let loss = head_pass(s, p, tokens, true) / n as f32;
+            let loss = head_pass(s, p, tokens, true)? / n as f32;
             if !loss.is_finite() {
                 return Err(Error::NonFinite);
             }
@@ -404,7 +432,7 @@ mod head {
             if !s.ready {
                 return Err(Error::NotInitialized);
             }
-            Ok(head_pass(s, p, tokens, false) / n as f32)
+            Ok(head_pass(s, p, tokens, false)? / n as f32)
         })?
     }
 

@@ -56,9 +56,22 @@ fn head_gradient_matches_generated_backward_and_finite_differences() {
 
     let mut ws2 = boxed::<Workspace<f64>>();
     model::forward(&p, &t, &mut ws2);
-    let mut logits = boxed::<[[f64; model::VOCAB]; model::SEQ]>();
+    // The head-only form reads the body's output from the streaming step
+    // (`Stream::x` after each token): it must be the training forward's
+    // `xs[LAYERS]` (another generated path; f64, so up to rounding).
+    let mut st = boxed::<model::Stream<f64>>();
+    let mut h = boxed::<[[f64; model::D]; model::SEQ]>();
+    for (ht, &tok) in h.iter_mut().zip(&t[..model::SEQ]) {
+        st.try_step(&p, tok).expect("token");
+        *ht = st.x;
+    }
+    let xs = &ws2.xs[model::LAYERS];
+    let hmax = xs.as_flattened().iter().fold(0f64, |m, x| m.max(x.abs()));
+    let hdiff = h.as_flattened().iter().zip(xs.as_flattened()).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(hdiff <= 1e-12 * hmax, "streaming hidden states differ from the training forward's by {hdiff:e}");
+    let mut row = [0f64; model::VOCAB];
     let mut gh = boxed::<[[f64; model::D]; model::VOCAB]>();
-    let loss = train::head_loss_and_grad(&p.unembed, &ws2.xs[model::LAYERS], &t[1..], &mut logits, Some(&mut gh));
+    let loss = train::head_loss_and_grad(&p.unembed, &h, &t[1..], &mut row, Some(&mut gh));
     assert!(rel(loss, loss_ref) < 1e-13, "head loss {loss} vs generated {loss_ref}");
     let gmax = g.unembed.as_flattened().iter().fold(0f64, |m, x| m.max(x.abs()));
     assert!(gmax > 1e-4, "a vanishing gradient checks nothing");
@@ -145,10 +158,12 @@ fn training_in_statics() {
         let loss_ref = model::loss_and_grad(&p, &t, &mut ws, &mut g);
         let now = train::head_loss_now(&t).expect("head loss");
         assert!(rel(f64::from(now), f64::from(loss_ref)) < 1e-6, "head loss {now} vs generated {loss_ref}");
-        model::forward(&p, &t, &mut ws);
-        let mut logits = boxed::<[[f32; model::VOCAB]; model::SEQ]>();
+        let mut st = boxed::<model::Stream<f32>>();
+        let mut h = boxed::<[[f32; model::D]; model::SEQ]>();
+        train::body_hidden(&mut st, &p, &t, &mut h).expect("tokens");
+        let mut row = [0f32; model::VOCAB];
         let mut gh = boxed::<[[f32; model::D]; model::VOCAB]>();
-        train::head_loss_and_grad(&w, &ws.xs[model::LAYERS], &t[1..], &mut logits, Some(&mut gh));
+        train::head_loss_and_grad(&w, &h, &t[1..], &mut row, Some(&mut gh));
         let gmax = g.unembed.as_flattened().iter().fold(0f32, |m, x| m.max(x.abs()));
         let worst = gh.as_flattened().iter().zip(g.unembed.as_flattened()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(worst <= 1e-4 * gmax, "head gradient vs generated backward: {worst:e} (max {gmax:e})");

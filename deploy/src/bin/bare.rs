@@ -79,7 +79,7 @@ mod bare {
     /// checked run ([`nl_deploy::print_run`]) to stdout.
     #[no_mangle]
     pub extern "C" fn _start() -> ! {
-        match nl_deploy::print_run(&mut Stdout) {
+        match nl_deploy::print_run(&mut Stdout, nl_deploy::TRAIN_ON_BARE) {
             Ok(()) => exit(0),
             Err(e) => {
                 let _ = writeln!(Stdout, "nl-deploy-bare: {e}");

@@ -6,7 +6,7 @@
 
 fn main() {
     let mut out = String::new();
-    if let Err(e) = nl_deploy::print_run(&mut out) {
+    if let Err(e) = nl_deploy::print_run(&mut out, true) {
         print!("{out}");
         eprintln!("nl-deploy-scores: {e}");
         std::process::exit(2);
