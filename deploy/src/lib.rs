@@ -584,6 +584,8 @@ pub fn print_run(w: &mut impl core::fmt::Write, train: bool) -> Result<(), &'sta
     if unsafe { nl_step(u32::from(SENTENCE[1]), &mut x) } != NL_OK || x != s[0] {
         return Err("nl_step's surprise is not the scores' first");
     }
+    #[cfg(nl_quantized)]
+    let _ = train;
     #[cfg(not(nl_quantized))]
     if train {
         type Step = unsafe extern "C" fn(*const u32, usize, *mut f32) -> i32;
