@@ -10,7 +10,11 @@
 #   aarch64-unknown-linux-gnu                             (run under qemu-aarch64)
 # and checks that every build gives its native build's scores (1e-5 relative): the
 # two bare-metal builds also run as bare Linux processes under qemu-arm and
-# qemu-riscv32 (src/bin/bare.rs: raw system calls, no libc).
+# qemu-riscv32 (src/bin/bare.rs: raw system calls, no libc). Every run also
+# trains the f32 models on the device (src/train.rs: 5 AdamW steps on one
+# sequence, the full model and, for micro_memory, the head only) and checks
+# the losses against the native build's (1e-4 relative); report.py prints
+# the training RAM table and one JSON line per model, target and form.
 # Called by .ci/run; runs as root on Debian (apt-get for missing tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +57,8 @@ OUT=target/deploy-run
 mkdir -p "$OUT"
 SIZES="$OUT/sizes.txt"
 : >"$SIZES"
+RECORDS="$OUT/records.txt"
+: >"$RECORDS"
 
 echo "== deploy: fmt"
 cargo fmt -- --check
@@ -69,6 +75,9 @@ deploy_model() {
     weight_bytes=$(stat -c %s "$weights")
     mkdir -p "$out"
 
+    echo "== deploy [$name]: tests (training vs the generated backward, finite differences, AdamW by hand)"
+    [ "$name" != micro_memory ] || cargo test --quiet --release "${feat[@]}"
+
     echo "== deploy [$name]: clippy"
     cargo clippy --quiet --release --all-targets "${feat[@]}" -- -D warnings
     for t in thumbv7em-none-eabihf riscv32imac-unknown-none-elf; do
@@ -81,6 +90,12 @@ deploy_model() {
         # Link the archive (no linker script needed: only sizes are wanted) with
         # unused sections dropped, keeping what `nl_scores` reaches.
         "$LLD" -flavor gnu --gc-sections -e nl_scores -o "$out/$t.elf" "target/$t/release/libnl_deploy.a"
+        # Firmwares that serve and train (f32 models): the whole model, and
+        # the head only (micro_memory); their .bss is the training RAM.
+        "$LLD" -flavor gnu --gc-sections -e nl_scores -u nl_step -u nl_reset -u nl_train_init -u nl_train_step \
+            -u nl_train_loss -o "$out/$t.full.elf" "target/$t/release/libnl_deploy.a"
+        "$LLD" -flavor gnu --gc-sections -e nl_scores -u nl_step -u nl_reset -u nl_head_init -u nl_head_step \
+            -u nl_head_loss -o "$out/$t.head.elf" "target/$t/release/libnl_deploy.a"
         cargo build --quiet --release --bin nl-deploy-bare --target "$t" "${feat[@]}"
     done
     cargo rustc --quiet --release --lib --target wasm32-unknown-unknown "${feat[@]}" --crate-type cdylib
@@ -102,6 +117,20 @@ deploy_model() {
             }' >>"$SIZES"
     done
     printf '%-22s %-30s %10s\n' "$name" "wasm32-unknown-unknown (file)" "$(stat -c %s "$out/nl_deploy.wasm")" >>"$SIZES"
+    local forms=(full)
+    case "$name" in *int8 | *ternary) forms=(serve) ;; micro_memory) forms=(full head) ;; esac
+    for t in thumbv7em-none-eabihf riscv32imac-unknown-none-elf; do
+        for f in "${forms[@]}"; do
+            local elf="$out/$t.$f.elf"
+            [ "$f" != serve ] || elf="$out/$t.elf"
+            llvm-size -A "$elf" | awk -v m="$name" -v t="$t" -v f="$f" -v r="$out/${t%%-*}.txt" '
+                $1 == ".text" || $1 == ".rodata" { flash += $2 } $1 == ".bss" { bss += $2 }
+                END { print m, t, f, bss, flash, r }' >>"$RECORDS"
+        done
+    done
+    for f in "${forms[@]}"; do
+        echo "$name wasm32-unknown-unknown $f - $(stat -c %s "$out/nl_deploy.wasm") $out/wasm32.txt" >>"$RECORDS"
+    done
 
     echo "== deploy [$name]: scores"
     target/release/nl-deploy-scores >"$out/native.txt"
@@ -113,10 +142,14 @@ deploy_model() {
     # qemu-user cannot emulate M-profile cores (cortex-m4 asserts), so the
     # Thumb-2 + VFPv4-SP code runs on qemu-arm's default A-profile cpu; the
     # riscv32 build runs on a real rv32imac core model (SiFive E31, no FPU).
+    # Only the default model trains under qemu (nl_deploy::TRAIN_ON_BARE:
+    # the deep model's training takes minutes under riscv32 soft float).
+    local bare=()
+    [ "$name" = micro_memory ] || bare=(--no-train)
     qemu-arm target/thumbv7em-none-eabihf/release/nl-deploy-bare >"$out/thumbv7em.txt"
-    python3 check.py "$out/native.txt" "$out/thumbv7em.txt" "$name, thumbv7em-none-eabihf (bare-metal build) under qemu-arm"
+    python3 check.py "${bare[@]}" "$out/native.txt" "$out/thumbv7em.txt" "$name, thumbv7em-none-eabihf (bare-metal build) under qemu-arm"
     qemu-riscv32 -cpu sifive-e31 target/riscv32imac-unknown-none-elf/release/nl-deploy-bare >"$out/riscv32imac.txt"
-    python3 check.py "$out/native.txt" "$out/riscv32imac.txt" "$name, riscv32imac-unknown-none-elf (bare-metal build) under qemu-riscv32 -cpu sifive-e31"
+    python3 check.py "${bare[@]}" "$out/native.txt" "$out/riscv32imac.txt" "$name, riscv32imac-unknown-none-elf (bare-metal build) under qemu-riscv32 -cpu sifive-e31"
 }
 
 for m in "${MODELS[@]}"; do
@@ -126,4 +159,6 @@ done
 echo "== deploy: sizes (bytes; linked with --gc-sections from nl_scores)"
 printf '%-22s %-30s %10s %12s %12s %10s\n' model target "code" "weights" "other ro" "RAM (bss)"
 cat "$SIZES"
+echo "== deploy: on-device training RAM (bytes; parts from size_of on each target, .bss of the firmware that serves and trains) and the report (JSON lines)"
+python3 report.py "$RECORDS"
 cd "$ROOT"

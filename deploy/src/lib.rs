@@ -31,6 +31,14 @@
 //! time and return an error code (never panic: on a microcontroller a
 //! panic is a hang) for a token outside the vocabulary, a bad embedded
 //! checkpoint or a re-entered call.
+//!
+//! For an f32 model, [`train`] trains the embedded model on the device (the
+//! outer loop: forward, analytic backward, AdamW), everything in statics:
+//! the C ABI's [`nl_train_init`], [`nl_train_step`] and [`nl_train_loss`]
+//! train every tensor from a RAM copy of the checkpoint; for the default
+//! model, [`nl_head_init`], [`nl_head_step`] and [`nl_head_loss`] train
+//! only the output layer (the body stays in flash); [`nl_train_ram`] gives
+//! the RAM of each part.
 #![no_std]
 
 use core::cell::UnsafeCell;
@@ -153,9 +161,23 @@ pub fn params() -> Result<&'static embedded::P, checkpoint::CheckpointError> {
     embedded::view(weights_bytes())
 }
 
-/// Why [`scores`] failed.
+#[cfg(not(nl_quantized))]
+pub mod train;
+
+/// Why a call failed.
 #[derive(Debug)]
 pub enum Error {
+    /// A training step's token count is not a non-zero multiple of `seq` (`SEQ + 1`).
+    Length {
+        /// Tokens given.
+        len: usize,
+        /// Tokens per training sequence.
+        seq: usize,
+    },
+    /// A training step or loss before its `init`.
+    NotInitialized,
+    /// A non-finite loss, gradient or update (the step was refused: nothing changed).
+    NonFinite,
     /// The embedded checkpoint does not fit the model.
     Checkpoint(checkpoint::CheckpointError),
     /// The shared stream is in use (re-entered from an interrupt, or another core).
@@ -165,12 +187,16 @@ pub enum Error {
 }
 
 impl Error {
-    /// The C ABI's code for this error: [`NL_ERR_CHECKPOINT`], [`NL_ERR_BUSY`] or [`NL_ERR_TOKEN`].
+    /// The C ABI's code for this error: [`NL_ERR_CHECKPOINT`], [`NL_ERR_BUSY`],
+    /// [`NL_ERR_TOKEN`], [`NL_ERR_LENGTH`], [`NL_ERR_UNINIT`] or [`NL_ERR_NONFINITE`].
     pub fn code(&self) -> i32 {
         match self {
             Error::Checkpoint(_) => NL_ERR_CHECKPOINT,
             Error::Busy => NL_ERR_BUSY,
             Error::Token(_) => NL_ERR_TOKEN,
+            Error::Length { .. } => NL_ERR_LENGTH,
+            Error::NotInitialized => NL_ERR_UNINIT,
+            Error::NonFinite => NL_ERR_NONFINITE,
         }
     }
 }
@@ -183,6 +209,14 @@ pub const NL_ERR_TOKEN: i32 = -1;
 pub const NL_ERR_CHECKPOINT: i32 = -2;
 /// C ABI return code: the stream is in use (re-entered).
 pub const NL_ERR_BUSY: i32 = -3;
+/// C ABI return code: a training step's length is not a non-zero multiple of `SEQ + 1` (or its pointer is null).
+pub const NL_ERR_LENGTH: i32 = -4;
+/// C ABI return code: a training step or loss before its `init`.
+pub const NL_ERR_UNINIT: i32 = -5;
+/// C ABI return code: a non-finite loss, gradient or update; the step was refused and nothing changed.
+pub const NL_ERR_NONFINITE: i32 = -6;
+/// C ABI return code: not available in this build (training a quantized model; head-only training of a model with a final norm or tied embeddings).
+pub const NL_ERR_UNSUPPORTED: i32 = -7;
 
 /// The one streaming state, in `.bss`, handed out by a try-lock.
 struct StreamCell {
@@ -300,6 +334,199 @@ pub unsafe extern "C" fn nl_scores(out: *mut f32, cap: usize) -> usize {
     N_SCORES
 }
 
+#[cfg(not(nl_quantized))]
+/// Views a C token buffer: `None` for a null pointer.
+///
+/// # Safety
+/// `tokens` is null or valid for `len` `u32` reads.
+unsafe fn token_slice<'a>(tokens: *const u32, len: usize) -> Option<&'a [u32]> {
+    if tokens.is_null() {
+        return None;
+    }
+    // SAFETY: the caller guarantees a non-null `tokens` is valid for `len` reads.
+    Some(unsafe { core::slice::from_raw_parts(tokens, len) })
+}
+
+#[cfg(not(nl_quantized))]
+/// Writes a loss to a C out-pointer (if not null) and returns the code.
+///
+/// # Safety
+/// `out` is null or valid for one `f32` write.
+unsafe fn loss_out(r: Result<f32, Error>, out: *mut f32) -> i32 {
+    match r {
+        Ok(l) => {
+            if !out.is_null() {
+                // SAFETY: the caller guarantees a non-null `out` is valid for one write.
+                unsafe { out.write(l) };
+            }
+            NL_OK
+        }
+        Err(e) => e.code(),
+    }
+}
+
+/// C ABI: starts full training: copies the embedded checkpoint into RAM and
+/// clears the gradients, AdamW moments and step count. Returns [`NL_OK`],
+/// [`NL_ERR_CHECKPOINT`], [`NL_ERR_BUSY`] or (quantized models)
+/// [`NL_ERR_UNSUPPORTED`].
+#[no_mangle]
+pub extern "C" fn nl_train_init() -> i32 {
+    #[cfg(not(nl_quantized))]
+    return match train::train_init() {
+        Ok(()) => NL_OK,
+        Err(e) => e.code(),
+    };
+    #[cfg(nl_quantized)]
+    NL_ERR_UNSUPPORTED
+}
+
+/// C ABI: one full training step ([`train::train_step`]) on `len` tokens
+/// (a non-zero multiple of `SEQ + 1`); writes the mean loss before the
+/// update to `*loss` (if not null). Returns [`NL_OK`] or a negative code
+/// ([`NL_ERR_LENGTH`], [`NL_ERR_TOKEN`], [`NL_ERR_UNINIT`],
+/// [`NL_ERR_BUSY`], [`NL_ERR_NONFINITE`], [`NL_ERR_UNSUPPORTED`]) with
+/// nothing changed.
+///
+/// # Safety
+/// `tokens` is null or valid for `len` `u32` reads; `loss` is null or
+/// valid for one `f32` write.
+#[no_mangle]
+pub unsafe extern "C" fn nl_train_step(tokens: *const u32, len: usize, loss: *mut f32) -> i32 {
+    #[cfg(not(nl_quantized))]
+    {
+        // SAFETY: forwarded from the caller's guarantee.
+        let Some(t) = (unsafe { token_slice(tokens, len) }) else { return NL_ERR_LENGTH };
+        // SAFETY: forwarded from the caller's guarantee.
+        unsafe { loss_out(train::train_step(t), loss) }
+    }
+    #[cfg(nl_quantized)]
+    {
+        let _ = (tokens, len, loss);
+        NL_ERR_UNSUPPORTED
+    }
+}
+
+/// C ABI: the mean loss of the full model's current (trained) parameters on
+/// `len` tokens, forward only. Codes as [`nl_train_step`].
+///
+/// # Safety
+/// As [`nl_train_step`].
+#[no_mangle]
+pub unsafe extern "C" fn nl_train_loss(tokens: *const u32, len: usize, loss: *mut f32) -> i32 {
+    #[cfg(not(nl_quantized))]
+    {
+        // SAFETY: forwarded from the caller's guarantee.
+        let Some(t) = (unsafe { token_slice(tokens, len) }) else { return NL_ERR_LENGTH };
+        // SAFETY: forwarded from the caller's guarantee.
+        unsafe { loss_out(train::train_loss(t), loss) }
+    }
+    #[cfg(nl_quantized)]
+    {
+        let _ = (tokens, len, loss);
+        NL_ERR_UNSUPPORTED
+    }
+}
+
+/// C ABI: starts head-only training (the default model: `unembed` only,
+/// the body read from flash). Codes as [`nl_train_init`]
+/// ([`NL_ERR_UNSUPPORTED`] for the other models).
+#[no_mangle]
+pub extern "C" fn nl_head_init() -> i32 {
+    #[cfg(nl_default_model)]
+    return match train::head_init() {
+        Ok(()) => NL_OK,
+        Err(e) => e.code(),
+    };
+    #[cfg(not(nl_default_model))]
+    NL_ERR_UNSUPPORTED
+}
+
+/// C ABI: one head-only training step ([`train::head_step`]). Codes as
+/// [`nl_train_step`].
+///
+/// # Safety
+/// As [`nl_train_step`].
+#[no_mangle]
+pub unsafe extern "C" fn nl_head_step(tokens: *const u32, len: usize, loss: *mut f32) -> i32 {
+    #[cfg(nl_default_model)]
+    {
+        // SAFETY: forwarded from the caller's guarantee.
+        let Some(t) = (unsafe { token_slice(tokens, len) }) else { return NL_ERR_LENGTH };
+        // SAFETY: forwarded from the caller's guarantee.
+        unsafe { loss_out(train::head_step(t), loss) }
+    }
+    #[cfg(not(nl_default_model))]
+    {
+        let _ = (tokens, len, loss);
+        NL_ERR_UNSUPPORTED
+    }
+}
+
+/// C ABI: the mean loss of the frozen body with the trained head
+/// ([`train::head_loss_now`]). Codes as [`nl_train_loss`].
+///
+/// # Safety
+/// As [`nl_train_step`].
+#[no_mangle]
+pub unsafe extern "C" fn nl_head_loss(tokens: *const u32, len: usize, loss: *mut f32) -> i32 {
+    #[cfg(nl_default_model)]
+    {
+        // SAFETY: forwarded from the caller's guarantee.
+        let Some(t) = (unsafe { token_slice(tokens, len) }) else { return NL_ERR_LENGTH };
+        // SAFETY: forwarded from the caller's guarantee.
+        unsafe { loss_out(train::head_loss_now(t), loss) }
+    }
+    #[cfg(not(nl_default_model))]
+    {
+        let _ = (tokens, len, loss);
+        NL_ERR_UNSUPPORTED
+    }
+}
+
+/// Bytes of RAM of one part, from `size_of` on this target. `part`: 0 the
+/// `Stream` (serving), then full training's 1 parameters (RAM copy), 2
+/// workspace, 3 gradients, 4 optimizer state, then head-only training's 5
+/// parameters (`unembed`), 6 workspace, 7 gradient, 8 optimizer state;
+/// 0 for a part this build does not have.
+#[no_mangle]
+pub extern "C" fn nl_train_ram(part: u32) -> usize {
+    match part {
+        0 => core::mem::size_of::<model::Stream<f32>>(),
+        #[cfg(not(nl_quantized))]
+        1..=4 => train::FULL_RAM[part as usize - 1],
+        #[cfg(nl_default_model)]
+        5..=8 => train::HEAD_RAM[part as usize - 5],
+        _ => 0,
+    }
+}
+
+/// C ABI: writes the demo's training stream ([`SENTENCE`] cycled to one
+/// sequence of `SEQ + 1` tokens) to `out` (up to `cap` tokens) and returns
+/// its length (0 for a quantized model, which does not train).
+///
+/// # Safety
+/// `out` must be valid for writes of `cap` `u32`s (it may be null if `cap` is 0).
+#[no_mangle]
+pub unsafe extern "C" fn nl_train_tokens(out: *mut u32, cap: usize) -> usize {
+    #[cfg(not(nl_quantized))]
+    {
+        let mut t = [0u32; train::SEQ_TOKENS];
+        train::demo_tokens(&mut t);
+        let n = cap.min(t.len());
+        if n > 0 {
+            // SAFETY: the caller guarantees `out` is valid for `cap >= n`
+            // writes; `t` is a local, so the ranges do not overlap.
+            unsafe { core::ptr::copy_nonoverlapping(t.as_ptr(), out, n) };
+        }
+        t.len()
+    }
+    #[cfg(nl_quantized)]
+    {
+        let _ = (out, cap);
+        0
+    }
+}
+
 /// Bare-metal and `wasm32-unknown-unknown` builds have no `std` to provide
 /// a panic handler: stop (a trap on wasm, a spin on a microcontroller).
 #[cfg(any(target_os = "none", all(target_arch = "wasm32", target_os = "unknown")))]
@@ -311,4 +538,101 @@ fn panic(_: &core::panic::PanicInfo) -> ! {
     loop {
         core::hint::spin_loop();
     }
+}
+
+/// Whether the bare-metal runs under qemu train ([`print_run`]'s `train`):
+/// only with the default model. The deep model's five training steps take
+/// over eight minutes under `qemu-riscv32`'s soft float, so `run.sh`
+/// checks its training on the host, aarch64 and wasm32 only.
+pub const TRAIN_ON_BARE: bool = cfg!(nl_default_model);
+
+/// The checked run of `run.sh` on every target with a byte sink
+/// (`nl-deploy-scores` on the host and aarch64, `nl-deploy-bare` under
+/// qemu): prints `index score` lines (the surprise of [`SENTENCE`]'s next
+/// bytes, [`nl_scores`]), then for an f32 model `train i loss` lines (the
+/// full training demo through [`nl_train_init`] / [`nl_train_step`] /
+/// [`nl_train_loss`]: step `i`'s loss, and the loss after the last step),
+/// `head i loss` lines (the same for head-only training, default model),
+/// and `ram part bytes` lines ([`nl_train_ram`]). Checks on the way that
+/// the C ABI refuses what it must, with its codes (a token outside the
+/// vocabulary, a step before `init`, a bad length, a null pointer).
+///
+/// The training demos run only if `train` (see [`TRAIN_ON_BARE`]).
+///
+/// # Errors
+/// A one-line reason if a call failed or a refusal did not happen, or the
+/// sink failed.
+pub fn print_run(w: &mut impl core::fmt::Write, train: bool) -> Result<(), &'static str> {
+    const SINK: &str = "write failed";
+    let mut s = [0f32; N_SCORES];
+    scores(&mut s).map_err(|_| "scores failed (invalid embedded checkpoint?)")?;
+    for (i, x) in s.iter().enumerate() {
+        writeln!(w, "{i} {x:.9e}").map_err(|_| SINK)?;
+    }
+    // A token outside the vocabulary is an error code on the device, not a
+    // panic (which would hang), and the stream still works.
+    let mut x = 0f32;
+    // SAFETY: `x` is a valid f32 to write.
+    if unsafe { nl_step(256, &mut x) } != NL_ERR_TOKEN {
+        return Err("nl_step accepted token 256");
+    }
+    // SAFETY: as above.
+    if nl_reset() != NL_OK || unsafe { nl_step(u32::from(SENTENCE[0]), &mut x) } != NL_OK || !x.is_nan() {
+        return Err("nl_reset / nl_step failed");
+    }
+    // SAFETY: as above.
+    if unsafe { nl_step(u32::from(SENTENCE[1]), &mut x) } != NL_OK || x != s[0] {
+        return Err("nl_step's surprise is not the scores' first");
+    }
+    #[cfg(nl_quantized)]
+    let _ = train;
+    #[cfg(not(nl_quantized))]
+    if train {
+        type Step = unsafe extern "C" fn(*const u32, usize, *mut f32) -> i32;
+        let forms: [(&str, extern "C" fn() -> i32, Step, Step); 2] = [
+            ("train", nl_train_init, nl_train_step, nl_train_loss),
+            ("head", nl_head_init, nl_head_step, nl_head_loss),
+        ];
+        let mut tokens = [0u32; train::SEQ_TOKENS];
+        // SAFETY: `tokens` is valid for `tokens.len()` writes.
+        let n = unsafe { nl_train_tokens(tokens.as_mut_ptr(), tokens.len()) };
+        for (name, init, step, loss) in forms {
+            let mut l = 0f32;
+            // SAFETY: `tokens` is valid for `n <= tokens.len()` reads, `l` for a write.
+            let before = unsafe { step(tokens.as_ptr(), n, &mut l) };
+            if before == NL_ERR_UNSUPPORTED {
+                continue;
+            }
+            if before != NL_ERR_UNINIT {
+                return Err("a training step before init was not refused");
+            }
+            if init() != NL_OK {
+                return Err("training init failed");
+            }
+            // SAFETY: as above (a shorter prefix; a null pointer).
+            if unsafe { step(tokens.as_ptr(), n - 1, &mut l) } != NL_ERR_LENGTH
+                || unsafe { step(core::ptr::null(), n, &mut l) } != NL_ERR_LENGTH
+            {
+                return Err("a training step of a bad length was not refused");
+            }
+            let mut bad = tokens;
+            bad[n / 2] = 256;
+            // SAFETY: as above.
+            if unsafe { step(bad.as_ptr(), n, &mut l) } != NL_ERR_TOKEN {
+                return Err("a training step with token 256 was not refused");
+            }
+            for i in 0..=train::DEMO_STEPS {
+                let f = if i < train::DEMO_STEPS { step } else { loss };
+                // SAFETY: as above.
+                if unsafe { f(tokens.as_ptr(), n, &mut l) } != NL_OK {
+                    return Err("a training step failed");
+                }
+                writeln!(w, "{name} {i} {l:.9e}").map_err(|_| SINK)?;
+            }
+        }
+    }
+    for part in 0..9 {
+        writeln!(w, "ram {part} {}", nl_train_ram(part)).map_err(|_| SINK)?;
+    }
+    Ok(())
 }

@@ -1,7 +1,8 @@
 //! The bare-metal build run as a bare Linux process under qemu-user
 //! (`qemu-arm` for thumbv7em-none-eabihf, `qemu-riscv32` for
 //! riscv32imac-unknown-none-elf): the same `no_std` code as the staticlib,
-//! with only a `_start` that prints the scores through raw `write`/`exit`
+//! with only a `_start` that prints the checked run (scores, training
+//! losses, RAM parts) through raw `write`/`exit`
 //! system calls. No libc, no linker script (rust-lld's default layout is a
 //! valid static ELF). On a host target it is an empty program.
 #![cfg_attr(target_os = "none", no_std, no_main)]
@@ -74,30 +75,17 @@ mod bare {
         }
     }
 
-    /// The process entry point (the kernel / qemu set up the stack).
+    /// The process entry point (the kernel / qemu set up the stack): the
+    /// checked run ([`nl_deploy::print_run`]) to stdout.
     #[no_mangle]
     pub extern "C" fn _start() -> ! {
-        let mut s = [0f32; nl_deploy::N_SCORES];
-        if nl_deploy::scores(&mut s).is_err() {
-            exit(2);
-        }
-        for (i, x) in s.iter().enumerate() {
-            if writeln!(Stdout, "{i} {x:.9e}").is_err() {
-                exit(1);
+        match nl_deploy::print_run(&mut Stdout, nl_deploy::TRAIN_ON_BARE) {
+            Ok(()) => exit(0),
+            Err(e) => {
+                let _ = writeln!(Stdout, "nl-deploy-bare: {e}");
+                exit(3)
             }
         }
-        // A token outside the vocabulary is an error code on the device,
-        // not a panic (which would hang here), and the stream still works.
-        let mut x = 0f32;
-        // SAFETY: `x` is a valid f32 to write.
-        let refused = unsafe { nl_deploy::nl_step(256, &mut x) } == nl_deploy::NL_ERR_TOKEN;
-        // SAFETY: as above.
-        let works = nl_deploy::nl_reset() == nl_deploy::NL_OK
-            && unsafe { nl_deploy::nl_step(b'a'.into(), &mut x) } == nl_deploy::NL_OK;
-        if !(refused && works && x.is_nan()) {
-            exit(3);
-        }
-        exit(0)
     }
 }
 
