@@ -47,6 +47,12 @@
 //!   continuously. GFLOP/s is `tok_s * FLOPS_STEP / 1e9`. Serving is a
 //!   single stream and always runs on 1 thread, whatever `--threads` says
 //!   (its rows report `threads` 1).
+//! - `serve-n`: one unit of work is 64 batched steps of 16 streams
+//!   (`Model::try_step_batch`: each step feeds one token to each of the 16
+//!   streams, reading each weight once for all of them; docs/batch.md),
+//!   inner loop on, the weights packed once before timing. It counts
+//!   `64 * 16` tokens (all streams); GFLOP/s is `tok_s * FLOPS_STEP / 1e9`;
+//!   the rows report `batch` 16 (the streams) and `threads` 1.
 //!
 //! Tokens are uniform random in `0..VOCAB`, drawn from
 //! [`nl_runtime::rng::Rng`] before timing (a pool reused cyclically), so the
@@ -104,6 +110,8 @@ nl::nl_model!("models/deep_memory.toml");
 
 /// Streaming steps per unit of serving work (between two clock reads).
 const SERVE_CHUNK: usize = 64;
+/// Streams of the `serve-n` mode.
+const SERVE_STREAMS: usize = 16;
 /// Training sequences in the pre-generated token pool.
 const TRAIN_POOL_SEQS: usize = 256;
 /// Tokens in the pre-generated serving pool.
@@ -183,6 +191,10 @@ enum Mode {
     Train,
     /// Streaming `step`, one token per step, inner loop on.
     Serve,
+    /// `SERVE_STREAMS` streams advanced together by `try_step_batch`, one
+    /// token each per step, inner loop on.
+    #[value(name = "serve-n")]
+    ServeN,
 }
 
 impl Mode {
@@ -190,6 +202,7 @@ impl Mode {
         match self {
             Mode::Train => "train",
             Mode::Serve => "serve",
+            Mode::ServeN => "serve-n",
         }
     }
 }
@@ -228,6 +241,7 @@ struct Entry {
     flops_step: u64,
     train: fn(&Cfg) -> Measurement,
     serve: fn(&Cfg) -> Measurement,
+    serve_n: fn(&Cfg) -> Measurement,
 }
 
 macro_rules! entry {
@@ -241,6 +255,7 @@ macro_rules! entry {
             flops_step: <$m::Model as Model>::FLOPS_STEP,
             train: bench_train::<$m::Model>,
             serve: bench_serve::<$m::Model>,
+            serve_n: bench_serve_n::<$m::Model>,
         }
     };
 }
@@ -447,6 +462,70 @@ fn bench_serve<M: Model>(cfg: &Cfg) -> Measurement {
     let mut rng = Rng::new(cfg.seed ^ 0x5E4E_0000_0000_0002);
     let pool = (0..SERVE_POOL_TOKENS).map(|_| rng.below(M::VOCAB as u64) as u32).collect();
     let mut work = ServeWork::<M> { params, stream, pool, next: 0, last_finite: true };
+    let (rates, secs) = measure(cfg, &mut work);
+    Measurement { rates, secs, finite: work.last_finite }
+}
+
+/// `SERVE_STREAMS` streams of model `M` in `f32`, served together.
+struct ServeNWork<M: Model> {
+    params: Box<M::Params<f32>>,
+    packed: Box<M::Packed<f32>>,
+    streams: Box<[M::Stream<f32>; SERVE_STREAMS]>,
+    scratch: Box<M::BatchScratch<f32, SERVE_STREAMS>>,
+    pool: Vec<u32>,
+    next: usize,
+    last_finite: bool,
+}
+
+impl<M: Model> Work for ServeNWork<M> {
+    fn tokens(&self) -> usize {
+        SERVE_CHUNK * SERVE_STREAMS
+    }
+
+    fn prepare(&mut self) {
+        for s in self.streams.iter_mut() {
+            M::reset(s);
+        }
+    }
+
+    fn unit(&mut self) {
+        let mut last = 0.0f32;
+        for _ in 0..SERVE_CHUNK {
+            let start = self.next;
+            self.next = (self.next + SERVE_STREAMS) % SERVE_POOL_TOKENS;
+            let tokens: &[u32; SERVE_STREAMS] = match self.pool[start..start + SERVE_STREAMS].try_into() {
+                Ok(t) => t,
+                Err(_) => unreachable!("the pool is a multiple of SERVE_STREAMS"),
+            };
+            let logits =
+                M::try_step_batch(&mut self.streams, &self.params, &self.packed, &mut self.scratch, black_box(tokens))
+                    .expect("pool tokens are below VOCAB");
+            last = black_box(logits)[0];
+        }
+        self.last_finite = last.is_finite();
+    }
+}
+
+/// Times serving `SERVE_STREAMS` streams of model `M` at once: one
+/// `try_step_batch` per token of every stream, inner loop on; the weights
+/// packed once, untimed.
+fn bench_serve_n<M: Model>(cfg: &Cfg) -> Measurement {
+    const { assert!(SERVE_POOL_TOKENS.is_multiple_of(SERVE_STREAMS)) };
+    let mut params = boxed_zeroed::<M::Params<f32>>();
+    M::init(&mut *params, cfg.seed);
+    let mut packed = boxed_zeroed::<M::Packed<f32>>();
+    M::pack_serving(&params, &mut packed);
+    let mut rng = Rng::new(cfg.seed ^ 0x5E4E_0000_0000_0003);
+    let pool = (0..SERVE_POOL_TOKENS).map(|_| rng.below(M::VOCAB as u64) as u32).collect();
+    let mut work = ServeNWork::<M> {
+        params,
+        packed,
+        streams: boxed_zeroed(),
+        scratch: boxed_zeroed(),
+        pool,
+        next: 0,
+        last_finite: true,
+    };
     let (rates, secs) = measure(cfg, &mut work);
     Measurement { rates, secs, finite: work.last_finite }
 }
@@ -725,6 +804,7 @@ fn row<'a>(entry: &'a Entry, mode: Mode, cfg: &Cfg, peak: &Peak) -> Row<'a> {
     let (m, batch, threads, flops_per_token) = match mode {
         Mode::Train => ((entry.train)(cfg), cfg.batch, cfg.threads, entry.flops_train),
         Mode::Serve => ((entry.serve)(cfg), 1, 1, entry.flops_step),
+        Mode::ServeN => ((entry.serve_n)(cfg), SERVE_STREAMS, 1, entry.flops_step),
     };
     let tok_s = median(&m.rates);
     let gflops = tok_s * flops_per_token as f64 / 1e9;
@@ -779,7 +859,7 @@ fn json_line(r: &Row, cfg: &Cfg, peak: &Peak, compiled: &[&str], detected: &[&st
 
 fn table_header() -> String {
     format!(
-        "{:<24} {:<5} {:>3} {:>5} {:>11} {:>11} {:>11} {:>8} {:>7} {:>9}",
+        "{:<24} {:<7} {:>3} {:>5} {:>11} {:>11} {:>11} {:>8} {:>7} {:>9}",
         "model", "mode", "thr", "batch", "tok/s", "min", "max", "GFLOP/s", "peak%", "FLOP/tok"
     )
 }
@@ -787,7 +867,7 @@ fn table_header() -> String {
 fn table_line(r: &Row) -> String {
     let frac = r.peak_fraction.map_or_else(|| "-".to_string(), |f| format!("{:.2}%", 100.0 * f));
     let mut s = format!(
-        "{:<24} {:<5} {:>3} {:>5} {:>11.0} {:>11.0} {:>11.0} {:>8.3} {:>7} {:>9}",
+        "{:<24} {:<7} {:>3} {:>5} {:>11.0} {:>11.0} {:>11.0} {:>8.3} {:>7} {:>9}",
         r.entry.path,
         r.mode.as_str(),
         r.threads,
@@ -860,7 +940,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let modes: Vec<Mode> =
-        [Mode::Train, Mode::Serve].into_iter().filter(|m| args.mode.is_none_or(|a| a == *m)).collect();
+        [Mode::Train, Mode::Serve, Mode::ServeN].into_iter().filter(|m| args.mode.is_none_or(|a| a == *m)).collect();
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -876,8 +956,8 @@ fn main() -> ExitCode {
         );
         let _ = writeln!(
             out,
-            "median of {} runs of >= {} s after {} s warm-up; f32; train: {} thread(s), batch {}; serve: 1 thread",
-            cfg.runs, cfg.min_time, cfg.warmup, cfg.threads, cfg.batch
+            "median of {} runs of >= {} s after {} s warm-up; f32; train: {} thread(s), batch {}; serve: 1 thread; serve-n: {} streams (batch), 1 thread",
+            cfg.runs, cfg.min_time, cfg.warmup, cfg.threads, cfg.batch, SERVE_STREAMS
         );
         let _ = writeln!(out, "{}", table_header());
         let _ = out.flush();

@@ -21,6 +21,7 @@ use nl_spec::{Init, Plan};
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
 
+mod batch;
 mod memory;
 mod parts;
 mod quant;
@@ -43,6 +44,7 @@ pub fn emit(plan: &Plan, spec_source: &str) -> TokenStream {
         (workspace, train)
     };
     let stream = stream::stream(plan);
+    let batch = batch::batch(plan);
     let model = emit_model_impl(plan);
     let mlp = plan.mlp.map_or("no MLP".to_string(), |m| format!("MLP {} hidden {}", m.activation.as_str(), m.hidden));
     let doc = format!(
@@ -77,6 +79,7 @@ pub fn emit(plan: &Plan, spec_source: &str) -> TokenStream {
             #workspace
             #train
             #stream
+            #batch
             #model
         }
     }
@@ -366,6 +369,8 @@ fn emit_model_impl(plan: &Plan) -> TokenStream {
             type Params<S: Scalar> = Params<S>;
             type Workspace<S: Scalar> = Workspace<S>;
             type Stream<S: Scalar> = Stream<S>;
+            type Packed<S: Scalar> = Packed<S>;
+            type BatchScratch<S: Scalar, const N: usize> = BatchScratch<S, N>;
             #quant_items
 
             fn init<S: Scalar>(params: &mut Params<S>, seed: u64) {
@@ -391,6 +396,18 @@ fn emit_model_impl(plan: &Plan) -> TokenStream {
             }
             fn try_step<'a, S: Scalar>(stream: &'a mut Stream<S>, params: &Params<S>, token: u32) -> Result<&'a [S], ::nl_runtime::TokenError> {
                 stream.try_step(params, token).map(|logits| logits.as_slice())
+            }
+            fn pack_serving<S: Scalar>(params: &Params<S>, packed: &mut Packed<S>) {
+                pack_serving(params, packed)
+            }
+            fn try_step_batch<'a, S: Scalar, const N: usize>(
+                streams: &mut [Stream<S>; N],
+                params: &Params<S>,
+                packed: &Packed<S>,
+                scratch: &'a mut BatchScratch<S, N>,
+                tokens: &[u32; N],
+            ) -> Result<&'a [S], ::nl_runtime::TokenError> {
+                try_step_batch(streams, params, packed, scratch, tokens).map(|logits| logits.as_flattened())
             }
             fn memory_level<S: Scalar>(stream: &Stream<S>, level: usize) -> Option<::nl_runtime::memory::LevelView<'_, S>> {
                 #memory_level

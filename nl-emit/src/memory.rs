@@ -239,27 +239,45 @@ pub(crate) fn stream_step(plan: &Plan, reader: crate::quant::Reader) -> TokenStr
     if plan.memory.is_none() {
         return quote! {};
     }
-    let rule = rule_type(plan);
-    let scale = scale(plan);
-    let norm = normalize(plan);
-    let levels = per_level(plan, |l, lp, period| {
-        if reader == crate::quant::Reader::Float {
-            return quote! {
+    if reader == crate::quant::Reader::Float {
+        let rule = rule_type(plan);
+        let scale = scale(plan);
+        let norm = normalize(plan);
+        return stream_levels(plan, |l, lp, period| {
+            quote! {
                 ::nl_runtime::memory::step::<S, #rule, D>(
                     &#lp, #period, #norm, self.freeze_memory, &self.u, &mut bs.mem[#l], &mut self.scratch, #scale, &mut self.y,
                 );
-            };
-        }
-        // Quantized: the projections by the reader's products (one input,
-        // quantized once for the three), then the rest of the step.
+            }
+        });
+    }
+    // Quantized: the projections by the reader's products (one input,
+    // quantized once for the three), then the rest of the step.
+    stream_step_projected(plan, |l| {
         let (wk, wv, wq) = (format!("mem{l}_wk"), format!("mem{l}_wv"), format!("mem{l}_wq"));
-        let proj = crate::quant::mv_group(
+        crate::quant::mv_group(
             plan,
             reader,
             true,
             quote! { self.u },
             &[(&wk, quote! { self.scratch.k }), (&wv, quote! { self.scratch.v }), (&wq, quote! { self.scratch.q })],
-        );
+        )
+    })
+}
+
+/// Streaming step of a block's memory branch whose projections `proj(l)`
+/// puts into `self.scratch.k`, `.v`, `.q` for each level `l` (the
+/// quantized readers, and the batched step's matrix products); writes
+/// `self.y`.
+pub(crate) fn stream_step_projected(plan: &Plan, proj: impl Fn(usize) -> TokenStream) -> TokenStream {
+    if plan.memory.is_none() {
+        return quote! {};
+    }
+    let rule = rule_type(plan);
+    let scale = scale(plan);
+    let norm = normalize(plan);
+    stream_levels(plan, |l, _, period| {
+        let proj = proj(l);
         let gates = level_gates(plan, l);
         quote! {
             #proj
@@ -267,7 +285,12 @@ pub(crate) fn stream_step(plan: &Plan, reader: crate::quant::Reader) -> TokenStr
                 &#gates, #period, #norm, self.freeze_memory, &mut bs.mem[#l], &mut self.scratch, #scale, &mut self.y,
             );
         }
-    });
+    })
+}
+
+/// `self.y = 0`, then `f(level, its LevelParams, its period)` per level.
+fn stream_levels(plan: &Plan, f: impl Fn(usize, TokenStream, Literal) -> TokenStream) -> TokenStream {
+    let levels = per_level(plan, f);
     quote! {
         self.y = [S::ZERO; D];
         #(#levels)*

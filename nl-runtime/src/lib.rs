@@ -304,6 +304,14 @@ pub trait Model: 'static {
     /// [`Model::try_step_q`]; an exported checkpoint is its bytes
     /// ([`checkpoint::export`], [`checkpoint::view_q`]).
     type QParams: Pod;
+    /// The weights of the batched streaming step ([`Model::try_step_batch`])
+    /// packed once from the parameters by [`Model::pack_serving`]: each
+    /// matrix the step multiplies a batch of rows by, transposed (rows
+    /// along its output), as the matrix-matrix kernels of [`gemm`] read it.
+    type Packed<S: Scalar>: Zeroable;
+    /// Scratch of a batched streaming step over `N` streams: one row of
+    /// every per-token vector per stream, and the `N` rows of logits.
+    type BatchScratch<S: Scalar, const N: usize>: Zeroable;
 
     /// Deterministic initialisation from a seed (scheme documented in the
     /// generated module and the README).
@@ -373,6 +381,26 @@ pub trait Model: 'static {
         q: &Self::QParams,
         token: u32,
     ) -> Result<&'a [f32], TokenError>;
+    /// Packs the weights of the batched streaming step from `params` (again
+    /// after every change of the parameters).
+    fn pack_serving<S: Scalar>(params: &Self::Params<S>, packed: &mut Self::Packed<S>);
+    /// Advances `N` independent streams by one token each (`tokens[i]` to
+    /// `streams[i]`), reading each weight once for all `N`: the projections,
+    /// the MLP and the output layer are matrix-matrix products over the `N`
+    /// rows; each stream's attention window and memory levels stay its own.
+    /// `packed` is [`Model::pack_serving`] of `params`. Returns the logits,
+    /// `N * VOCAB` values, row `i` for stream `i` (also left in each
+    /// stream, as [`Model::step`] leaves them). Each row equals what
+    /// [`Model::try_step`] on that stream alone returns, within float
+    /// rounding (the products sum in another order). A token `>= VOCAB` is
+    /// an error and leaves every stream unchanged.
+    fn try_step_batch<'a, S: Scalar, const N: usize>(
+        streams: &mut [Self::Stream<S>; N],
+        params: &Self::Params<S>,
+        packed: &Self::Packed<S>,
+        scratch: &'a mut Self::BatchScratch<S, N>,
+        tokens: &[u32; N],
+    ) -> Result<&'a [S], TokenError>;
     /// A read-only view of a memory level's inner-loop state in a
     /// streaming state, the levels of all blocks counted block-major:
     /// `level = block * LEVELS + l` (`None` if the model has no such level).

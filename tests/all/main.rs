@@ -8,6 +8,7 @@ mod common;
 mod shipped;
 
 mod attention;
+mod batch;
 mod blocks;
 mod checkpoint;
 mod compile_fail;
