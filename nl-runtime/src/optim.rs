@@ -13,8 +13,14 @@
 
 use crate::Scalar;
 
-/// The global L2 norm of a gradient: `sqrt(sum g^2)`, accumulated in f64.
-pub fn global_norm<S: Scalar>(grads: &[S]) -> f64 {
+crate::dispatch::dispatched! {
+    /// The global L2 norm of a gradient: `sqrt(sum g^2)`, accumulated in f64.
+    pub fn global_norm[S: Scalar][S](grads: &[S]) -> f64 = global_norm_body;
+}
+
+/// The body of [`global_norm`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn global_norm_body<S: Scalar>(grads: &[S]) -> f64 {
     // Eight partial sums in f64, so the pass is not one chain of dependent
     // adds (the order differs from a left fold; the sum is f64 either way).
     let mut lanes = [0.0f64; 8];
@@ -142,8 +148,9 @@ fn finite<S: Scalar>(x: S) -> bool {
 
 /// The gradient's global norm, refused if it is not finite (then nothing
 /// has been read but `grads`, and nothing written).
+#[inline(always)]
 fn finite_norm<S: Scalar>(grads: &[S]) -> Result<f64, NonFinite> {
-    let norm = global_norm(grads);
+    let norm = global_norm_body(grads);
     if norm.is_finite() {
         return Ok(norm);
     }
@@ -156,6 +163,7 @@ fn finite_norm<S: Scalar>(grads: &[S]) -> Result<f64, NonFinite> {
 /// The factor [`clip_global_norm`] scales the gradients by (`1` when it
 /// does not clip). For a finite gradient `g`, `g * factor` has the same bits
 /// as `g` after clipping in place (`g * 1` is `g` exactly).
+#[inline(always)]
 fn clip_factor<S: Scalar>(norm: f64, max_norm: f64) -> S {
     if max_norm > 0.0 && norm > max_norm {
         S::from_f64(max_norm / norm)
@@ -166,6 +174,7 @@ fn clip_factor<S: Scalar>(norm: f64, max_norm: f64) -> S {
 
 /// Clips in place with the factor of [`clip_factor`] (without computing the
 /// norm again).
+#[inline(always)]
 fn scale<S: Scalar>(grads: &mut [S], k: S) {
     if k != S::ONE {
         for g in grads {
@@ -307,39 +316,57 @@ impl AdamW {
         v: &mut [S],
         t: u64,
     ) -> Result<f64, NonFinite> {
-        assert!(t > 0, "AdamW::step: t is 1-based");
-        let n = params.len();
-        assert!(grads.len() == n && m.len() == n && v.len() == n, "AdamW::step: slice lengths differ");
-        let norm = finite_norm(grads)?;
-        let k = clip_factor::<S>(norm, self.clip);
-        let bc1 = 1.0 - libm::pow(self.beta1, t as f64);
-        let bc2 = 1.0 - libm::pow(self.beta2, t as f64);
-        let b1 = S::from_f64(self.beta1);
-        let b2 = S::from_f64(self.beta2);
-        let one = S::ONE;
-        let step = S::from_f64(self.lr / bc1);
-        let inv_bc2 = S::from_f64(1.0 / bc2);
-        let eps = S::from_f64(self.eps);
-        let decay = S::from_f64(1.0 - self.lr * self.weight_decay);
-        // Check with exactly the arithmetic of the writing loop below (on the
-        // gradient clipped as `clip_global_norm` clips it), then write.
-        check_update(n, [Quantity::FirstMoment, Quantity::SecondMoment, Quantity::Param], |i| {
-            let g = grads[i] * k;
-            let mi = b1 * m[i] + (one - b1) * g;
-            let vi = b2 * v[i] + (one - b2) * g * g;
-            let denom = (vi * inv_bc2).sqrt() + eps;
-            [mi, vi, params[i] * decay - step * mi / denom]
-        })?;
-        scale(grads, k);
-        for i in 0..n {
-            let g = grads[i];
-            m[i] = b1 * m[i] + (one - b1) * g;
-            v[i] = b2 * v[i] + (one - b2) * g * g;
-            let denom = (v[i] * inv_bc2).sqrt() + eps;
-            params[i] = params[i] * decay - step * m[i] / denom;
-        }
-        Ok(norm)
+        adamw_step(self, params, grads, m, v, t)
     }
+}
+
+crate::dispatch::dispatched! {
+    /// [`AdamW::step`], dispatched (see [`dispatch`](crate::dispatch)).
+    fn adamw_step[S: Scalar][S](o: &AdamW, params: &mut [S], grads: &mut [S], m: &mut [S], v: &mut [S], t: u64) -> Result<f64, NonFinite> = adamw_step_body;
+}
+
+/// The body of [`AdamW::step`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn adamw_step_body<S: Scalar>(
+    o: &AdamW,
+    params: &mut [S],
+    grads: &mut [S],
+    m: &mut [S],
+    v: &mut [S],
+    t: u64,
+) -> Result<f64, NonFinite> {
+    assert!(t > 0, "AdamW::step: t is 1-based");
+    let n = params.len();
+    assert!(grads.len() == n && m.len() == n && v.len() == n, "AdamW::step: slice lengths differ");
+    let norm = finite_norm(grads)?;
+    let k = clip_factor::<S>(norm, o.clip);
+    let bc1 = 1.0 - libm::pow(o.beta1, t as f64);
+    let bc2 = 1.0 - libm::pow(o.beta2, t as f64);
+    let b1 = S::from_f64(o.beta1);
+    let b2 = S::from_f64(o.beta2);
+    let one = S::ONE;
+    let step = S::from_f64(o.lr / bc1);
+    let inv_bc2 = S::from_f64(1.0 / bc2);
+    let eps = S::from_f64(o.eps);
+    let decay = S::from_f64(1.0 - o.lr * o.weight_decay);
+    // Check with exactly the arithmetic of the writing loop below (on the
+    // gradient clipped as `clip_global_norm` clips it), then write.
+    check_update(n, [Quantity::FirstMoment, Quantity::SecondMoment, Quantity::Param], |i| {
+        let g = grads[i] * k;
+        let mi = b1 * m[i] + (one - b1) * g;
+        let vi = b2 * v[i] + (one - b2) * g * g;
+        let denom = (vi * inv_bc2).sqrt() + eps;
+        [mi, vi, params[i] * decay - step * mi / denom]
+    })?;
+    scale(grads, k);
+    for i in 0..n {
+        let g = grads[i];
+        m[i] = b1 * m[i] + (one - b1) * g;
+        v[i] = b2 * v[i] + (one - b2) * g * g;
+        let denom = (v[i] * inv_bc2).sqrt() + eps;
+        params[i] = params[i] * decay - step * m[i] / denom;
+    }
+    Ok(norm)
 }
 
 #[cfg(test)]
