@@ -153,19 +153,24 @@ fn add_head<S: Scalar, const T: usize, const D: usize, const HD: usize>(
     }
 }
 
-/// Sliding-window causal attention over a sequence, as
-/// [`kernels::attention`](crate::kernels::attention): row `t` attends to
-/// positions `max(0, t - W + 1) ..= t`, head `h` on columns
-/// `h HD .. (h + 1) HD`, logits `q.k / sqrt(HD)`; the probabilities go to
-/// `p` in position order: `p[t][h][j]` weighs position `max(0, t + 1 - W) + j`
-/// (zeros past the window's `min(t + 1, W)` positions). This is not the
-/// offset layout of the row kernels: a row is one contiguous copy.
-///
-/// Per head: `S = Q_h K_h^T` (one product, every pair), the softmax of each
-/// row over its window (maximum, `e^(s - max)`, the sum of the row in 16
-/// lanes by position, one reciprocal), then `O_h = P V_h` (one product).
-#[inline]
-pub fn attention<S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize>(
+crate::dispatch::dispatched! {
+    /// Sliding-window causal attention over a sequence, as
+    /// [`kernels::attention`](crate::kernels::attention): row `t` attends to
+    /// positions `max(0, t - W + 1) ..= t`, head `h` on columns
+    /// `h HD .. (h + 1) HD`, logits `q.k / sqrt(HD)`; the probabilities go to
+    /// `p` in position order: `p[t][h][j]` weighs position `max(0, t + 1 - W) + j`
+    /// (zeros past the window's `min(t + 1, W)` positions). This is not the
+    /// offset layout of the row kernels: a row is one contiguous copy.
+    ///
+    /// Per head: `S = Q_h K_h^T` (one product, every pair), the softmax of each
+    /// row over its window (maximum, `e^(s - max)`, the sum of the row in 16
+    /// lanes by position, one reciprocal), then `O_h = P V_h` (one product).
+    pub fn attention[S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize][S, T, D, H, HD, W](q: &[[S; D]; T], k: &[[S; D]; T], v: &[[S; D]; T], p: &mut [[[S; W]; H]; T], out: &mut [[S; D]; T], sc: &mut AttnScratch<S, T, HD>) = attention_body;
+}
+
+/// The body of [`attention`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn attention_body<S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize>(
     q: &[[S; D]; T],
     k: &[[S; D]; T],
     v: &[[S; D]; T],
@@ -196,16 +201,22 @@ pub fn attention<S: Scalar, const T: usize, const D: usize, const H: usize, cons
     }
 }
 
-/// Backward of [`attention`]: from `da` (gradient of the output) adds the
-/// gradients of `q`, `k` and `v` into `dq`, `dk`, `dv`, reading the
-/// probabilities `p` the forward kept.
-///
-/// Per head, with `P` rebuilt by position from `p`: `dP = dO_h V_h^T`,
-/// `dV_h = P^T dO_h`, `dS = P * (dP - rowsum(P * dP)) / sqrt(HD)` (zero
-/// outside the window, where `P` is), `dQ_h = dS K_h`, `dK_h = dS^T Q_h`.
+crate::dispatch::dispatched! {
+    /// Backward of [`attention`]: from `da` (gradient of the output) adds the
+    /// gradients of `q`, `k` and `v` into `dq`, `dk`, `dv`, reading the
+    /// probabilities `p` the forward kept.
+    ///
+    /// Per head, with `P` rebuilt by position from `p`: `dP = dO_h V_h^T`,
+    /// `dV_h = P^T dO_h`, `dS = P * (dP - rowsum(P * dP)) / sqrt(HD)` (zero
+    /// outside the window, where `P` is), `dQ_h = dS K_h`, `dK_h = dS^T Q_h`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward_acc[S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize][S, T, D, H, HD, W](q: &[[S; D]; T], k: &[[S; D]; T], v: &[[S; D]; T], p: &[[[S; W]; H]; T], da: &[[S; D]; T], dq: &mut [[S; D]; T], dk: &mut [[S; D]; T], dv: &mut [[S; D]; T], sc: &mut AttnScratch<S, T, HD>) = attention_backward_acc_body;
+}
+
+/// The body of [`attention_backward_acc`], compiled once per [`Path`](crate::dispatch::Path).
 #[allow(clippy::too_many_arguments)]
-#[inline]
-pub fn attention_backward_acc<
+#[inline(always)]
+fn attention_backward_acc_body<
     S: Scalar,
     const T: usize,
     const D: usize,

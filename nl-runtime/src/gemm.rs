@@ -31,17 +31,14 @@
 //! cache whatever the stride of `B` (rows 1 KiB apart, say, would all fall
 //! in a few cache sets and evict each other).
 //!
-//! Which one runs is [`path`]: on x86-64 with the `std` feature it is chosen
-//! once, at the first product, from the CPU (`is_x86_feature_detected!`) and
-//! cached in an atomic, so a baseline build (SSE2) runs AVX-512 or AVX2 code
-//! on a CPU that has it, and each product costs one relaxed load and a
-//! branch to pick the path. A build with `avx512f` enabled (e.g.
-//! `-C target-cpu=native` on an AVX-512 machine) uses the AVX-512 path
-//! without detecting anything; without `std` (no detection) the path follows
-//! the build's target features alone; other architectures run the portable
-//! path. With `std`, the environment variable `NL_GEMM` (`portable`, `avx2`
-//! or `avx512`), read at that first product, can select a *lower* path than
-//! the CPU's best, to compare them (an unsupported choice is ignored).
+//! Which one runs is [`path`], the choice every dispatched kernel shares
+//! (see [`dispatch`](crate::dispatch)): on x86-64 with the `std` feature it
+//! is chosen once from the CPU and cached, so a baseline build (SSE2) runs
+//! AVX-512 or AVX2 code on a CPU that has it; a build with `avx512f` enabled
+//! uses the AVX-512 path without detecting anything; without `std` the path
+//! follows the build's target features; other architectures run the
+//! portable path. The environment variable `NL_KERNELS` can select a lower
+//! path than the CPU's best.
 //! Explicit 512-bit code also sidesteps LLVM's tuning for some AVX-512 cores
 //! (`prefer-256-bit`), which would otherwise keep the portable path's loops
 //! in 256-bit registers even in a native build.
@@ -63,139 +60,18 @@
 //! wherever the portable one is fused, which the tests check bit for bit
 //! against a triple loop. The exception is the portable path of a build
 //! without the `fma` target feature (a baseline x86-64 build on a CPU
-//! without AVX2 and FMA, forced with `NL_GEMM=portable`, or another
+//! without AVX2 and FMA, forced with `NL_KERNELS=portable`, or another
 //! architecture): it rounds the product and the sum separately.
 
 // Index loops are kept where they read like the formulas.
 #![allow(clippy::needless_range_loop)]
 
-#[cfg(all(feature = "std", target_arch = "x86_64", not(target_feature = "avx512f")))]
-use core::sync::atomic::{AtomicU8, Ordering};
-
 use crate::Scalar;
+
+pub use crate::dispatch::{path, Path};
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
-
-/// An implementation of the products (see the [module docs](self)).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Path {
-    /// Plain Rust, vectorised by the compiler for the build's target.
-    Portable,
-    /// Explicit AVX2 + FMA intrinsics (x86-64).
-    Avx2,
-    /// Explicit AVX-512F intrinsics (x86-64).
-    Avx512,
-}
-
-impl Path {
-    /// Every path, lowest first.
-    pub const ALL: [Path; 3] = [Path::Portable, Path::Avx2, Path::Avx512];
-
-    /// The name `NL_GEMM` takes: `portable`, `avx2` or `avx512`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Path::Portable => "portable",
-            Path::Avx2 => "avx2",
-            Path::Avx512 => "avx512",
-        }
-    }
-
-    /// Whether this path can run here: the portable path always; the x86-64
-    /// ones if the CPU has their features (detected with `std`, else enabled
-    /// in the build).
-    pub fn is_supported(self) -> bool {
-        match self {
-            Path::Portable => true,
-            Path::Avx2 => has_avx2_fma(),
-            Path::Avx512 => has_avx512f(),
-        }
-    }
-}
-
-/// Whether the CPU has AVX2 and FMA (the [`Path::Avx2`] features).
-#[inline]
-fn has_avx2_fma() -> bool {
-    #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
-    {
-        cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))
-    }
-}
-
-/// Whether the CPU has AVX-512F (the [`Path::Avx512`] feature).
-#[inline]
-fn has_avx512f() -> bool {
-    #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    {
-        std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
-    {
-        cfg!(all(target_arch = "x86_64", target_feature = "avx512f"))
-    }
-}
-
-/// The path the products take here (see the [module docs](self)). Always
-/// one that [`Path::is_supported`].
-#[inline(always)]
-pub fn path() -> Path {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    {
-        Path::Avx512
-    }
-    #[cfg(all(feature = "std", target_arch = "x86_64", not(target_feature = "avx512f")))]
-    {
-        match DETECTED.load(Ordering::Relaxed) {
-            1 => Path::Portable,
-            2 => Path::Avx2,
-            3 => Path::Avx512,
-            _ => detect(),
-        }
-    }
-    #[cfg(all(
-        not(feature = "std"),
-        target_arch = "x86_64",
-        not(target_feature = "avx512f"),
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    {
-        Path::Avx2
-    }
-    #[cfg(not(any(
-        all(target_arch = "x86_64", target_feature = "avx512f"),
-        all(feature = "std", target_arch = "x86_64"),
-        all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")
-    )))]
-    {
-        Path::Portable
-    }
-}
-
-/// The detected path, `1 + ` its index in [`Path::ALL`]; 0 until detected.
-#[cfg(all(feature = "std", target_arch = "x86_64", not(target_feature = "avx512f")))]
-static DETECTED: AtomicU8 = AtomicU8::new(0);
-
-/// Picks the best supported path (or a lower one `NL_GEMM` names) and caches
-/// it in [`DETECTED`]. Threads racing here compute and store the same value.
-#[cfg(all(feature = "std", target_arch = "x86_64", not(target_feature = "avx512f")))]
-#[cold]
-#[inline(never)]
-fn detect() -> Path {
-    let best = Path::ALL.into_iter().rev().find(|p| p.is_supported()).unwrap_or(Path::Portable);
-    let chosen = std::env::var("NL_GEMM")
-        .ok()
-        .and_then(|v| Path::ALL.into_iter().find(|p| p.name() == v.trim()))
-        .filter(|p| *p <= best && p.is_supported())
-        .unwrap_or(best);
-    let code = 1 + Path::ALL.iter().position(|p| *p == chosen).unwrap_or(0);
-    DETECTED.store(code as u8, Ordering::Relaxed);
-    chosen
-}
 
 /// Rows of `C` per register block (portable path).
 const MR: usize = 4;
@@ -600,17 +476,6 @@ mod tests {
         assert_ne!(exact.0, plain.0);
         assert_ne!(exact.1, plain.1);
         assert_ne!(exact.2, plain.2);
-    }
-
-    /// `path()` is a supported path, the best one unless `NL_GEMM` lowered it.
-    #[test]
-    fn chosen_path_is_supported() {
-        let p = path();
-        assert!(p.is_supported());
-        #[cfg(all(target_arch = "x86_64", feature = "std"))]
-        if std::env::var_os("NL_GEMM").is_none() {
-            assert_eq!(Some(p), Path::ALL.into_iter().rev().find(|p| p.is_supported()));
-        }
     }
 
     #[test]

@@ -56,11 +56,16 @@ pub fn axpy<S: Scalar>(a: S, x: &[S], y: &mut [S]) {
 /// [`Scalar::lane_sum`] ties it to 16.)
 pub(crate) const LANES: usize = 16;
 
-/// `y = W x` for one vector: `W` is `[O, I]`. Four rows of `W` at a time
-/// share the loads of `x`; each row sums in `LANES` lanes over whole chunks
-/// of `I`, then one horizontal sum per row (the tail of `I` is added last).
-#[inline]
-pub fn matvec<S: Scalar, const O: usize, const I: usize>(w: &[[S; I]; O], x: &[S; I], y: &mut [S; O]) {
+crate::dispatch::dispatched! {
+    /// `y = W x` for one vector: `W` is `[O, I]`. Four rows of `W` at a time
+    /// share the loads of `x`; each row sums in `LANES` lanes over whole chunks
+    /// of `I`, then one horizontal sum per row (the tail of `I` is added last).
+    pub fn matvec[S: Scalar, const O: usize, const I: usize][S, O, I](w: &[[S; I]; O], x: &[S; I], y: &mut [S; O]) = matvec_body;
+}
+
+/// The body of [`matvec`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn matvec_body<S: Scalar, const O: usize, const I: usize>(w: &[[S; I]; O], x: &[S; I], y: &mut [S; O]) {
     let full = I / LANES * LANES;
     let mut o = 0;
     while o + 4 <= O {
@@ -129,14 +134,22 @@ pub fn check_token<const V: usize>(tok: u32) -> usize {
     i
 }
 
-/// Sliding-window causal attention for one query position.
-///
-/// `n` keys are visible (`1 <= n <= W`); `key(i)` and `value(i)` return the
-/// key and value `i` steps back (`i = 0` is the query's own position). Per
-/// head `h` (columns `h*HD .. (h+1)*HD`): scores `q.k / sqrt(HD)`, a softmax
-/// over the `n` keys written to `p[h][..n]`, and `out = sum_i p_i v_i`.
-#[inline]
-pub fn attend_row<'a, S: Scalar, const D: usize, const H: usize, const HD: usize, const W: usize>(
+crate::dispatch::dispatched! {
+    /// Sliding-window causal attention for one query position.
+    ///
+    /// `n` keys are visible (`1 <= n <= W`); `key(i)` and `value(i)` return the
+    /// key and value `i` steps back (`i = 0` is the query's own position). Per
+    /// head `h` (columns `h*HD .. (h+1)*HD`): scores `q.k / sqrt(HD)`, a softmax
+    /// over the `n` keys written to `p[h][..n]`, and `out = sum_i p_i v_i`.
+    pub fn attend_row['a, S: Scalar, const D: usize, const H: usize, const HD: usize, const W: usize][S, D, H, HD, W](q: &[S; D], n: usize, key: impl Fn(usize) -> &'a [S; D],
+    value: impl Fn(usize) -> &'a [S; D],
+    p: &mut [[S; W]; H],
+    out: &mut [S; D],) = attend_row_body;
+}
+
+/// The body of [`attend_row`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn attend_row_body<'a, S: Scalar, const D: usize, const H: usize, const HD: usize, const W: usize>(
     q: &[S; D],
     n: usize,
     key: impl Fn(usize) -> &'a [S; D],
@@ -147,11 +160,16 @@ pub fn attend_row<'a, S: Scalar, const D: usize, const H: usize, const HD: usize
     attend_row_with::<S, D, H, HD, W>(q, n, key, value, |_, qh, kh| dot_slice(qh, kh), None, p, out)
 }
 
-/// Sliding-window causal attention over a whole sequence: row `t` attends to
-/// positions `max(0, t - W + 1) ..= t`. Probabilities are kept in `p` for the
-/// backward pass (`p[t][h][i]` belongs to position `t - i`).
-#[inline]
-pub fn attention<S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize>(
+crate::dispatch::dispatched! {
+    /// Sliding-window causal attention over a whole sequence: row `t` attends to
+    /// positions `max(0, t - W + 1) ..= t`. Probabilities are kept in `p` for the
+    /// backward pass (`p[t][h][i]` belongs to position `t - i`).
+    pub fn attention[S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize][S, T, D, H, HD, W](q: &[[S; D]; T], k: &[[S; D]; T], v: &[[S; D]; T], p: &mut [[[S; W]; H]; T], out: &mut [[S; D]; T]) = attention_body;
+}
+
+/// The body of [`attention`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn attention_body<S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize>(
     q: &[[S; D]; T],
     k: &[[S; D]; T],
     v: &[[S; D]; T],
@@ -160,15 +178,21 @@ pub fn attention<S: Scalar, const T: usize, const D: usize, const H: usize, cons
 ) {
     for t in 0..T {
         let n = (t + 1).min(W);
-        attend_row::<S, D, H, HD, W>(&q[t], n, |i| &k[t - i], |i| &v[t - i], &mut p[t], &mut out[t]);
+        attend_row_body::<S, D, H, HD, W>(&q[t], n, |i| &k[t - i], |i| &v[t - i], &mut p[t], &mut out[t]);
     }
 }
 
-/// Backward of [`attention`]: from `da` (gradient of the output) adds the
-/// gradients of `q`, `k` and `v` into `dq`, `dk`, `dv`.
+crate::dispatch::dispatched! {
+    /// Backward of [`attention`]: from `da` (gradient of the output) adds the
+    /// gradients of `q`, `k` and `v` into `dq`, `dk`, `dv`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward_acc[S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize][S, T, D, H, HD, W](q: &[[S; D]; T], k: &[[S; D]; T], v: &[[S; D]; T], p: &[[[S; W]; H]; T], da: &[[S; D]; T], dq: &mut [[S; D]; T], dk: &mut [[S; D]; T], dv: &mut [[S; D]; T]) = attention_backward_acc_body;
+}
+
+/// The body of [`attention_backward_acc`], compiled once per [`Path`](crate::dispatch::Path).
 #[allow(clippy::too_many_arguments)]
-#[inline]
-pub fn attention_backward_acc<
+#[inline(always)]
+fn attention_backward_acc_body<
     S: Scalar,
     const T: usize,
     const D: usize,
@@ -261,31 +285,42 @@ fn rope_offset_dot<S: Scalar, const HALF: usize>(qh: &[S], kh: &[S], c: &[S; HAL
     acc
 }
 
-/// Sliding-window causal attention for one query position with positions:
-/// the streaming form of [`attention_bias`] and of RoPE attention.
-///
-/// As [`attend_row`] (`n` visible keys, `key(i)`/`value(i)` the key and
-/// value `i` steps back, probabilities to `p[h][i]`, zeros past `n`), with
-/// the logit of head `h` and offset `i`
-/// `score(q, key(i)) / sqrt(HD) + bias[h][i]` (no bias term if `bias` is
-/// `None`), where `score` is:
-/// - `rope = None`: the plain dot product of the head's columns;
-/// - `rope = Some((cos, sin))`, tables indexed by the OFFSET `i`
-///   ([`rope_table`](crate::positions::rope_table) with `start = 0`,
-///   `N = W`), keys and query UNROTATED: per pair `(x, y) = (2j, 2j + 1)` of
-///   the head, `cos[i][j] (qx kx + qy ky) + sin[i][j] (qx ky - qy kx)`. This
-///   equals the dot product of the query rotated at its position `t` and the
-///   key rotated at `t - i` for every `t`, and involves no absolute
-///   position, so it keeps full precision on an unbounded stream.
-///
-/// `HALF` is only used by `rope` (pass `HD / 2`; with `rope = None` any
-/// value works).
-///
-/// # Panics
-/// If `rope` is given and `HD != 2 * HALF`.
+crate::dispatch::dispatched! {
+    /// Sliding-window causal attention for one query position with positions:
+    /// the streaming form of [`attention_bias`] and of RoPE attention.
+    ///
+    /// As [`attend_row`] (`n` visible keys, `key(i)`/`value(i)` the key and
+    /// value `i` steps back, probabilities to `p[h][i]`, zeros past `n`), with
+    /// the logit of head `h` and offset `i`
+    /// `score(q, key(i)) / sqrt(HD) + bias[h][i]` (no bias term if `bias` is
+    /// `None`), where `score` is:
+    /// - `rope = None`: the plain dot product of the head's columns;
+    /// - `rope = Some((cos, sin))`, tables indexed by the OFFSET `i`
+    ///   ([`rope_table`](crate::positions::rope_table) with `start = 0`,
+    ///   `N = W`), keys and query UNROTATED: per pair `(x, y) = (2j, 2j + 1)` of
+    ///   the head, `cos[i][j] (qx kx + qy ky) + sin[i][j] (qx ky - qy kx)`. This
+    ///   equals the dot product of the query rotated at its position `t` and the
+    ///   key rotated at `t - i` for every `t`, and involves no absolute
+    ///   position, so it keeps full precision on an unbounded stream.
+    ///
+    /// `HALF` is only used by `rope` (pass `HD / 2`; with `rope = None` any
+    /// value works).
+    ///
+    /// # Panics
+    /// If `rope` is given and `HD != 2 * HALF`.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    pub fn attend_row_pos['a, S: Scalar, const D: usize, const H: usize, const HD: usize, const HALF: usize, const W: usize][S, D, H, HD, HALF, W](q: &[S; D], n: usize, key: impl Fn(usize) -> &'a [S; D],
+    value: impl Fn(usize) -> &'a [S; D],
+    rope: Option<(&[[S; HALF]; W], &[[S; HALF]; W])>,
+    bias: Option<&[[S; W]; H]>,
+    p: &mut [[S; W]; H],
+    out: &mut [S; D],) = attend_row_pos_body;
+}
+
+/// The body of [`attend_row_pos`], compiled once per [`Path`](crate::dispatch::Path).
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-#[inline]
-pub fn attend_row_pos<
+#[inline(always)]
+fn attend_row_pos_body<
     'a,
     S: Scalar,
     const D: usize,
@@ -313,13 +348,18 @@ pub fn attend_row_pos<
     }
 }
 
-/// [`attention`] with a learned position bias: the logit of query `t`,
-/// head `h`, key `t - i` is `q.k / sqrt(HD) + bias[h][i]` (`i` the offset,
-/// `0..W`). Probabilities are kept in `p` as in [`attention`]. For RoPE,
-/// rotate `q` and `k` first ([`rope_apply`](crate::positions::rope_apply));
-/// without a bias, use [`attention`].
-#[inline]
-pub fn attention_bias<S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize>(
+crate::dispatch::dispatched! {
+    /// [`attention`] with a learned position bias: the logit of query `t`,
+    /// head `h`, key `t - i` is `q.k / sqrt(HD) + bias[h][i]` (`i` the offset,
+    /// `0..W`). Probabilities are kept in `p` as in [`attention`]. For RoPE,
+    /// rotate `q` and `k` first ([`rope_apply`](crate::positions::rope_apply));
+    /// without a bias, use [`attention`].
+    pub fn attention_bias[S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize][S, T, D, H, HD, W](q: &[[S; D]; T], k: &[[S; D]; T], v: &[[S; D]; T], bias: &[[S; W]; H], p: &mut [[[S; W]; H]; T], out: &mut [[S; D]; T]) = attention_bias_body;
+}
+
+/// The body of [`attention_bias`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn attention_bias_body<S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize>(
     q: &[[S; D]; T],
     k: &[[S; D]; T],
     v: &[[S; D]; T],
@@ -343,12 +383,18 @@ pub fn attention_bias<S: Scalar, const T: usize, const D: usize, const H: usize,
     }
 }
 
-/// Backward of [`attention_bias`]: from `da` adds the gradients of `q`,
-/// `k`, `v` and the bias into `dq`, `dk`, `dv` and `dbias`
-/// (`dbias[h][i] += dlogit` over every query `t` with a key `i` back).
+crate::dispatch::dispatched! {
+    /// Backward of [`attention_bias`]: from `da` adds the gradients of `q`,
+    /// `k`, `v` and the bias into `dq`, `dk`, `dv` and `dbias`
+    /// (`dbias[h][i] += dlogit` over every query `t` with a key `i` back).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_bias_backward_acc[S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize][S, T, D, H, HD, W](q: &[[S; D]; T], k: &[[S; D]; T], v: &[[S; D]; T], p: &[[[S; W]; H]; T], da: &[[S; D]; T], dq: &mut [[S; D]; T], dk: &mut [[S; D]; T], dv: &mut [[S; D]; T], dbias: &mut [[S; W]; H]) = attention_bias_backward_acc_body;
+}
+
+/// The body of [`attention_bias_backward_acc`], compiled once per [`Path`](crate::dispatch::Path).
 #[allow(clippy::too_many_arguments)]
-#[inline]
-pub fn attention_bias_backward_acc<
+#[inline(always)]
+fn attention_bias_backward_acc_body<
     S: Scalar,
     const T: usize,
     const D: usize,
@@ -477,7 +523,7 @@ const LSE_BLOCK: usize = 64;
 ///
 /// Vectorised passes rather than one fused scalar loop: the maximum, then
 /// per block of 64 elements `e^(x - max)` into a stack buffer and its sum.
-#[inline]
+#[inline(always)]
 pub fn log_sum_exp<S: Scalar>(x: &[S]) -> S {
     let mx = max_lanes(x);
     let mut buf = [S::ZERO; LSE_BLOCK];
@@ -490,22 +536,32 @@ pub fn log_sum_exp<S: Scalar>(x: &[S]) -> S {
     mx + sum.ln()
 }
 
-/// `-log softmax(logits)[target]`: the loss (surprise) of one token, in nats.
-///
-/// # Panics
-/// If `target >= V`.
-#[inline]
-pub fn cross_entropy<S: Scalar, const V: usize>(logits: &[S; V], target: u32) -> S {
+crate::dispatch::dispatched! {
+    /// `-log softmax(logits)[target]`: the loss (surprise) of one token, in nats.
+    ///
+    /// # Panics
+    /// If `target >= V`.
+    pub fn cross_entropy[S: Scalar, const V: usize][S, V](logits: &[S; V], target: u32) -> S = cross_entropy_body;
+}
+
+/// The body of [`cross_entropy`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn cross_entropy_body<S: Scalar, const V: usize>(logits: &[S; V], target: u32) -> S {
     log_sum_exp(logits) - logits[check_token::<V>(target)]
 }
 
-/// Mean cross-entropy over a sequence and its gradient with respect to the
-/// logits: `dlogits[t] = (softmax(logits[t]) - onehot(targets[t])) / T`.
-///
-/// Per row, `e^(l - max)` is computed once, into `dlogits`, and serves both
-/// the log-sum-exp and the softmax.
-#[inline]
-pub fn cross_entropy_backward<S: Scalar, const T: usize, const V: usize>(
+crate::dispatch::dispatched! {
+    /// Mean cross-entropy over a sequence and its gradient with respect to the
+    /// logits: `dlogits[t] = (softmax(logits[t]) - onehot(targets[t])) / T`.
+    ///
+    /// Per row, `e^(l - max)` is computed once, into `dlogits`, and serves both
+    /// the log-sum-exp and the softmax.
+    pub fn cross_entropy_backward[S: Scalar, const T: usize, const V: usize][S, T, V](logits: &[[S; V]; T], targets: &[u32], dlogits: &mut [[S; V]; T]) -> S = cross_entropy_backward_body;
+}
+
+/// The body of [`cross_entropy_backward`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn cross_entropy_backward_body<S: Scalar, const T: usize, const V: usize>(
     logits: &[[S; V]; T],
     targets: &[u32],
     dlogits: &mut [[S; V]; T],
@@ -528,9 +584,14 @@ pub fn cross_entropy_backward<S: Scalar, const T: usize, const V: usize>(
     loss * inv_t
 }
 
-/// Mean cross-entropy over a sequence (forward only).
-#[inline]
-pub fn mean_cross_entropy<S: Scalar, const T: usize, const V: usize>(logits: &[[S; V]; T], targets: &[u32]) -> S {
+crate::dispatch::dispatched! {
+    /// Mean cross-entropy over a sequence (forward only).
+    pub fn mean_cross_entropy[S: Scalar, const T: usize, const V: usize][S, T, V](logits: &[[S; V]; T], targets: &[u32]) -> S = mean_cross_entropy_body;
+}
+
+/// The body of [`mean_cross_entropy`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn mean_cross_entropy_body<S: Scalar, const T: usize, const V: usize>(logits: &[[S; V]; T], targets: &[u32]) -> S {
     let mut loss = S::ZERO;
     for (lt, &y) in logits.iter().zip(targets) {
         loss += cross_entropy(lt, y);

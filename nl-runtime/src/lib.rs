@@ -23,6 +23,7 @@ extern crate std;
 
 pub mod attn;
 pub mod checkpoint;
+pub mod dispatch;
 pub mod gemm;
 pub mod kernels;
 pub mod memory;

@@ -300,7 +300,7 @@ pub struct LevelTrace<S, const T: usize, const D: usize> {
 unsafe impl<S: Scalar, const T: usize, const D: usize> Zeroable for LevelTrace<S, T, D> {}
 
 /// Normalises `z` in place to `z / sqrt(|z|^2 + eps)` and returns the divisor.
-#[inline]
+#[inline(always)]
 pub fn normalize<S: Scalar, const D: usize>(z: &mut [S; D]) -> S {
     let s = (dot(z, z) + S::from_f64(NORM_EPS)).sqrt();
     let inv = S::ONE / s;
@@ -311,7 +311,7 @@ pub fn normalize<S: Scalar, const D: usize>(z: &mut [S; D]) -> S {
 }
 
 /// Backward of [`normalize`]: given `y = z / s` and `dy`, returns `dz = (dy - y (y.dy)) / s` in place of `dy`.
-#[inline]
+#[inline(always)]
 pub fn normalize_backward<S: Scalar, const D: usize>(y: &[S; D], s: S, dy: &mut [S; D]) {
     let c = dot(y, dy);
     let inv = S::ONE / s;
@@ -321,7 +321,7 @@ pub fn normalize_backward<S: Scalar, const D: usize>(y: &[S; D], s: S, dy: &mut 
 }
 
 /// A gate's pre-activation `w . [k; v] + b`.
-#[inline]
+#[inline(always)]
 pub fn gate_pre<S: Scalar, const D: usize>(w: &[S], b: S, k: &[S; D], v: &[S; D]) -> S {
     let (wk, wv) = w.split_at(D);
     crate::kernels::dot_slice(wk, k) + crate::kernels::dot_slice(wv, v) + b
@@ -330,7 +330,7 @@ pub fn gate_pre<S: Scalar, const D: usize>(w: &[S], b: S, k: &[S; D], v: &[S; D]
 /// Gates of one token of a level with period `period`: `(alpha, theta,
 /// theta_pre, eta)`, where `theta = sigmoid(theta_pre) / (period (|k|^2 +
 /// eps))` and `theta_pre = w_theta . [k; v] + b_theta`.
-#[inline]
+#[inline(always)]
 fn gates<S: Scalar, R: Rule, const D: usize>(
     p: &LevelGates<'_, S>,
     period: u64,
@@ -349,7 +349,7 @@ fn gates<S: Scalar, R: Rule, const D: usize>(
 /// sigmoid(b))` (into the gate's parameters and `dk`, `dv`) and the direct
 /// term `dk += -2 d_theta theta k / (|k|^2 + eps)`.
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 fn theta_backward<S: Scalar, const D: usize>(
     d_theta: S,
     theta: S,
@@ -726,7 +726,7 @@ fn fire_chunk_in_place<S: Scalar, R: Rule>(
 /// of rows of the state is read once (twice on a fire) and updated while in
 /// registers. Does not touch `n`.
 #[allow(clippy::too_many_arguments)]
-#[inline(never)]
+#[inline(always)]
 fn token<S: Scalar, R: Rule, const D: usize>(
     mut mem: Mem<'_, S, D>,
     g: &mut [[S; D]; D],
@@ -755,9 +755,14 @@ fn read_rows<S: Scalar, const D: usize, const NR: usize>(
     }
 }
 
-/// `y += scale * M q`.
-#[inline]
-pub fn read_acc<S: Scalar, const D: usize>(m: &[[S; D]; D], q: &[S; D], scale: S, y: &mut [S; D]) {
+crate::dispatch::dispatched! {
+    /// `y += scale * M q`.
+    pub fn read_acc[S: Scalar, const D: usize][S, D](m: &[[S; D]; D], q: &[S; D], scale: S, y: &mut [S; D]) = read_acc_body;
+}
+
+/// The body of [`read_acc`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn read_acc_body<S: Scalar, const D: usize>(m: &[[S; D]; D], q: &[S; D], scale: S, y: &mut [S; D]) {
     for_blocks!(D, |i0| read_rows::<S, D>(i0, m, q, scale, y));
 }
 
@@ -772,7 +777,7 @@ fn matvec_rows<S: Scalar, const D: usize, const NR: usize>(i0: usize, w: &[[S; D
 }
 
 /// The three projections of one token: `k = Wk x`, `v = Wv x`, `q = Wq x`.
-#[inline(never)]
+#[inline(always)]
 fn project<S: Scalar, const D: usize>(
     p: &LevelParams<'_, S, D>,
     x: &[S; D],
@@ -814,12 +819,18 @@ fn fires(n: u64, period: u64, frozen: bool) -> bool {
     !frozen && (n + 1).is_multiple_of(period)
 }
 
-/// One streaming token through one level: projections, gates, inner loop
-/// (surprise, accumulation, the fire if due, `n += 1`; nothing when
-/// `frozen`), and `y += scale * M q` with the memory after the token.
+crate::dispatch::dispatched! {
+    /// One streaming token through one level: projections, gates, inner loop
+    /// (surprise, accumulation, the fire if due, `n += 1`; nothing when
+    /// `frozen`), and `y += scale * M q` with the memory after the token.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step[S: Scalar, R: Rule, const D: usize][S, R, D](p: &LevelParams<'_, S, D>, period: u64, normalize_keys: bool, frozen: bool, m_in: &[S; D], st: &mut LevelState<S, D>, sc: &mut StepScratch<S, D>, scale: S, y: &mut [S; D]) = step_body;
+}
+
+/// The body of [`step`], compiled once per [`Path`](crate::dispatch::Path).
 #[allow(clippy::too_many_arguments)]
-#[inline(never)]
-pub fn step<S: Scalar, R: Rule, const D: usize>(
+#[inline(always)]
+fn step_body<S: Scalar, R: Rule, const D: usize>(
     p: &LevelParams<'_, S, D>,
     period: u64,
     normalize_keys: bool,
@@ -831,14 +842,21 @@ pub fn step<S: Scalar, R: Rule, const D: usize>(
     y: &mut [S; D],
 ) {
     project(p, m_in, &mut sc.k, &mut sc.v, &mut sc.q);
-    step_projected::<S, R, D>(&p.gates(), period, normalize_keys, frozen, st, sc, scale, y);
+    step_projected_body::<S, R, D>(&p.gates(), period, normalize_keys, frozen, st, sc, scale, y);
 }
 
-/// [`step`] after the projections: `sc.k`, `sc.v`, `sc.q` already hold
-/// `W_k m`, `W_v m`, `W_q m` (computed by the caller, e.g. from quantized
-/// weights); only the level's gates are read.
+crate::dispatch::dispatched! {
+    /// [`step`] after the projections: `sc.k`, `sc.v`, `sc.q` already hold
+    /// `W_k m`, `W_v m`, `W_q m` (computed by the caller, e.g. from quantized
+    /// weights); only the level's gates are read.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_projected[S: Scalar, R: Rule, const D: usize][S, R, D](p: &LevelGates<'_, S>, period: u64, normalize_keys: bool, frozen: bool, st: &mut LevelState<S, D>, sc: &mut StepScratch<S, D>, scale: S, y: &mut [S; D]) = step_projected_body;
+}
+
+/// The body of [`step_projected`], compiled once per [`Path`](crate::dispatch::Path).
 #[allow(clippy::too_many_arguments)]
-pub fn step_projected<S: Scalar, R: Rule, const D: usize>(
+#[inline(always)]
+fn step_projected_body<S: Scalar, R: Rule, const D: usize>(
     p: &LevelGates<'_, S>,
     period: u64,
     normalize_keys: bool,
@@ -862,12 +880,19 @@ pub fn step_projected<S: Scalar, R: Rule, const D: usize>(
     token::<S, R, D>(Mem::InPlace(&mut st.m, &mut st.s), &mut st.g, &mut st.w, sp, x, &mut sc.r, y);
 }
 
-/// The training forward of one level over a sequence: from input `m_in`
-/// and start state `start`, adds `scale * y^l_t` into `y`, leaves the final
-/// state in `end` and what the backward needs in `tr` (the memory, and
-/// momentum, after each fire).
+crate::dispatch::dispatched! {
+    /// The training forward of one level over a sequence: from input `m_in`
+    /// and start state `start`, adds `scale * y^l_t` into `y`, leaves the final
+    /// state in `end` and what the backward needs in `tr` (the memory, and
+    /// momentum, after each fire).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward[S: Scalar, R: Rule, const T: usize, const D: usize][S, R, T, D](p: &LevelParams<'_, S, D>, period: u64, normalize_keys: bool, frozen: bool, m_in: &[[S; D]; T], start: &LevelState<S, D>, end: &mut LevelState<S, D>, tr: &mut LevelTrace<S, T, D>, scale: S, y: &mut [[S; D]; T]) = forward_body;
+}
+
+/// The body of [`forward`], compiled once per [`Path`](crate::dispatch::Path).
 #[allow(clippy::too_many_arguments)]
-pub fn forward<S: Scalar, R: Rule, const T: usize, const D: usize>(
+#[inline(always)]
+fn forward_body<S: Scalar, R: Rule, const T: usize, const D: usize>(
     p: &LevelParams<'_, S, D>,
     period: u64,
     normalize_keys: bool,
@@ -1072,13 +1097,20 @@ fn back_rows<S: Scalar, R: Rule, const D: usize, const NR: usize>(
     });
 }
 
-/// The backward of [`forward`]: differentiates through every inner-loop
-/// update of the sequence (the start state is a constant). `dy` is the
-/// gradient of the loss with respect to the combined read `y` (this level
-/// contributes `scale * M q`). Adds the parameter gradients into `g` and the
-/// gradient with respect to the input into `dm_in`.
+crate::dispatch::dispatched! {
+    /// The backward of [`forward`]: differentiates through every inner-loop
+    /// update of the sequence (the start state is a constant). `dy` is the
+    /// gradient of the loss with respect to the combined read `y` (this level
+    /// contributes `scale * M q`). Adds the parameter gradients into `g` and the
+    /// gradient with respect to the input into `dm_in`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward[S: Scalar, R: Rule, const T: usize, const D: usize][S, R, T, D](p: &LevelParams<'_, S, D>, period: u64, normalize_keys: bool, frozen: bool, m_in: &[[S; D]; T], start: &LevelState<S, D>, tr: &mut LevelTrace<S, T, D>, adj: &mut LevelAdjoint<S, D>, scale: S, dy: &[[S; D]; T], g: &mut LevelGrads<'_, S, D>, dm_in: &mut [[S; D]; T]) = backward_body;
+}
+
+/// The body of [`backward`], compiled once per [`Path`](crate::dispatch::Path).
 #[allow(clippy::too_many_arguments)]
-pub fn backward<S: Scalar, R: Rule, const T: usize, const D: usize>(
+#[inline(always)]
+fn backward_body<S: Scalar, R: Rule, const T: usize, const D: usize>(
     p: &LevelParams<'_, S, D>,
     period: u64,
     normalize_keys: bool,
@@ -1179,7 +1211,7 @@ pub fn backward<S: Scalar, R: Rule, const T: usize, const D: usize>(
 
 /// Backward of a gate pre-activation `w . [k; v] + b` given its gradient `d`.
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 fn gate_backward<S: Scalar, const D: usize>(
     d: S,
     w: &[S],
@@ -1629,18 +1661,131 @@ mod tests {
         assert!(d < 1e-11, "gradients differ by {d:e}");
     }
 
+    /// [`check`] over a set of settings, on every path this CPU has.
     fn check_all<R: Rule>() {
-        let mut seed = 1;
-        for period in [1, 3] {
-            for (normalize_keys, frozen, carried) in
-                [(true, false, false), (true, false, true), (false, false, true), (true, true, true)]
-            {
-                check::<R, 7, 20>(period, normalize_keys, frozen, carried, seed);
-                check::<R, 9, 35>(period, normalize_keys, frozen, carried, seed + 1);
-                check::<R, 5, 32>(period, normalize_keys, frozen, carried, seed + 2);
-                seed += 3;
+        let mut ran = 0;
+        for path in crate::dispatch::Path::ALL {
+            let done = crate::dispatch::on_path(path, || {
+                let mut seed = 1;
+                for period in [1, 3] {
+                    for (normalize_keys, frozen, carried) in
+                        [(true, false, false), (true, false, true), (false, false, true), (true, true, true)]
+                    {
+                        check::<R, 7, 20>(period, normalize_keys, frozen, carried, seed);
+                        check::<R, 9, 35>(period, normalize_keys, frozen, carried, seed + 1);
+                        check::<R, 5, 32>(period, normalize_keys, frozen, carried, seed + 2);
+                        seed += 3;
+                    }
+                }
+            });
+            ran += usize::from(done.is_some());
+        }
+        assert!(ran >= 1);
+    }
+
+    /// Every output of one level in `f32` (training forward, streaming
+    /// steps, backward), as bits, on the current path.
+    fn f32_bits<R: Rule, const T: usize, const D: usize>(period: u64, normalize_keys: bool, carried: bool) -> Vec<u32> {
+        let mut rng = Rng::new(11);
+        let mut r =
+            |n: usize, s: f64| -> Vec<f32> { (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * s) as f32).collect() };
+        let mat = |v: Vec<f32>| -> [[f32; D]; D] { core::array::from_fn(|i| core::array::from_fn(|j| v[i * D + j])) };
+        let seq = |v: Vec<f32>| -> [[f32; D]; T] { core::array::from_fn(|i| core::array::from_fn(|j| v[i * D + j])) };
+        let s = 1.0 / (D as f64).sqrt();
+        let (wk, wv, wq) = (mat(r(D * D, s)), mat(r(D * D, s)), mat(r(D * D, s)));
+        let (w_alpha, w_theta, w_eta) = (r(2 * D, 0.3), r(2 * D, 0.3), r(2 * D, 0.3));
+        let p = LevelParams {
+            wk: &wk,
+            wv: &wv,
+            wq: &wq,
+            w_alpha: &w_alpha,
+            b_alpha: -2.0,
+            w_theta: &w_theta,
+            b_theta: -1.0,
+            w_eta: if R::MOMENTUM { &w_eta } else { &[] },
+            b_eta: 1.0,
+        };
+        let m_in = seq(r(T * D, 1.0));
+        let dy = seq(r(T * D, 1.0));
+        let mut start = crate::boxed_zeroed::<LevelState<f32, D>>();
+        if carried {
+            start.m = mat(r(D * D, 0.3));
+            start.g = mat(r(D * D, 0.05));
+            if R::MOMENTUM {
+                start.s = mat(r(D * D, 0.1));
+                start.w = mat(r(D * D, 0.05));
+            }
+            start.n = 2;
+        }
+        let mut end = crate::boxed_zeroed::<LevelState<f32, D>>();
+        let mut tr = crate::boxed_zeroed::<LevelTrace<f32, T, D>>();
+        let mut y = [[0.5; D]; T];
+        forward::<f32, R, T, D>(&p, period, normalize_keys, false, &m_in, &start, &mut end, &mut tr, 0.7, &mut y);
+        let mut out: Vec<f32> = y.as_flattened().to_vec();
+        for m in [&end.m, &end.g, &end.s, &end.w] {
+            out.extend_from_slice(m.as_flattened());
+        }
+        let mut st = crate::boxed_zeroed::<LevelState<f32, D>>();
+        st.copy_from(&start);
+        let mut sc = crate::boxed_zeroed::<StepScratch<f32, D>>();
+        for t in 0..T {
+            let mut yt = [0.5; D];
+            step::<f32, R, D>(&p, period, normalize_keys, false, &m_in[t], &mut st, &mut sc, 0.7, &mut yt);
+            out.extend_from_slice(&yt);
+        }
+        let (mut gwk, mut gwv, mut gwq) = ([[0.0; D]; D], [[0.0; D]; D], [[0.0; D]; D]);
+        let (mut ga, mut gt, mut ge) =
+            (vec![0.0; 2 * D], vec![0.0; 2 * D], vec![0.0; if R::MOMENTUM { 2 * D } else { 0 }]);
+        let (mut ba, mut bt, mut be) = (0.0, 0.0, 0.0);
+        let mut dm_in = [[0.1; D]; T];
+        let mut g = LevelGrads {
+            wk: &mut gwk,
+            wv: &mut gwv,
+            wq: &mut gwq,
+            w_alpha: &mut ga,
+            b_alpha: &mut ba,
+            w_theta: &mut gt,
+            b_theta: &mut bt,
+            w_eta: &mut ge,
+            b_eta: &mut be,
+        };
+        let mut adj = crate::boxed_zeroed::<LevelAdjoint<f32, D>>();
+        backward::<f32, R, T, D>(
+            &p,
+            period,
+            normalize_keys,
+            false,
+            &m_in,
+            &start,
+            &mut tr,
+            &mut adj,
+            0.7,
+            &dy,
+            &mut g,
+            &mut dm_in,
+        );
+        for m in [&gwk, &gwv, &gwq] {
+            out.extend_from_slice(m.as_flattened());
+        }
+        out.extend(ga.iter().chain(&gt).chain(&ge).chain(dm_in.as_flattened()));
+        out.extend([ba, bt, be]);
+        out.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Every path gives the same bits, for each rule (see
+    /// [`same_bits_on_every_path`](crate::dispatch::same_bits_on_every_path):
+    /// the backward calls matrix products).
+    #[test]
+    fn every_path_gives_the_same_f32_bits() {
+        fn all<R: Rule>() {
+            for (period, nk, carried) in [(1, true, false), (3, false, true), (2, true, true)] {
+                crate::dispatch::same_bits_on_every_path(|| f32_bits::<R, 13, 32>(period, nk, carried));
+                crate::dispatch::same_bits_on_every_path(|| f32_bits::<R, 6, 21>(period, nk, carried));
             }
         }
+        all::<Delta>();
+        all::<Titans>();
+        all::<Hebbian>();
     }
 
     #[test]

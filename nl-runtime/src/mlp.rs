@@ -43,9 +43,14 @@ fn check_len(a: usize, b: usize) {
     assert_eq!(a, b, "activation slices must have equal lengths");
 }
 
-/// SwiGLU forward: `out[j] = silu(gate[j]) * up[j]`.
-#[inline]
-pub fn swiglu_forward<S: Scalar>(gate: &[S], up: &[S], out: &mut [S]) {
+crate::dispatch::dispatched! {
+    /// SwiGLU forward: `out[j] = silu(gate[j]) * up[j]`.
+    pub fn swiglu_forward[S: Scalar][S](gate: &[S], up: &[S], out: &mut [S]) = swiglu_forward_body;
+}
+
+/// The body of [`swiglu_forward`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn swiglu_forward_body<S: Scalar>(gate: &[S], up: &[S], out: &mut [S]) {
     check_len(gate.len(), up.len());
     check_len(gate.len(), out.len());
     for ((o, &a), &b) in out.iter_mut().zip(gate).zip(up) {
@@ -53,11 +58,16 @@ pub fn swiglu_forward<S: Scalar>(gate: &[S], up: &[S], out: &mut [S]) {
     }
 }
 
-/// Backward of [`swiglu_forward`]: from `dout` writes
-/// `dgate = dout * up * silu'(gate)` and `dup = dout * silu(gate)`, with
-/// `silu'(a) = s (1 + a (1 - s))`, `s = sigmoid(a)`.
-#[inline]
-pub fn swiglu_backward<S: Scalar>(gate: &[S], up: &[S], dout: &[S], dgate: &mut [S], dup: &mut [S]) {
+crate::dispatch::dispatched! {
+    /// Backward of [`swiglu_forward`]: from `dout` writes
+    /// `dgate = dout * up * silu'(gate)` and `dup = dout * silu(gate)`, with
+    /// `silu'(a) = s (1 + a (1 - s))`, `s = sigmoid(a)`.
+    pub fn swiglu_backward[S: Scalar][S](gate: &[S], up: &[S], dout: &[S], dgate: &mut [S], dup: &mut [S]) = swiglu_backward_body;
+}
+
+/// The body of [`swiglu_backward`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn swiglu_backward_body<S: Scalar>(gate: &[S], up: &[S], dout: &[S], dgate: &mut [S], dup: &mut [S]) {
     let n = gate.len();
     check_len(n, up.len());
     check_len(n, dout.len());
@@ -71,9 +81,14 @@ pub fn swiglu_backward<S: Scalar>(gate: &[S], up: &[S], dout: &[S], dgate: &mut 
     }
 }
 
-/// GELU (tanh form) forward: `y[j] = gelu(x[j])`.
-#[inline]
-pub fn gelu_forward<S: Scalar>(x: &[S], y: &mut [S]) {
+crate::dispatch::dispatched! {
+    /// GELU (tanh form) forward: `y[j] = gelu(x[j])`.
+    pub fn gelu_forward[S: Scalar][S](x: &[S], y: &mut [S]) = gelu_forward_body;
+}
+
+/// The body of [`gelu_forward`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn gelu_forward_body<S: Scalar>(x: &[S], y: &mut [S]) {
     check_len(x.len(), y.len());
     let c2 = S::from_f64(2.0 * SQRT_2_OVER_PI);
     let k = S::from_f64(GELU_CUBIC);
@@ -83,11 +98,16 @@ pub fn gelu_forward<S: Scalar>(x: &[S], y: &mut [S]) {
     }
 }
 
-/// Backward of [`gelu_forward`]: writes `dx = dy * gelu'(x)`, with
-/// `gelu'(x) = s + x s (1 - s) z'(x)`, `s = sigmoid(z)`,
-/// `z'(x) = 2 sqrt(2/pi) (1 + 3 * 0.044715 x^2)`.
-#[inline]
-pub fn gelu_backward<S: Scalar>(x: &[S], dy: &[S], dx: &mut [S]) {
+crate::dispatch::dispatched! {
+    /// Backward of [`gelu_forward`]: writes `dx = dy * gelu'(x)`, with
+    /// `gelu'(x) = s + x s (1 - s) z'(x)`, `s = sigmoid(z)`,
+    /// `z'(x) = 2 sqrt(2/pi) (1 + 3 * 0.044715 x^2)`.
+    pub fn gelu_backward[S: Scalar][S](x: &[S], dy: &[S], dx: &mut [S]) = gelu_backward_body;
+}
+
+/// The body of [`gelu_backward`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn gelu_backward_body<S: Scalar>(x: &[S], dy: &[S], dx: &mut [S]) {
     check_len(x.len(), dy.len());
     check_len(x.len(), dx.len());
     let c2 = S::from_f64(2.0 * SQRT_2_OVER_PI);

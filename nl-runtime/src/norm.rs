@@ -71,29 +71,44 @@ fn layer_stats<S: Scalar, const D: usize>(x: &[S; D]) -> (S, S) {
     (mean, S::ONE / (var + S::from_f64(NORM_EPS)).sqrt())
 }
 
-/// RMS norm of one row (the streaming form): `y = g * x / sqrt(mean(x^2) + eps)`.
-#[inline]
-pub fn rms_row<S: Scalar, const D: usize>(x: &[S; D], g: &[S; D], y: &mut [S; D]) {
+crate::dispatch::dispatched! {
+    /// RMS norm of one row (the streaming form): `y = g * x / sqrt(mean(x^2) + eps)`.
+    pub fn rms_row[S: Scalar, const D: usize][S, D](x: &[S; D], g: &[S; D], y: &mut [S; D]) = rms_row_body;
+}
+
+/// The body of [`rms_row`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn rms_row_body<S: Scalar, const D: usize>(x: &[S; D], g: &[S; D], y: &mut [S; D]) {
     let r = rms_inv(x);
     for j in 0..D {
         y[j] = g[j] * (x[j] * r);
     }
 }
 
-/// Layer norm of one row (the streaming form):
-/// `y = g * (x - mean) / sqrt(var + eps) + beta`.
-#[inline]
-pub fn layer_row<S: Scalar, const D: usize>(x: &[S; D], g: &[S; D], beta: &[S; D], y: &mut [S; D]) {
+crate::dispatch::dispatched! {
+    /// Layer norm of one row (the streaming form):
+    /// `y = g * (x - mean) / sqrt(var + eps) + beta`.
+    pub fn layer_row[S: Scalar, const D: usize][S, D](x: &[S; D], g: &[S; D], beta: &[S; D], y: &mut [S; D]) = layer_row_body;
+}
+
+/// The body of [`layer_row`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn layer_row_body<S: Scalar, const D: usize>(x: &[S; D], g: &[S; D], beta: &[S; D], y: &mut [S; D]) {
     let (mean, r) = layer_stats(x);
     for j in 0..D {
         y[j] = g[j].mul_add((x[j] - mean) * r, beta[j]);
     }
 }
 
-/// RMS norm of every row of a sequence; `inv[t] = 1 / sqrt(mean(x[t]^2) + eps)`
-/// is kept for [`rms_backward_acc`]. Row by row the same values as [`rms_row`].
-#[inline]
-pub fn rms_forward<S: Scalar, const T: usize, const D: usize>(
+crate::dispatch::dispatched! {
+    /// RMS norm of every row of a sequence; `inv[t] = 1 / sqrt(mean(x[t]^2) + eps)`
+    /// is kept for [`rms_backward_acc`]. Row by row the same values as [`rms_row`].
+    pub fn rms_forward[S: Scalar, const T: usize, const D: usize][S, T, D](x: &[[S; D]; T], g: &[S; D], y: &mut [[S; D]; T], inv: &mut [S; T]) = rms_forward_body;
+}
+
+/// The body of [`rms_forward`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn rms_forward_body<S: Scalar, const T: usize, const D: usize>(
     x: &[[S; D]; T],
     g: &[S; D],
     y: &mut [[S; D]; T],
@@ -108,10 +123,15 @@ pub fn rms_forward<S: Scalar, const T: usize, const D: usize>(
     }
 }
 
-/// Backward of [`rms_forward`]: from `dy` (gradient of `y`) adds the
-/// gradients of `g` into `dg` and of `x` into `dx`. `inv` is the forward's.
-#[inline]
-pub fn rms_backward_acc<S: Scalar, const T: usize, const D: usize>(
+crate::dispatch::dispatched! {
+    /// Backward of [`rms_forward`]: from `dy` (gradient of `y`) adds the
+    /// gradients of `g` into `dg` and of `x` into `dx`. `inv` is the forward's.
+    pub fn rms_backward_acc[S: Scalar, const T: usize, const D: usize][S, T, D](x: &[[S; D]; T], g: &[S; D], inv: &[S; T], dy: &[[S; D]; T], dg: &mut [S; D], dx: &mut [[S; D]; T]) = rms_backward_acc_body;
+}
+
+/// The body of [`rms_backward_acc`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn rms_backward_acc_body<S: Scalar, const T: usize, const D: usize>(
     x: &[[S; D]; T],
     g: &[S; D],
     inv: &[S; T],
@@ -132,11 +152,16 @@ pub fn rms_backward_acc<S: Scalar, const T: usize, const D: usize>(
     }
 }
 
-/// Layer norm of every row of a sequence; the row means go to `mean` and
-/// `inv[t] = 1 / sqrt(var(x[t]) + eps)` to `inv`, for [`layer_backward_acc`].
-/// Row by row the same values as [`layer_row`].
-#[inline]
-pub fn layer_forward<S: Scalar, const T: usize, const D: usize>(
+crate::dispatch::dispatched! {
+    /// Layer norm of every row of a sequence; the row means go to `mean` and
+    /// `inv[t] = 1 / sqrt(var(x[t]) + eps)` to `inv`, for [`layer_backward_acc`].
+    /// Row by row the same values as [`layer_row`].
+    pub fn layer_forward[S: Scalar, const T: usize, const D: usize][S, T, D](x: &[[S; D]; T], g: &[S; D], beta: &[S; D], y: &mut [[S; D]; T], mean: &mut [S; T], inv: &mut [S; T]) = layer_forward_body;
+}
+
+/// The body of [`layer_forward`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn layer_forward_body<S: Scalar, const T: usize, const D: usize>(
     x: &[[S; D]; T],
     g: &[S; D],
     beta: &[S; D],
@@ -154,12 +179,18 @@ pub fn layer_forward<S: Scalar, const T: usize, const D: usize>(
     }
 }
 
-/// Backward of [`layer_forward`]: from `dy` adds the gradients of `g`,
-/// `beta` and `x` into `dg`, `dbeta` and `dx`. `mean` and `inv` are the
-/// forward's.
+crate::dispatch::dispatched! {
+    /// Backward of [`layer_forward`]: from `dy` adds the gradients of `g`,
+    /// `beta` and `x` into `dg`, `dbeta` and `dx`. `mean` and `inv` are the
+    /// forward's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_backward_acc[S: Scalar, const T: usize, const D: usize][S, T, D](x: &[[S; D]; T], g: &[S; D], mean: &[S; T], inv: &[S; T], dy: &[[S; D]; T], dg: &mut [S; D], dbeta: &mut [S; D], dx: &mut [[S; D]; T]) = layer_backward_acc_body;
+}
+
+/// The body of [`layer_backward_acc`], compiled once per [`Path`](crate::dispatch::Path).
 #[allow(clippy::too_many_arguments)]
-#[inline]
-pub fn layer_backward_acc<S: Scalar, const T: usize, const D: usize>(
+#[inline(always)]
+fn layer_backward_acc_body<S: Scalar, const T: usize, const D: usize>(
     x: &[[S; D]; T],
     g: &[S; D],
     mean: &[S; T],

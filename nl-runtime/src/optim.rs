@@ -13,8 +13,14 @@
 
 use crate::Scalar;
 
-/// The global L2 norm of a gradient: `sqrt(sum g^2)`, accumulated in f64.
-pub fn global_norm<S: Scalar>(grads: &[S]) -> f64 {
+crate::dispatch::dispatched! {
+    /// The global L2 norm of a gradient: `sqrt(sum g^2)`, accumulated in f64.
+    pub fn global_norm[S: Scalar][S](grads: &[S]) -> f64 = global_norm_body;
+}
+
+/// The body of [`global_norm`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn global_norm_body<S: Scalar>(grads: &[S]) -> f64 {
     // Eight partial sums in f64, so the pass is not one chain of dependent
     // adds (the order differs from a left fold; the sum is f64 either way).
     libm::sqrt(sum_squares(grads))
@@ -129,8 +135,9 @@ fn finite<S: Scalar>(x: S) -> bool {
 
 /// The gradient's global norm, refused if it is not finite (then nothing
 /// has been read but `grads`, and nothing written).
+#[inline(always)]
 fn finite_norm<S: Scalar>(grads: &[S]) -> Result<f64, NonFinite> {
-    let norm = global_norm(grads);
+    let norm = global_norm_body(grads);
     if norm.is_finite() {
         return Ok(norm);
     }
@@ -140,6 +147,7 @@ fn finite_norm<S: Scalar>(grads: &[S]) -> Result<f64, NonFinite> {
 /// The factor [`clip_global_norm`] scales the gradients by (`1` when it
 /// does not clip). For a finite gradient `g`, `g * factor` has the same bits
 /// as `g` after clipping in place (`g * 1` is `g` exactly).
+#[inline(always)]
 fn clip_factor<S: Scalar>(norm: f64, max_norm: f64) -> S {
     if max_norm > 0.0 && norm > max_norm {
         S::from_f64(max_norm / norm)
@@ -150,6 +158,7 @@ fn clip_factor<S: Scalar>(norm: f64, max_norm: f64) -> S {
 
 /// Clips in place with the factor of [`clip_factor`] (without computing the
 /// norm again).
+#[inline(always)]
 fn scale<S: Scalar>(grads: &mut [S], k: S) {
     if k != S::ONE {
         for g in grads {
@@ -291,15 +300,33 @@ impl AdamW {
         v: &mut [S],
         t: u64,
     ) -> Result<f64, NonFinite> {
-        assert!(t > 0, "AdamW::step: t is 1-based");
-        let n = params.len();
-        assert!(grads.len() == n && m.len() == n && v.len() == n, "AdamW::step: slice lengths differ");
-        let norm = finite_norm(grads)?;
-        let u = AdamUpdate::<S>::new(self, norm, t);
-        u.check(0, params, grads, m, v)?;
-        u.apply(params, grads, m, v);
-        Ok(norm)
+        adamw_step(self, params, grads, m, v, t)
     }
+}
+
+crate::dispatch::dispatched! {
+    /// [`AdamW::step`], dispatched (see [`dispatch`](crate::dispatch)).
+    fn adamw_step[S: Scalar][S](o: &AdamW, params: &mut [S], grads: &mut [S], m: &mut [S], v: &mut [S], t: u64) -> Result<f64, NonFinite> = adamw_step_body;
+}
+
+/// The body of [`AdamW::step`], compiled once per [`Path`](crate::dispatch::Path).
+#[inline(always)]
+fn adamw_step_body<S: Scalar>(
+    o: &AdamW,
+    params: &mut [S],
+    grads: &mut [S],
+    m: &mut [S],
+    v: &mut [S],
+    t: u64,
+) -> Result<f64, NonFinite> {
+    assert!(t > 0, "AdamW::step: t is 1-based");
+    let n = params.len();
+    assert!(grads.len() == n && m.len() == n && v.len() == n, "AdamW::step: slice lengths differ");
+    let norm = finite_norm(grads)?;
+    let u = AdamUpdate::<S>::new(o, norm, t);
+    u.check(0, params, grads, m, v)?;
+    u.apply(params, grads, m, v);
+    Ok(norm)
 }
 
 /// The element-wise part of one [`AdamW::step`], given the gradient's
@@ -338,6 +365,7 @@ impl<S: Scalar> AdamUpdate<S> {
     /// Checks that the update of these (equally long) slices writes only
     /// finite values, writing nothing; an error's index is `offset` plus
     /// the index in the slices.
+    #[inline(always)]
     pub(crate) fn check(&self, offset: usize, params: &[S], grads: &[S], m: &[S], v: &[S]) -> Result<(), NonFinite> {
         let (k, b1, b2, one) = (self.k, self.b1, self.b2, S::ONE);
         // Exactly the arithmetic of `apply` (on the gradient clipped as
@@ -358,6 +386,7 @@ impl<S: Scalar> AdamUpdate<S> {
     }
 
     /// Clips `grads` in place and writes the new `params`, `m` and `v`.
+    #[inline(always)]
     pub(crate) fn apply(&self, params: &mut [S], grads: &mut [S], m: &mut [S], v: &mut [S]) {
         let n = params.len();
         assert!(grads.len() == n && m.len() == n && v.len() == n, "AdamW: slice lengths differ");
@@ -375,6 +404,7 @@ impl<S: Scalar> AdamUpdate<S> {
 
 /// The sum of squares of `grads` in `f64`, as [`global_norm`] sums them
 /// (eight partial sums, then the remainder).
+#[inline(always)]
 pub(crate) fn sum_squares<S: Scalar>(grads: &[S]) -> f64 {
     let mut lanes = [0.0f64; 8];
     let mut chunks = grads.chunks_exact(8);
