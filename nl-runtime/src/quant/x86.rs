@@ -40,7 +40,7 @@ pub(super) unsafe fn i8_i8_avx2(wq: &[i8], scales: &[f32], out: usize, inp: usiz
         // SAFETY: AVX2 by this function's contract; `w` holds the 8 rows.
         // Without a tail (`inp` a multiple of 32), the tail code is not compiled in.
         let sums = unsafe {
-            if inp % 32 == 0 {
+            if inp.is_multiple_of(32) {
                 rows8_i8_avx2::<false>(w, inp, xq)
             } else {
                 rows8_i8_avx2::<true>(w, inp, xq)
@@ -122,7 +122,7 @@ unsafe fn rows_i8_avx2<const R: usize>(w: &[i8], inp: usize, x: &[i8]) -> [i32; 
 /// The CPU has AVX2; `w.len() == 8 * inp`, `x.len() == inp`, codes in -127..=127.
 #[inline(always)]
 unsafe fn rows8_i8_avx2<const TAIL: bool>(w: &[i8], inp: usize, x: &[i8]) -> __m256i {
-    debug_assert!(w.len() == 8 * inp && x.len() == inp && (TAIL || inp % 32 == 0));
+    debug_assert!(w.len() == 8 * inp && x.len() == inp && (TAIL || inp.is_multiple_of(32)));
     let full = inp / 32 * 32;
     // SAFETY: AVX2 by the contract; the loads are those of `rows_i8_avx2`
     // (`p[c..c + 32]` with `c + 32 <= full <= inp` of a slice of `inp`
