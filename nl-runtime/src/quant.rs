@@ -324,11 +324,17 @@ pub fn quantize_act(x: &[f32], xq: &mut [i8]) -> f32 {
 
 /// [`quantize_value`] for `f32` and the limit 127, in `f32` (8 or 16 lanes
 /// per vector instead of 4): the same steps, exact in `f32` as well
-/// (`|c| <= 128`, so the fraction `c - t` is exact).
+/// (`|c| <= 128`, so the fraction `c - t` is exact). A NaN quotient is
+/// replaced by 0 before the conversion (what `as i32` would give it), so
+/// the conversion is a plain truncation (`cvttps2dq`), which vectorises,
+/// where the saturating `as i32` does not.
 #[inline(always)]
 fn quantize_value_f32(v: f32, s: f32) -> i8 {
     let c = (v / s).clamp(-128.0, 128.0);
-    let t = c as i32;
+    let c = if c.is_nan() { 0.0 } else { c };
+    // SAFETY: `c` is not NaN and `-128 <= c <= 128`, so its truncation is
+    // representable in `i32`: what `to_int_unchecked` requires.
+    let t: i32 = unsafe { c.to_int_unchecked() };
     let frac = c - t as f32;
     let r = t + i32::from(frac >= 0.5) - i32::from(frac <= -0.5);
     r.clamp(-INT8_MAX_CODE, INT8_MAX_CODE) as i8

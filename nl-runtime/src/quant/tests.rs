@@ -44,7 +44,10 @@ fn paths() -> Vec<QuantPath> {
 }
 
 const INS: [usize; 12] = [1, 3, 4, 5, 31, 32, 33, 64, 127, 129, 256, 1000];
-const OUTS: [usize; 3] = [1, 3, 17];
+// 17, 37 and 64 rows: the AVX-512 path's blocks of 16 rows (with 1 and 5
+// rows left over), the AVX2 path's blocks of 8 (1 and 5 left), and the
+// blocks of 4 and single rows after them.
+const OUTS: [usize; 5] = [1, 3, 17, 37, 64];
 
 // ---------------------------------------------------------------------------
 // Rounding and quantizers, by hand.
@@ -346,13 +349,16 @@ fn extreme_codes_and_sums() {
     assert!(127 * 127 * (MAX_IN as i64 + 1) > i64::from(i32::MAX));
     for &inp in &[1000usize, 4099] {
         for sign in [1i8, -1] {
-            let wq = vec![127 * sign; 3 * inp];
+            // 19 rows: one block of 16 rows on the AVX-512 path, two of 8
+            // on the AVX2 one, reduced together, then single rows.
+            let rows = 19;
+            let wq = vec![127 * sign; rows * inp];
             let xq: Vec<i8> = (0..inp).map(|i| if i % 3 == 0 { -127 } else { 127 }).collect();
-            let s = [1.0f32, 0.5, 0.25];
-            let want = bits(&reference_int(&wq, &s, 3, inp, &xq, 1.0));
+            let s: Vec<f32> = (0..rows).map(|r| 1.0 / (1 + r) as f32).collect();
+            let want = bits(&reference_int(&wq, &s, rows, inp, &xq, 1.0));
             for p in paths() {
-                let mut y = [0.0f32; 3];
-                matvec_i8_i8_with(p, &wq, &s, 3, inp, &xq, 1.0, &mut y);
+                let mut y = vec![0.0f32; rows];
+                matvec_i8_i8_with(p, &wq, &s, rows, inp, &xq, 1.0, &mut y);
                 assert_eq!(bits(&y), want, "{}", p.name());
             }
         }

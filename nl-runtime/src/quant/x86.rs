@@ -31,6 +31,28 @@ use super::{dot_i8, dot_t2_i8, finish, ternary_row_bytes};
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn i8_i8_avx2(wq: &[i8], scales: &[f32], out: usize, inp: usize, xq: &[i8], a: f32, y: &mut [f32]) {
     let mut r = 0;
+    // SAFETY (of the three intrinsics below): AVX2 by this function's
+    // contract; the 8 scales read are `scales[r..r + 8]` and the 8 outputs
+    // written `y[r..r + 8]`, in bounds as `r + 8 <= out` and both hold `out`.
+    while r + 8 <= out {
+        // SAFETY: AVX2 by this function's contract; rows `r..r + 8 <= out` exist.
+        let w = &wq[r * inp..(r + 8) * inp];
+        // SAFETY: AVX2 by this function's contract; `w` holds the 8 rows.
+        // Without a tail (`inp` a multiple of 32), the tail code is not compiled in.
+        let sums = unsafe {
+            if inp.is_multiple_of(32) {
+                rows8_i8_avx2::<false>(w, inp, xq)
+            } else {
+                rows8_i8_avx2::<true>(w, inp, xq)
+            }
+        };
+        // `finish` on 8 lanes: the same two IEEE products per row.
+        unsafe {
+            let s = _mm256_mul_ps(_mm256_loadu_ps(scales.as_ptr().add(r)), _mm256_set1_ps(a));
+            _mm256_storeu_ps(y.as_mut_ptr().add(r), _mm256_mul_ps(s, _mm256_cvtepi32_ps(sums)));
+        }
+        r += 8;
+    }
     while r + 4 <= out {
         // SAFETY: AVX2 by this function's contract; rows `r..r + 4 <= out` exist.
         let acc = unsafe { rows_i8_avx2::<4>(&wq[r * inp..(r + 4) * inp], inp, xq) };
@@ -89,6 +111,79 @@ unsafe fn rows_i8_avx2<const R: usize>(w: &[i8], inp: usize, x: &[i8]) -> [i32; 
     }
 }
 
+/// The exact dot products of 8 consecutive rows (`w`, `8 * inp` codes)
+/// with `x`, as the 8 `i32` lanes of one vector (lane `k`: row `k`): the
+/// row accumulators of [`rows_i8_avx2`], reduced together by
+/// [`reduce8_epi32`] instead of one horizontal sum per row.
+///
+/// `TAIL` false: the caller guarantees `inp % 32 == 0` (no tail code).
+///
+/// # Safety
+/// The CPU has AVX2; `w.len() == 8 * inp`, `x.len() == inp`, codes in -127..=127.
+#[inline(always)]
+unsafe fn rows8_i8_avx2<const TAIL: bool>(w: &[i8], inp: usize, x: &[i8]) -> __m256i {
+    debug_assert!(w.len() == 8 * inp && x.len() == inp && (TAIL || inp.is_multiple_of(32)));
+    let full = inp / 32 * 32;
+    // SAFETY: AVX2 by the contract; the loads are those of `rows_i8_avx2`
+    // (`p[c..c + 32]` with `c + 32 <= full <= inp` of a slice of `inp`
+    // codes: `x`, or row `k` of `w` at `k * inp`); `tail` is 32 writable bytes.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_si256(); 8];
+        let mut c = 0;
+        while c < full {
+            let xv = _mm256_loadu_si256(x.as_ptr().add(c).cast());
+            let ax = _mm256_sign_epi8(xv, xv);
+            for k in 0..8 {
+                let wv = _mm256_loadu_si256(w.as_ptr().add(k * inp + c).cast());
+                // As in `rows_i8_avx2`: |x| * (w sign(x)) = w x, pair sums
+                // below 2 * 127 * 127 < 32767 (no saturation).
+                let p16 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, xv));
+                acc[k] = _mm256_add_epi32(acc[k], _mm256_madd_epi16(p16, ones));
+            }
+            c += 32;
+        }
+        let sums = reduce8_epi32(&acc);
+        if !TAIL || full == inp {
+            return sums;
+        }
+        let mut tail = [0i32; 8];
+        _mm256_storeu_si256(tail.as_mut_ptr().cast(), sums);
+        for k in 0..8 {
+            tail[k] += dot_i8(&w[k * inp + full..(k + 1) * inp], &x[full..]);
+        }
+        _mm256_loadu_si256(tail.as_ptr().cast())
+    }
+}
+
+/// Lane `k` of the result is the sum of the 8 `i32` lanes of `v[k]`
+/// (wrapping; exact for the kernels' sums): a transposing reduction, 21
+/// operations for 8 rows. Step 1 adds the `epi32` unpackings of pairs
+/// `(v[2j], v[2j + 1])` (per 128-bit lane: `[a0 + a2, b0 + b2, a1 + a3, b1 + b3]`),
+/// step 2 the `epi64` unpackings of pairs of those (per 128-bit lane: rows
+/// `4m..4m + 4` in order), step 3 the two 128-bit halves.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn reduce8_epi32(v: &[__m256i; 8]) -> __m256i {
+    {
+        let mut s = [_mm256_setzero_si256(); 4];
+        for j in 0..4 {
+            let (a, b) = (v[2 * j], v[2 * j + 1]);
+            s[j] = _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+        }
+        let mut u = [_mm256_setzero_si256(); 2];
+        for m in 0..2 {
+            let (a, b) = (s[2 * m], s[2 * m + 1]);
+            u[m] = _mm256_add_epi32(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
+        }
+        // Rows 0..4 from the low halves of both, rows 4..8 from the high ones.
+        _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(u[0], u[1]), _mm256_permute2x128_si256::<0x31>(u[0], u[1]))
+    }
+}
+
 /// The sum of the 8 `i32` lanes (wrapping, exact here).
 #[inline(always)]
 fn hsum_i32x8(v: __m256i) -> i32 {
@@ -115,6 +210,20 @@ pub(super) unsafe fn i8_i8_avx512vnni(
     y: &mut [f32],
 ) {
     let mut r = 0;
+    // SAFETY (of the intrinsics in the loop body): the features by this
+    // function's contract; the 16 scales read are `scales[r..r + 16]` and
+    // the 16 outputs written `y[r..r + 16]`, in bounds as `r + 16 <= out`.
+    while r + 16 <= out {
+        // SAFETY: the features by this function's contract; rows `r..r + 16 <= out` exist.
+        let sums = unsafe { rows16_i8_vnni(&wq[r * inp..(r + 16) * inp], inp, xq) };
+        // `finish` on 16 lanes: the same two IEEE products per row
+        // (`vcvtdq2ps` rounds to nearest even, as `as f32` does).
+        unsafe {
+            let s = _mm512_mul_ps(_mm512_loadu_ps(scales.as_ptr().add(r)), _mm512_set1_ps(a));
+            _mm512_storeu_ps(y.as_mut_ptr().add(r), _mm512_mul_ps(s, _mm512_cvtepi32_ps(sums)));
+        }
+        r += 16;
+    }
     while r + 4 <= out {
         // SAFETY: the features by this function's contract; rows `r..r + 4 <= out` exist.
         let acc = unsafe { rows_i8_vnni::<4>(&wq[r * inp..(r + 4) * inp], inp, xq) };
@@ -128,6 +237,81 @@ pub(super) unsafe fn i8_i8_avx512vnni(
         let acc = unsafe { rows_i8_vnni::<1>(&wq[r * inp..(r + 1) * inp], inp, xq) };
         y[r] = finish(scales[r], a, acc[0]);
         r += 1;
+    }
+}
+
+/// The exact dot products of 16 consecutive rows (`w`, `16 * inp` codes)
+/// with `x`, as the 16 `i32` lanes of one vector (lane `k`: row `k`): the
+/// row accumulators of [`rows_i8_vnni`], reduced together by
+/// [`reduce16_epi32`] instead of one horizontal sum per row.
+///
+/// # Safety
+/// The CPU has AVX-512 F, BW and VNNI; `w.len() == 16 * inp`, `x.len() == inp`,
+/// codes in -127..=127.
+#[inline(always)]
+unsafe fn rows16_i8_vnni(w: &[i8], inp: usize, x: &[i8]) -> __m512i {
+    debug_assert!(w.len() == 16 * inp && x.len() == inp);
+    // SAFETY: the features by the contract; the loads are those of
+    // `rows_i8_vnni`: at offset `c < inp` of a slice of `inp` codes (`x`,
+    // or row `k` of `w` at `k * inp`), `min(64, inp - c)` bytes, the rest
+    // of the lanes masked off (neither read nor faulted).
+    unsafe {
+        let zero = _mm512_setzero_si512();
+        let mut acc = [zero; 16];
+        let mut c = 0;
+        while c < inp {
+            let n = inp - c;
+            let m: __mmask64 = if n >= 64 { !0 } else { (1u64 << n) - 1 };
+            let xv = _mm512_maskz_loadu_epi8(m, x.as_ptr().add(c));
+            let ax = _mm512_abs_epi8(xv);
+            let neg = _mm512_movepi8_mask(xv);
+            for k in 0..16 {
+                let wv = _mm512_maskz_loadu_epi8(m, w.as_ptr().add(k * inp + c));
+                // As in `rows_i8_vnni`: |x| * (w sign(x)) = w x.
+                let sw = _mm512_mask_sub_epi8(wv, neg, zero, wv);
+                acc[k] = _mm512_dpbusd_epi32(acc[k], ax, sw);
+            }
+            c += 64;
+        }
+        reduce16_epi32(&acc)
+    }
+}
+
+/// Lane `k` of the result is the sum of the 16 `i32` lanes of `v[k]`
+/// (wrapping; exact for the kernels' sums): a transposing reduction, 45
+/// operations for 16 rows instead of a horizontal sum per row. Step 1 adds
+/// the `epi32` unpackings of pairs `(v[2j], v[2j + 1])` (per 128-bit lane
+/// `[a0 + a2, b0 + b2, a1 + a3, b1 + b3]`), step 2 the `epi64` unpackings of
+/// pairs of those (per 128-bit lane: partial sums of rows `4m..4m + 4`, in
+/// order), steps 3 and 4 the 128-bit lanes, by `vshufi32x4` (`0x88`: lanes
+/// 0 and 2 of each operand, `0xDD`: lanes 1 and 3), so that lane block
+/// `m` ends with rows `4m..4m + 4`.
+///
+/// # Safety
+/// The CPU has AVX-512 F.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn reduce16_epi32(v: &[__m512i; 16]) -> __m512i {
+    /// The sums of lanes `(0, 2)` and `(1, 3)` of `a`, then of `b`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn lanes(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_add_epi32(_mm512_shuffle_i32x4::<0x88>(a, b), _mm512_shuffle_i32x4::<0xDD>(a, b))
+    }
+    {
+        let mut s = [_mm512_setzero_si512(); 8];
+        for j in 0..8 {
+            let (a, b) = (v[2 * j], v[2 * j + 1]);
+            s[j] = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+        }
+        let mut u = [_mm512_setzero_si512(); 4];
+        for m in 0..4 {
+            let (a, b) = (s[2 * m], s[2 * m + 1]);
+            u[m] = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+        }
+        let v0 = lanes(u[0], u[1]);
+        let v1 = lanes(u[2], u[3]);
+        lanes(v0, v1)
     }
 }
 
