@@ -234,7 +234,9 @@ pub(crate) fn backward(plan: &Plan) -> TokenStream {
     }
 }
 
-/// Streaming step of a block's memory branch (reads `self.u`, writes `self.y`).
+/// Streaming step of a block's memory branch (reads `self.u`, writes
+/// `self.y`), each level under its run-time schedule `bs.schedule[l]`
+/// (`nl_runtime::memory::Schedule`: a period multiplier, or paused).
 pub(crate) fn stream_step(plan: &Plan, reader: crate::quant::Reader) -> TokenStream {
     if plan.memory.is_none() {
         return quote! {};
@@ -245,8 +247,8 @@ pub(crate) fn stream_step(plan: &Plan, reader: crate::quant::Reader) -> TokenStr
     let levels = per_level(plan, |l, lp, period| {
         if reader == crate::quant::Reader::Float {
             return quote! {
-                ::nl_runtime::memory::step::<S, #rule, D>(
-                    &#lp, #period, #norm, self.freeze_memory, &self.u, &mut bs.mem[#l], &mut self.scratch, #scale, &mut self.y,
+                ::nl_runtime::memory::step_scheduled::<S, #rule, D>(
+                    &#lp, #period, #norm, self.freeze_memory, &mut bs.schedule[#l], &self.u, &mut bs.mem[#l], &mut self.scratch, #scale, &mut self.y,
                 );
             };
         }
@@ -261,11 +263,19 @@ pub(crate) fn stream_step(plan: &Plan, reader: crate::quant::Reader) -> TokenStr
             &[(&wk, quote! { self.scratch.k }), (&wv, quote! { self.scratch.v }), (&wq, quote! { self.scratch.q })],
         );
         let gates = level_gates(plan, l);
+        // A paused level (the stream's schedule): the query alone, then the read.
+        let proj_q = crate::quant::mv(plan, reader, true, &wq, quote! { self.u }, quote! { self.scratch.q });
         quote! {
-            #proj
-            ::nl_runtime::memory::step_projected::<S, #rule, D>(
-                &#gates, #period, #norm, self.freeze_memory, &mut bs.mem[#l], &mut self.scratch, #scale, &mut self.y,
-            );
+            if bs.schedule[#l].paused() {
+                #proj_q
+                ::nl_runtime::memory::read_projected::<S, D>(#norm, &bs.mem[#l], &mut self.scratch, #scale, &mut self.y);
+            } else {
+                #proj
+                let period = bs.schedule[#l].period(#period, bs.mem[#l].n);
+                ::nl_runtime::memory::step_projected::<S, #rule, D>(
+                    &#gates, period, #norm, self.freeze_memory, &mut bs.mem[#l], &mut self.scratch, #scale, &mut self.y,
+                );
+            }
         }
     });
     quote! {
