@@ -26,7 +26,10 @@
 //! - [`serve`]: a byte stream in, one JSON line per byte (or chunk) of
 //!   surprise out, in bounded memory;
 //! - [`bench`]: training and streaming tokens per second of one core;
-//! - [`cli`]: the command line over all of it.
+//! - [`cli`]: the command line over all of it;
+//! - [`sensor`]: the vibration-anomaly scenario (a simulated fleet,
+//!   training on normal readings, streaming surprise, baselines, metrics, a
+//!   plot), used by `examples/sensor.rs`.
 //!
 //! Every model here is byte-level: tokens are bytes, so the model's
 //! vocabulary must be at least 256 for the commands that read text
@@ -39,6 +42,7 @@ pub mod data;
 pub mod eval;
 pub mod plot;
 pub mod sample;
+pub mod sensor;
 pub mod serve;
 pub mod state;
 pub mod train;
