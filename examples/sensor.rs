@@ -239,8 +239,7 @@ fn run(args: &Args) -> nl_driver::Result<()> {
     let attn =
         score_all("sensor_attn (attention only)", &fl, args, |c| surprises::<sensor_attn::Model>(&att_p, c, |_| {}));
     let v = sensor::VOCAB;
-    let z =
-        score_all("energy z-score (0.2 s window, 60 s history)", &fl, args, |c| energy_zscore(c, v, 40, 60.0 * FS));
+    let z = score_all("energy z-score (0.2 s window, 60 s history)", &fl, args, |c| energy_zscore(c, v, 40, 60.0 * FS));
     let markov = score_all("per-machine Markov chain of codes (60 s memory)", &fl, args, |c| {
         markov_surprise(c, v, 60.0 * FS, 0.01)
     });

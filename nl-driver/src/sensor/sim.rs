@@ -32,6 +32,8 @@
 //! every machine: a machine's gain shows in its codes, as on a device.
 //! Everything is deterministic from the seeds (`nl_runtime::rng::Rng`).
 
+use std::f64::consts::TAU;
+
 use nl_runtime::rng::Rng;
 
 /// Readings per second.
@@ -123,7 +125,7 @@ impl Machine {
         Machine {
             rot_hz: u(8.0, 20.0),
             harmonics: [u(0.5, 1.0), u(0.15, 0.45), u(0.05, 0.25)],
-            phases: [u(0.0, 6.283), u(0.0, 6.283), u(0.0, 6.283)],
+            phases: [u(0.0, TAU), u(0.0, TAU), u(0.0, TAU)],
             res_hz: u(35.0, 75.0),
             res_bw: u(3.0, 8.0),
             res_gain: u(0.04, 0.10),
