@@ -28,7 +28,10 @@
 //! - [`bench`]: training and streaming tokens per second of one core;
 //! - [`report`]: per-token and per-step latency percentiles, RAM and flash
 //!   bytes, as one JSON line;
-//! - [`cli`]: the command line over all of it.
+//! - [`cli`]: the command line over all of it;
+//! - [`sensor`]: the vibration-anomaly scenario (a simulated fleet,
+//!   training on normal readings, streaming surprise, baselines, metrics, a
+//!   plot), used by `examples/sensor.rs`.
 //!
 //! Every model here is byte-level: tokens are bytes, so the model's
 //! vocabulary must be at least 256 for the commands that read text
@@ -42,6 +45,7 @@ pub mod eval;
 pub mod plot;
 pub mod report;
 pub mod sample;
+pub mod sensor;
 pub mod serve;
 pub mod state;
 pub mod train;

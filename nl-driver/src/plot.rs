@@ -26,7 +26,7 @@ const FONTS: &[&str] = &[
 ];
 
 /// Registers a system font as plotters' `sans-serif` once; whether one was found.
-fn font() -> bool {
+pub(crate) fn font() -> bool {
     static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FOUND.get_or_init(|| {
         let env = std::env::var("NL_FONT").ok();

@@ -358,13 +358,17 @@ fn float(plan: &Plan, api_doc: TokenStream) -> TokenStream {
         },
     );
     let batch_memory = opt(mem, {
-        let step = memory::stream_step_projected(plan, |l| {
-            quote! {
-                self.scratch.k = mproj[#l][0][i];
-                self.scratch.v = mproj[#l][1][i];
-                self.scratch.q = mproj[#l][2][i];
-            }
-        });
+        let step = memory::stream_step_projected(
+            plan,
+            |l| {
+                quote! {
+                    self.scratch.k = mproj[#l][0][i];
+                    self.scratch.v = mproj[#l][1][i];
+                    self.scratch.q = mproj[#l][2][i];
+                }
+            },
+            |l| quote! { self.scratch.q = mproj[#l][2][i]; },
+        );
         quote! {
             impl<S: Scalar> Stream<S> {
                 /// The memory branch of block `b` for this stream, the `i`-th

@@ -234,7 +234,9 @@ pub(crate) fn backward(plan: &Plan) -> TokenStream {
     }
 }
 
-/// Streaming step of a block's memory branch (reads `self.u`, writes `self.y`).
+/// Streaming step of a block's memory branch (reads `self.u`, writes
+/// `self.y`), each level under its run-time schedule `bs.schedule[l]`
+/// (`nl_runtime::memory::Schedule`: a period multiplier, or paused).
 pub(crate) fn stream_step(plan: &Plan, reader: crate::quant::Reader) -> TokenStream {
     if plan.memory.is_none() {
         return quote! {};
@@ -245,31 +247,39 @@ pub(crate) fn stream_step(plan: &Plan, reader: crate::quant::Reader) -> TokenStr
         let norm = normalize(plan);
         return stream_levels(plan, |l, lp, period| {
             quote! {
-                ::nl_runtime::memory::step::<S, #rule, D>(
-                    &#lp, #period, #norm, self.freeze_memory, &self.u, &mut bs.mem[#l], &mut self.scratch, #scale, &mut self.y,
+                ::nl_runtime::memory::step_scheduled::<S, #rule, D>(
+                    &#lp, #period, #norm, self.freeze_memory, &mut bs.schedule[#l], &self.u, &mut bs.mem[#l], &mut self.scratch, #scale, &mut self.y,
                 );
             }
         });
     }
     // Quantized: the projections by the reader's products (one input,
     // quantized once for the three), then the rest of the step.
-    stream_step_projected(plan, |l| {
-        let (wk, wv, wq) = (format!("mem{l}_wk"), format!("mem{l}_wv"), format!("mem{l}_wq"));
-        crate::quant::mv_group(
-            plan,
-            reader,
-            true,
-            quote! { self.u },
-            &[(&wk, quote! { self.scratch.k }), (&wv, quote! { self.scratch.v }), (&wq, quote! { self.scratch.q })],
-        )
-    })
+    stream_step_projected(
+        plan,
+        |l| {
+            let (wk, wv, wq) = (format!("mem{l}_wk"), format!("mem{l}_wv"), format!("mem{l}_wq"));
+            crate::quant::mv_group(
+                plan,
+                reader,
+                true,
+                quote! { self.u },
+                &[(&wk, quote! { self.scratch.k }), (&wv, quote! { self.scratch.v }), (&wq, quote! { self.scratch.q })],
+            )
+        },
+        |l| crate::quant::mv(plan, reader, true, &format!("mem{l}_wq"), quote! { self.u }, quote! { self.scratch.q }),
+    )
 }
 
 /// Streaming step of a block's memory branch whose projections `proj(l)`
 /// puts into `self.scratch.k`, `.v`, `.q` for each level `l` (the
-/// quantized readers, and the batched step's matrix products); writes
-/// `self.y`.
-pub(crate) fn stream_step_projected(plan: &Plan, proj: impl Fn(usize) -> TokenStream) -> TokenStream {
+/// quantized readers, and the batched step's matrix products), and
+/// `proj_q(l)` the query alone (for a paused level); writes `self.y`.
+pub(crate) fn stream_step_projected(
+    plan: &Plan,
+    proj: impl Fn(usize) -> TokenStream,
+    proj_q: impl Fn(usize) -> TokenStream,
+) -> TokenStream {
     if plan.memory.is_none() {
         return quote! {};
     }
@@ -279,11 +289,19 @@ pub(crate) fn stream_step_projected(plan: &Plan, proj: impl Fn(usize) -> TokenSt
     stream_levels(plan, |l, _, period| {
         let proj = proj(l);
         let gates = level_gates(plan, l);
+        // A paused level (the stream's schedule): the query alone, then the read.
+        let proj_q = proj_q(l);
         quote! {
-            #proj
-            ::nl_runtime::memory::step_projected::<S, #rule, D>(
-                &#gates, #period, #norm, self.freeze_memory, &mut bs.mem[#l], &mut self.scratch, #scale, &mut self.y,
-            );
+            if bs.schedule[#l].paused() {
+                #proj_q
+                ::nl_runtime::memory::read_projected::<S, D>(#norm, &bs.mem[#l], &mut self.scratch, #scale, &mut self.y);
+            } else {
+                #proj
+                let period = bs.schedule[#l].period(#period, bs.mem[#l].n);
+                ::nl_runtime::memory::step_projected::<S, #rule, D>(
+                    &#gates, period, #norm, self.freeze_memory, &mut bs.mem[#l], &mut self.scratch, #scale, &mut self.y,
+                );
+            }
         }
     })
 }

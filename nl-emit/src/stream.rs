@@ -43,6 +43,10 @@ fn build(plan: &Plan, reader: Reader) -> TokenStream {
         quote! {
             /// Each level's inner-loop state.
             pub mem: [::nl_runtime::memory::LevelState<S, D>; LEVELS],
+            /// Each level's run-time schedule (the power knob: a period
+            /// multiplier, or paused; zeroed = the spec's periods). Kept by
+            /// `reset`.
+            pub schedule: [::nl_runtime::memory::Schedule; LEVELS],
         }
     } else {
         quote! {}

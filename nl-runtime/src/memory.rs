@@ -880,6 +880,135 @@ fn step_projected_body<S: Scalar, R: Rule, const D: usize>(
     token::<S, R, D>(Mem::InPlace(&mut st.m, &mut st.s), &mut st.g, &mut st.w, sp, x, &mut sc.r, y);
 }
 
+/// A level's run-time schedule in a stream: the power knob (docs/model.md,
+/// "Schedules"). A device trades adaptation for energy without
+/// recompiling: a level with spec period `p` and multiplier `m` fires every
+/// `p m` tokens, with `theta` divided by `p m` (so every fire stays a
+/// contraction), and a paused level skips its key and value projections,
+/// gates, surprise and update (its state, `n` included, does not change
+/// at all); its read `M q` stays.
+///
+/// All-zero bytes are the default schedule (multiplier 1, running), so a
+/// zeroed stream computes exactly what it computed before the knob
+/// existed. A new multiplier takes effect when the level's current chunk
+/// is empty (`n` a multiple of the period in force), so a chunk never mixes
+/// two periods; pausing and resuming take effect at the next token.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Schedule {
+    /// The multiplier asked for (0 is read as 1).
+    requested: u32,
+    /// The multiplier in force (0 is read as 1).
+    active: u32,
+    /// Paused: nothing but the read.
+    paused: bool,
+}
+
+// SAFETY: two `u32` and a `bool`: all-zero bytes are valid values (the default).
+unsafe impl Zeroable for Schedule {}
+
+impl Schedule {
+    /// The default: multiplier 1, running.
+    pub const DEFAULT: Schedule = Schedule { requested: 0, active: 0, paused: false };
+
+    /// Asks for period multiplier `m` (0 and 1 both mean the spec's period).
+    /// It takes effect at once if the level's chunk is empty, else after its
+    /// next fire under the multiplier in force.
+    pub fn set_multiplier(&mut self, m: u32) {
+        self.requested = m;
+    }
+
+    /// Pauses (`true`) or resumes (`false`) the level's inner loop.
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    /// The multiplier asked for (at least 1).
+    pub fn multiplier(&self) -> u32 {
+        self.requested.max(1)
+    }
+
+    /// The multiplier in force (at least 1): differs from
+    /// [`Schedule::multiplier`] while a change waits for the chunk to end.
+    pub fn active_multiplier(&self) -> u32 {
+        self.active.max(1)
+    }
+
+    /// Whether the level is paused.
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// The period a level of spec period `period` that has seen `n` tokens
+    /// uses for its next token: `period * m`, switching to the requested
+    /// multiplier first when the chunk is empty (`n % (period * active) == 0`).
+    pub fn period(&mut self, period: u64, n: u64) -> u64 {
+        if self.requested.max(1) != self.active.max(1) && n.is_multiple_of(period * self.active.max(1) as u64) {
+            self.active = self.requested;
+        }
+        period * self.active.max(1) as u64
+    }
+}
+
+/// What a paused level computes for one token: `q = n(W_q m)` and `y +=
+/// scale * M q` (the read of [`step`], with the same operations in the same
+/// order, so it equals a frozen level's read bit for bit). The key and value
+/// projections, the gates and the state are not touched.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+pub fn read_only<S: Scalar, const D: usize>(
+    wq: &[[S; D]; D],
+    normalize_keys: bool,
+    m_in: &[S; D],
+    st: &LevelState<S, D>,
+    sc: &mut StepScratch<S, D>,
+    scale: S,
+    y: &mut [S; D],
+) {
+    for_blocks!(D, |i0| matvec_rows::<S, D>(i0, wq, m_in, &mut sc.q));
+    read_projected(normalize_keys, st, sc, scale, y);
+}
+
+/// [`read_only`] after the query projection: `sc.q` holds `W_q m`.
+#[inline]
+pub fn read_projected<S: Scalar, const D: usize>(
+    normalize_keys: bool,
+    st: &LevelState<S, D>,
+    sc: &mut StepScratch<S, D>,
+    scale: S,
+    y: &mut [S; D],
+) {
+    if normalize_keys {
+        normalize(&mut sc.q);
+    }
+    read_acc(&st.m, &sc.q, scale, y);
+}
+
+/// [`step`] under a run-time [`Schedule`]: the read alone when paused,
+/// else [`step`] with the period `period * m` ([`Schedule::period`]). With
+/// the default schedule it is [`step`] with `period`, call for call.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn step_scheduled<S: Scalar, R: Rule, const D: usize>(
+    p: &LevelParams<'_, S, D>,
+    period: u64,
+    normalize_keys: bool,
+    frozen: bool,
+    sched: &mut Schedule,
+    m_in: &[S; D],
+    st: &mut LevelState<S, D>,
+    sc: &mut StepScratch<S, D>,
+    scale: S,
+    y: &mut [S; D],
+) {
+    if sched.paused {
+        read_only(p.wq, normalize_keys, m_in, st, sc, scale, y);
+        return;
+    }
+    let period = sched.period(period, st.n);
+    step::<S, R, D>(p, period, normalize_keys, frozen, m_in, st, sc, scale, y);
+}
+
 crate::dispatch::dispatched! {
     /// The training forward of one level over a sequence: from input `m_in`
     /// and start state `start`, adds `scale * y^l_t` into `y`, leaves the final

@@ -612,6 +612,7 @@ pub fn footprint(spec: &Spec) -> Footprint {
     let mut bs = Layout::default();
     if lv > 0 {
         bs.structs(state, lv);
+        bs.field(12 * lv, 4); // schedule (nl_runtime::memory::Schedule: two u32, a bool, padded)
     }
     bs.f32s(2 * w * d);
     let mut st = Layout::default();

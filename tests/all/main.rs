@@ -20,6 +20,8 @@ mod parallel;
 mod quant_checkpoint;
 mod quantized;
 mod reference_oracle;
+mod schedule;
+mod sensor_scenario;
 mod stability;
 
 /// With `autotests = false` a new `tests/*.rs` file would never be built:

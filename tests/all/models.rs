@@ -5,6 +5,7 @@
 use crate::common::harness::*;
 use crate::shipped::{
     d128_memory, deep, deep_memory, micro, micro_cms4, micro_hebbian, micro_mal, micro_memory, micro_titans, sensor,
+    sensor_attn,
 };
 
 macro_rules! reference_test {
@@ -25,6 +26,7 @@ reference_test!(micro_hebbian_matches_reference, micro_hebbian);
 reference_test!(micro_mal_matches_reference, micro_mal);
 reference_test!(micro_cms4_matches_reference, micro_cms4);
 reference_test!(sensor_matches_reference, sensor);
+reference_test!(sensor_attn_matches_reference, sensor_attn);
 reference_test!(d128_memory_matches_reference, d128_memory);
 reference_test!(deep_matches_reference, deep);
 reference_test!(deep_memory_matches_reference, deep_memory);
@@ -49,6 +51,7 @@ fn every_model_file_is_covered() {
         "micro_memory.toml",
         "micro_titans.toml",
         "sensor.toml",
+        "sensor_attn.toml",
     ];
     assert_eq!(files, covered, "add a reference_test! (and an nl_model! in shipped.rs) for each new spec in models/");
 }

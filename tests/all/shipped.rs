@@ -12,6 +12,7 @@ nl_model!("models/micro_hebbian.toml");
 nl_model!("models/micro_mal.toml");
 nl_model!("models/micro_cms4.toml");
 nl_model!("models/sensor.toml");
+nl_model!("models/sensor_attn.toml");
 nl_model!("models/d128_memory.toml");
 nl_model!("models/deep.toml");
 nl_model!("models/deep_memory.toml");

@@ -218,7 +218,7 @@ stability_tests!(
 /// Random parameters: `init` plus large random memory gate weights and
 /// biases (gates anywhere from fully closed to fully open, switching from
 /// token to token) and scaled memory projections.
-fn random_params<M: Model>(seed: u64) -> Box<M::Params<f32>> {
+pub(crate) fn random_params<M: Model>(seed: u64) -> Box<M::Params<f32>> {
     let mut p = boxed_zeroed::<M::Params<f32>>();
     M::init(&mut *p, seed);
     let mut r = Rng::new(seed);
