@@ -196,7 +196,8 @@ fn a_new_multiplier_waits_for_the_chunk_to_end() {
 /// pauses) every few tokens, on random parameters with large gates.
 #[test]
 fn the_stability_bound_holds_under_switching_schedules() {
-    for seed in 0..6u64 {
+    let mut bounded = 0;
+    for seed in 0..16u64 {
         let p = random_params::<sensor::Model>(2000 + seed);
         let bounds = level_bounds::<sensor::Model>(&p);
         let mut st = boxed_zeroed::<sensor::Stream<f32>>();
@@ -218,8 +219,12 @@ fn the_stability_bound_holds_under_switching_schedules() {
             }
         }
         for (l, w) in worst.iter().enumerate() {
-            let b = bounds[l].expect("block 0 has a bound").bound.expect("rho < 1");
+            // Random gates can make the forget rate's minimum over the
+            // vocabulary 0 (rho = 1): no finite bound, finiteness only.
+            let Some(b) = bounds[l].expect("block 0 has a bound").bound else { continue };
             assert!(*w <= b * (1.0 + 1e-4), "seed {seed} level {l}: |M| {w} above the bound {b}");
+            bounded += 1;
         }
     }
+    assert!(bounded >= 4, "only {bounded} of 32 levels had a finite bound: the test checks too little");
 }
