@@ -141,7 +141,7 @@ mod tests {
 
     #[test]
     fn energy_zscore_flags_a_burst() {
-        let mut codes = vec![32u8, 40, 24, 36, 28].repeat(400);
+        let mut codes = [32u8, 40, 24, 36, 28].repeat(400);
         for c in &mut codes[1500..1520] {
             *c = 63;
         }
