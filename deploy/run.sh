@@ -23,7 +23,7 @@ export CARGO_TERM_COLOR=never
 export CARGO_INCREMENTAL=0
 export DEBIAN_FRONTEND=noninteractive
 
-echo "== deploy: tools"
+echo "== deploy: tools [${SECONDS}s]"
 missing=()
 command -v qemu-aarch64 >/dev/null && command -v qemu-arm >/dev/null && command -v qemu-riscv32 >/dev/null ||
     missing+=(qemu-user)
@@ -47,7 +47,7 @@ LLD="$(rustc --print sysroot)/lib/rustlib/$HOST/bin/rust-lld"
 # and the cargo features that select it; the first is the crate's default.
 MODELS=("micro_memory:" "deep:deep" "micro_memory_int8:int8" "micro_memory_ternary:ternary" "deep_int8:deep_int8" "deep_ternary:deep_ternary")
 
-echo "== deploy: weights (init(seed 1); f32 checkpoints, or exported deployable checkpoints of the quantized models)"
+echo "== deploy: weights (init(seed 1); f32 checkpoints, or exported deployable checkpoints of the quantized models) [${SECONDS}s]"
 for m in "${MODELS[@]}"; do
     cargo run --quiet --release --example make_deploy_weights -- --model "${m%%:*}"
 done
@@ -60,7 +60,7 @@ SIZES="$OUT/sizes.txt"
 RECORDS="$OUT/records.txt"
 : >"$RECORDS"
 
-echo "== deploy: fmt"
+echo "== deploy: fmt [${SECONDS}s]"
 cargo fmt -- --check
 
 # Builds, measures and checks one model: NAME FEATURES (comma-separated, may
@@ -75,16 +75,16 @@ deploy_model() {
     weight_bytes=$(stat -c %s "$weights")
     mkdir -p "$out"
 
-    echo "== deploy [$name]: tests (training vs the generated backward, finite differences, AdamW by hand)"
+    echo "== deploy [$name]: tests (training vs the generated backward, finite differences, AdamW by hand) [${SECONDS}s]"
     [ "$name" != micro_memory ] || cargo test --quiet --release "${feat[@]}"
 
-    echo "== deploy [$name]: clippy"
+    echo "== deploy [$name]: clippy [${SECONDS}s]"
     cargo clippy --quiet --release --all-targets "${feat[@]}" -- -D warnings
     for t in thumbv7em-none-eabihf riscv32imac-unknown-none-elf; do
         cargo clippy --quiet --release --lib --bin nl-deploy-bare --target "$t" "${feat[@]}" -- -D warnings
     done
 
-    echo "== deploy [$name]: builds"
+    echo "== deploy [$name]: builds [${SECONDS}s]"
     for t in thumbv7em-none-eabihf riscv32imac-unknown-none-elf; do
         cargo rustc --quiet --release --lib --target "$t" "${feat[@]}" --crate-type staticlib
         # Link the archive (no linker script needed: only sizes are wanted) with
@@ -132,7 +132,7 @@ deploy_model() {
         echo "$name wasm32-unknown-unknown $f - $(stat -c %s "$out/nl_deploy.wasm") $out/wasm32.txt" >>"$RECORDS"
     done
 
-    echo "== deploy [$name]: scores"
+    echo "== deploy [$name]: scores [${SECONDS}s]"
     target/release/nl-deploy-scores >"$out/native.txt"
     echo "native ($HOST): $(wc -l <"$out/native.txt") scores; first: $(head -1 "$out/native.txt")"
     node run.mjs "$out/nl_deploy.wasm" >"$out/wasm32.txt"
@@ -156,9 +156,9 @@ for m in "${MODELS[@]}"; do
     deploy_model "${m%%:*}" "${m#*:}"
 done
 
-echo "== deploy: sizes (bytes; linked with --gc-sections from nl_scores)"
+echo "== deploy: sizes (bytes; linked with --gc-sections from nl_scores) [${SECONDS}s]"
 printf '%-22s %-30s %10s %12s %12s %10s\n' model target "code" "weights" "other ro" "RAM (bss)"
 cat "$SIZES"
-echo "== deploy: on-device training RAM (bytes; parts from size_of on each target, .bss of the firmware that serves and trains) and the report (JSON lines)"
+echo "== deploy: on-device training RAM (bytes; parts from size_of on each target, .bss of the firmware that serves and trains) and the report (JSON lines) [${SECONDS}s]"
 python3 report.py "$RECORDS"
 cd "$ROOT"

@@ -14,7 +14,7 @@ export CARGO_INCREMENTAL=0
 export DEBIAN_FRONTEND=noninteractive
 start=$(date +%s)
 
-echo "== web: tools"
+echo "== web: tools [${SECONDS}s]"
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs)
@@ -33,20 +33,20 @@ node --version
 # puppeteer-core never downloads a browser; the lockfile pins every package.
 PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
 
-echo "== web: fmt, clippy"
+echo "== web: fmt, clippy [${SECONDS}s]"
 cargo fmt -- --check
 cargo clippy --quiet --release --all-targets -- -D warnings
 cargo clippy --quiet --release --lib --target wasm32-unknown-unknown -- -D warnings
 
-echo "== web: unit tests, builds"
+echo "== web: unit tests, builds [${SECONDS}s]"
 cargo test --quiet --release
 cargo build --quiet --release
 bash build-wasm.sh
 
-echo "== web: browser test"
+echo "== web: browser test [${SECONDS}s]"
 rm -f out/browser-bench.json
 node test.mjs
 
-echo "== web: speed (node and the browser's numbers from the test, beside native)"
+echo "== web: speed (node and the browser's numbers from the test, beside native) [${SECONDS}s]"
 node bench.mjs
-echo "== web: done in $(($(date +%s) - start)) s"
+echo "== web: done in $(($(date +%s) - start)) s [${SECONDS}s]"

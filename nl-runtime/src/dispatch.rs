@@ -231,7 +231,13 @@ macro_rules! dispatched {
         $vis:vis fn $name:ident[$($gdecl:tt)*][$($garg:tt)*]($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $body:ident;
     ) => {
         $(#[$attr])*
-        #[inline]
+        // One path on other architectures: the kernel stays a function of its
+        // own there (not inlined into every caller), which keeps a
+        // microcontroller build's code small (the deploy crate's 64 KiB budget
+        // for the seed's memory model); each kernel does O(D) work or more
+        // per call, so the call costs nothing measurable.
+        #[cfg_attr(target_arch = "x86_64", inline)]
+        #[cfg_attr(not(target_arch = "x86_64"), inline(never))]
         $vis fn $name<$($gdecl)*>($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
