@@ -8,7 +8,7 @@
 # markdown table (tokens/s, GFLOP/s and the fraction of the measured
 # one-core peak, medians of --runs timed runs).
 #   bash tools/bench_table.sh [--runs N] [--min-time S]   # defaults: 5, 0.5
-# Takes about 8 minutes on 2 cores once the two builds exist. Run it on an
+# Takes about 5 minutes on 2 cores once the two builds exist. Run it on an
 # otherwise idle machine: the numbers are only as quiet as the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -626,8 +626,8 @@ fn token_rows<S: Scalar, R: Rule, const D: usize, const NR: usize>(
     };
     // The fire consumed G (and W): zero them, row by row. (Zeroing inside
     // the chunk loop let LLVM's tuning for some CPUs vectorise the zero
-    // stores across the block's rows as scatters, 2.7x slower in the
-    // native build of micro_memory's streaming step.)
+    // stores across the block's rows as scatters: micro_memory's native
+    // streaming step served 101K tok/s with them, 119K without.)
     if !p.g_zero {
         for rr in 0..NR {
             g[rr].fill(S::ZERO);
