@@ -25,6 +25,16 @@ pub fn dot<S: Scalar, const N: usize>(a: &[S; N], b: &[S; N]) -> S {
 /// lanes, one horizontal sum ([`Scalar::lane_sum`]), then the tail.
 #[inline(always)]
 pub fn dot_slice<S: Scalar>(a: &[S], b: &[S]) -> S {
+    let (lanes, tail) = dot_lanes(a, b);
+    S::lane_sum(lanes) + tail
+}
+
+/// The parts of [`dot_slice`] before its horizontal sum: the `LANES`
+/// partial sums of the whole chunks and the sum of the tail, so that a
+/// caller can reduce several dot products' lanes at once
+/// ([`Scalar::lane_sums4`]); `lane_sum(lanes) + tail` is `dot_slice`.
+#[inline(always)]
+fn dot_lanes<S: Scalar>(a: &[S], b: &[S]) -> ([S; LANES], S) {
     debug_assert_eq!(a.len(), b.len());
     let mut lanes = [S::ZERO; LANES];
     let mut ca = a.chunks_exact(LANES);
@@ -38,7 +48,7 @@ pub fn dot_slice<S: Scalar>(a: &[S], b: &[S]) -> S {
     for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
         tail = x.mul_add(*y, tail);
     }
-    S::lane_sum(lanes) + tail
+    (lanes, tail)
 }
 
 /// `y += a * x` over equal-length slices.
@@ -81,12 +91,13 @@ fn matvec_body<S: Scalar, const O: usize, const I: usize>(w: &[[S; I]; O], x: &[
             }
             c += LANES;
         }
+        let sums = S::lane_sums4(&acc);
         for r in 0..4 {
             let mut tail = S::ZERO;
             for i in full..I {
                 tail = w[o + r][i].mul_add(x[i], tail);
             }
-            y[o + r] = S::lane_sum(acc[r]) + tail;
+            y[o + r] = sums[r] + tail;
         }
         o += 4;
     }
@@ -157,7 +168,7 @@ fn attend_row_body<'a, S: Scalar, const D: usize, const H: usize, const HD: usiz
     p: &mut [[S; W]; H],
     out: &mut [S; D],
 ) {
-    attend_row_with::<S, D, H, HD, W>(q, n, key, value, |_, qh, kh| dot_slice(qh, kh), None, p, out)
+    attend_row_with::<S, D, H, HD, 1, W>(q, n, key, value, None, None, p, out)
 }
 
 crate::dispatch::dispatched! {
@@ -218,12 +229,20 @@ fn attention_backward_acc_body<
 /// and the output are as in [`attend_row`] (same padding, same passes).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn attend_row_with<'a, S: Scalar, const D: usize, const H: usize, const HD: usize, const W: usize>(
+fn attend_row_with<
+    'a,
+    S: Scalar,
+    const D: usize,
+    const H: usize,
+    const HD: usize,
+    const HALF: usize,
+    const W: usize,
+>(
     q: &[S; D],
     n: usize,
     key: impl Fn(usize) -> &'a [S; D],
     value: impl Fn(usize) -> &'a [S; D],
-    score: impl Fn(usize, &[S], &[S]) -> S,
+    rope: RopeOffsets<'_, S, HALF, W>,
     bias: Option<&[[S; W]; H]>,
     p: &mut [[S; W]; H],
     out: &mut [S; D],
@@ -239,8 +258,26 @@ fn attend_row_with<'a, S: Scalar, const D: usize, const H: usize, const HD: usiz
     for (h, ph) in p.iter_mut().enumerate() {
         let cols = h * HD..(h + 1) * HD;
         let qh = &q[cols.clone()];
-        for (i, pi) in ph.iter_mut().enumerate().take(n) {
-            *pi = score(i, qh, &key(i)[cols.clone()]) * scale;
+        // (Called directly, not through a closure: a closure this size was
+        // not inlined, and its lanes went through memory.)
+        // Four keys' lanes reduced at once (the same bits as one by one).
+        let mut i = 0;
+        while i + 4 <= n {
+            let (l0, t0) = score_lanes(rope, i, qh, &key(i)[cols.clone()]);
+            let (l1, t1) = score_lanes(rope, i + 1, qh, &key(i + 1)[cols.clone()]);
+            let (l2, t2) = score_lanes(rope, i + 2, qh, &key(i + 2)[cols.clone()]);
+            let (l3, t3) = score_lanes(rope, i + 3, qh, &key(i + 3)[cols.clone()]);
+            let sums = S::lane_sums4(&[l0, l1, l2, l3]);
+            ph[i] = (sums[0] + t0) * scale;
+            ph[i + 1] = (sums[1] + t1) * scale;
+            ph[i + 2] = (sums[2] + t2) * scale;
+            ph[i + 3] = (sums[3] + t3) * scale;
+            i += 4;
+        }
+        while i < n {
+            let (lanes, tail) = score_lanes(rope, i, qh, &key(i)[cols.clone()]);
+            ph[i] = (S::lane_sum(lanes) + tail) * scale;
+            i += 1;
         }
         if let Some(b) = bias {
             for (pi, &bi) in ph.iter_mut().zip(&b[h]).take(n) {
@@ -266,23 +303,72 @@ fn attend_row_with<'a, S: Scalar, const D: usize, const H: usize, const HD: usiz
     }
 }
 
+/// The offset-form RoPE tables of the streaming attention, `(cos, sin)`
+/// indexed by the offset (see [`attend_row_pos`]), or `None` without RoPE.
+type RopeOffsets<'a, S, const HALF: usize, const W: usize> = Option<(&'a [[S; HALF]; W], &'a [[S; HALF]; W])>;
+
+/// The score of key `i` (offset `i`) for one head as [`dot_lanes`] parts:
+/// the plain dot product, or with `rope` the offset-form RoPE score
+/// ([`rope_offset_lanes`]).
+#[inline(always)]
+fn score_lanes<S: Scalar, const HALF: usize, const W: usize>(
+    rope: RopeOffsets<'_, S, HALF, W>,
+    i: usize,
+    qh: &[S],
+    kh: &[S],
+) -> ([S; LANES], S) {
+    match rope {
+        None => dot_lanes(qh, kh),
+        Some((cos, sin)) => rope_offset_lanes(qh, kh, &cos[i], &sin[i]),
+    }
+}
+
 /// The RoPE score of one head in offset form: for each pair
 /// `(x, y) = (2j, 2j + 1)`, `c_j (qx kx + qy ky) + s_j (qx ky - qy kx)`,
 /// which is `(R(t w) q) . (R(tau w) k)` for `c_j = cos(o w_j)`,
-/// `s_j = sin(o w_j)`, `o = t - tau`.
+/// `s_j = sin(o w_j)`, `o = t - tau`. Returned as [`dot_lanes`] parts
+/// (no tail): element `e` of the head adds `q_e (c k_e + s k'_e)` to lane
+/// `e mod LANES`, where `k'` is `k` with each pair swapped and its new
+/// second element negated (`k'_2j = k_2j+1`, `k'_2j+1 = -k_2j`), so
+/// `x` adds `qx (c kx + s ky)` and `y` adds `qy (c ky - s kx)`, whose sum is
+/// the pair's term. Element by element in lanes, the loop vectorises; the
+/// first form, one running sum over the pairs, was a chain of `HD`
+/// dependent multiply-adds per key, which bounded the deep model's
+/// streaming step.
 #[inline(always)]
-fn rope_offset_dot<S: Scalar, const HALF: usize>(qh: &[S], kh: &[S], c: &[S; HALF], s: &[S; HALF]) -> S {
+fn rope_offset_lanes<S: Scalar, const HALF: usize>(
+    qh: &[S],
+    kh: &[S],
+    c: &[S; HALF],
+    s: &[S; HALF],
+) -> ([S; LANES], S) {
     debug_assert!(qh.len() == 2 * HALF && kh.len() == 2 * HALF);
-    let mut acc = S::ZERO;
-    for j in 0..HALF {
-        let (qx, qy) = (qh[2 * j], qh[2 * j + 1]);
-        let (kx, ky) = (kh[2 * j], kh[2 * j + 1]);
-        let re = qx.mul_add(kx, qy * ky);
-        let im = qx.mul_add(ky, -(qy * kx));
-        acc = c[j].mul_add(re, acc);
-        acc = s[j].mul_add(im, acc);
+    /// The term of element `e` of a chunk, added to lane `e`.
+    #[inline(always)]
+    fn term<S: Scalar>(q: &[S], k: &[S], c: &[S], s: &[S], e: usize, lane: S) -> S {
+        let swapped = if e.is_multiple_of(2) { k[e + 1] } else { -k[e - 1] };
+        q[e].mul_add(c[e / 2].mul_add(k[e], s[e / 2] * swapped), lane)
     }
-    acc
+    let mut lanes = [S::ZERO; LANES];
+    // Whole chunks of `LANES` elements (`LANES / 2` pairs) as fixed-size
+    // arrays, so the element loop unrolls and vectorises; then the tail.
+    let full = 2 * HALF / LANES * LANES;
+    let mut o = 0;
+    while o < full {
+        let q: &[S; LANES] = qh[o..o + LANES].try_into().expect("a whole chunk");
+        let k: &[S; LANES] = kh[o..o + LANES].try_into().expect("a whole chunk");
+        let cc: &[S; LANES / 2] = c[o / 2..o / 2 + LANES / 2].try_into().expect("a whole chunk");
+        let sc: &[S; LANES / 2] = s[o / 2..o / 2 + LANES / 2].try_into().expect("a whole chunk");
+        for e in 0..LANES {
+            lanes[e] = term(q, k, cc, sc, e, lanes[e]);
+        }
+        o += LANES;
+    }
+    let (q, k, cc, sc) = (&qh[full..], &kh[full..], &c[full / 2..], &s[full / 2..]);
+    for e in 0..2 * HALF - full {
+        lanes[e] = term(q, k, cc, sc, e, lanes[e]);
+    }
+    (lanes, S::ZERO)
 }
 
 crate::dispatch::dispatched! {
@@ -338,14 +424,10 @@ fn attend_row_pos_body<
     p: &mut [[S; W]; H],
     out: &mut [S; D],
 ) {
-    match rope {
-        None => attend_row_with::<S, D, H, HD, W>(q, n, key, value, |_, qh, kh| dot_slice(qh, kh), bias, p, out),
-        Some((cos, sin)) => {
-            assert!(HD == 2 * HALF, "RoPE needs head_dim = 2 * HALF");
-            let score = |i: usize, qh: &[S], kh: &[S]| rope_offset_dot(qh, kh, &cos[i], &sin[i]);
-            attend_row_with::<S, D, H, HD, W>(q, n, key, value, score, bias, p, out)
-        }
+    if rope.is_some() {
+        assert!(HD == 2 * HALF, "RoPE needs head_dim = 2 * HALF");
     }
+    attend_row_with::<S, D, H, HD, HALF, W>(q, n, key, value, rope, bias, p, out)
 }
 
 crate::dispatch::dispatched! {
@@ -369,13 +451,12 @@ fn attention_bias_body<S: Scalar, const T: usize, const D: usize, const H: usize
 ) {
     for t in 0..T {
         let n = (t + 1).min(W);
-        let score = |_: usize, qh: &[S], kh: &[S]| dot_slice(qh, kh);
-        attend_row_with::<S, D, H, HD, W>(
+        attend_row_with::<S, D, H, HD, 1, W>(
             &q[t],
             n,
             |i| &k[t - i],
             |i| &v[t - i],
-            score,
+            None,
             Some(bias),
             &mut p[t],
             &mut out[t],
