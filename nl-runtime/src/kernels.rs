@@ -260,9 +260,12 @@ fn attend_row_with<
         let qh = &q[cols.clone()];
         // (Called directly, not through a closure: a closure this size was
         // not inlined, and its lanes went through memory.)
-        // Four keys' lanes reduced at once (the same bits as one by one).
+        // Four keys' lanes reduced at once (the same bits as one by one), on
+        // x86-64 where the four trees share registers; elsewhere
+        // `lane_sums4` is four trees anyway, and four copies of the score
+        // cost a microcontroller build 8 KB of code for deep.
         let mut i = 0;
-        while i + 4 <= n {
+        while cfg!(target_arch = "x86_64") && i + 4 <= n {
             let (l0, t0) = score_lanes(rope, i, qh, &key(i)[cols.clone()]);
             let (l1, t1) = score_lanes(rope, i + 1, qh, &key(i + 1)[cols.clone()]);
             let (l2, t2) = score_lanes(rope, i + 2, qh, &key(i + 2)[cols.clone()]);

@@ -433,6 +433,7 @@ macro_rules! cols {
 /// bound by the rows of `M` and `G` it reads and writes, does not feel;
 /// the training passes keep [`cols!`] (measured: rows outermost everywhere
 /// cost them up to 45%).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_macros))]
 macro_rules! cols_by_row {
     ($d:expr, $nr:expr, $na:expr, |$o:ident, $n:ident, $rr:ident, $acc:ident| $body:expr) => {{
         let mut accs = [[[S::ZERO; LANES]; $na]; $nr];
@@ -453,6 +454,26 @@ macro_rules! cols_by_row {
         }
         sums(&accs)
     }};
+}
+
+/// The column loop of the streaming fire: [`cols_by_row!`] on x86-64,
+/// whose CPU tunings vectorise with gathers; [`cols!`] elsewhere (no
+/// gathers on the deploy targets; and on a microcontroller the rows loop
+/// of `cols_by_row!` was unrolled into 5 KB more code for micro_memory,
+/// 11% of its riscv32imac budget).
+#[cfg(target_arch = "x86_64")]
+macro_rules! cols_in_place {
+    ($($t:tt)*) => {
+        cols_by_row!($($t)*)
+    };
+}
+
+/// See the x86-64 definition.
+#[cfg(not(target_arch = "x86_64"))]
+macro_rules! cols_in_place {
+    ($($t:tt)*) => {
+        cols!($($t)*)
+    };
 }
 
 /// The sums of a block's lane accumulators, per row.
@@ -641,7 +662,7 @@ fn token_rows<S: Scalar, R: Rule, const D: usize, const NR: usize>(
     let read = match mem {
         Mem::InPlace(m, s) => {
             let (m, s) = (rows_mut::<S, D, NR>(m, i0), rows_mut::<S, D, NR>(s, i0));
-            cols_by_row!(D, NR, 1, |o, n, rr, acc| {
+            cols_in_place!(D, NR, 1, |o, n, rr, acc| {
                 let mc = ch_mut(&mut m[rr], o, n);
                 let acc_gw = (ch(&g[rr], o, n), ch(&w[rr], o, n));
                 fire_chunk_in_place::<S, R>(p, (c[rr], cw[rr]), ch(k, o, n), mc, acc_gw, ch_mut(&mut s[rr], o, n));
