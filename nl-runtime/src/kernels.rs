@@ -223,10 +223,13 @@ fn attention_backward_acc_body<
     attention_backward_with::<S, T, D, H, HD, W>(q, k, v, p, da, dq, dk, dv, None)
 }
 
-/// One query row of sliding-window attention with a score function:
-/// `score(i, qh, kh)` is the unscaled score of head columns `qh` and the key
-/// `i` steps back; the logit is `score * scale (+ bias[h][i])`. The softmax
-/// and the output are as in [`attend_row`] (same padding, same passes).
+/// One query row of sliding-window attention, the body of [`attend_row`]
+/// (no `rope`, no `bias`) and of [`attend_row_pos`] (compiled once per
+/// [`Path`](crate::dispatch::Path)): the score of head columns `qh` and the
+/// key `i` steps back is their dot product, or with `rope` the offset-form
+/// RoPE score ([`score_lanes`]); the logit is `score * scale (+
+/// bias[h][i])`. The softmax and the output are as in [`attend_row`] (same
+/// padding, same passes).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn attend_row_with<
@@ -249,6 +252,9 @@ fn attend_row_with<
 ) {
     const { assert!(H * HD == D, "heads * head_dim must equal d_model") };
     debug_assert!(n >= 1 && n <= W);
+    if rope.is_some() {
+        assert!(HD == 2 * HALF, "RoPE needs head_dim = 2 * HALF");
+    }
     let scale = S::ONE / S::from_usize(HD).sqrt();
     // The softmax passes run over `m >= n` entries, a whole number of
     // reduction lanes where the window allows: the padding scores are `-inf`,
@@ -403,34 +409,7 @@ crate::dispatch::dispatched! {
     rope: Option<(&[[S; HALF]; W], &[[S; HALF]; W])>,
     bias: Option<&[[S; W]; H]>,
     p: &mut [[S; W]; H],
-    out: &mut [S; D],) = attend_row_pos_body;
-}
-
-/// The body of [`attend_row_pos`], compiled once per [`Path`](crate::dispatch::Path).
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-#[inline(always)]
-fn attend_row_pos_body<
-    'a,
-    S: Scalar,
-    const D: usize,
-    const H: usize,
-    const HD: usize,
-    const HALF: usize,
-    const W: usize,
->(
-    q: &[S; D],
-    n: usize,
-    key: impl Fn(usize) -> &'a [S; D],
-    value: impl Fn(usize) -> &'a [S; D],
-    rope: Option<(&[[S; HALF]; W], &[[S; HALF]; W])>,
-    bias: Option<&[[S; W]; H]>,
-    p: &mut [[S; W]; H],
-    out: &mut [S; D],
-) {
-    if rope.is_some() {
-        assert!(HD == 2 * HALF, "RoPE needs head_dim = 2 * HALF");
-    }
-    attend_row_with::<S, D, H, HD, HALF, W>(q, n, key, value, rope, bias, p, out)
+    out: &mut [S; D],) = attend_row_with;
 }
 
 crate::dispatch::dispatched! {
