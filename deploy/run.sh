@@ -40,6 +40,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 rustup target add thumbv7em-none-eabihf riscv32imac-unknown-none-elf wasm32-unknown-unknown aarch64-unknown-linux-gnu
 node --version
+# NL_TOOLS_ONLY=1: install the tools and stop (.ci/run, before it runs this
+# script beside web/run.sh, so the two never run apt-get at once).
+[ "${NL_TOOLS_ONLY:-}" != 1 ] || exit 0
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 LLD="$(rustc --print sysroot)/lib/rustlib/$HOST/bin/rust-lld"
 

@@ -32,6 +32,9 @@ node --version
 /usr/bin/chromium --version
 # puppeteer-core never downloads a browser; the lockfile pins every package.
 PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
+# NL_TOOLS_ONLY=1: install the tools and stop (.ci/run, before it runs this
+# script beside deploy/run.sh, so the two never run apt-get at once).
+[ "${NL_TOOLS_ONLY:-}" != 1 ] || exit 0
 
 echo "== web: fmt, clippy [${SECONDS}s]"
 cargo fmt -- --check

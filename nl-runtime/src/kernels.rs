@@ -264,12 +264,12 @@ fn attend_row_with<
     for (h, ph) in p.iter_mut().enumerate() {
         let cols = h * HD..(h + 1) * HD;
         let qh = &q[cols.clone()];
-        // (Called directly, not through a closure: a closure this size was
-        // not inlined, and its lanes went through memory.)
         // Four keys' lanes reduced at once (the same bits as one by one), on
         // x86-64 where the four trees share registers; elsewhere
         // `lane_sums4` is four trees anyway, and four copies of the score
-        // cost a microcontroller build 8 KB of code for deep.
+        // cost a microcontroller build 8 KB of code for deep. `score_lanes`
+        // is called directly: through a closure this size it was not
+        // inlined, and its lanes went through memory.
         let mut i = 0;
         while cfg!(target_arch = "x86_64") && i + 4 <= n {
             let (l0, t0) = score_lanes(rope, i, qh, &key(i)[cols.clone()]);

@@ -69,8 +69,8 @@ pub trait Scalar:
     /// every inner product.
     fn mul_add(self, a: Self, b: Self) -> Self;
     /// The sum of 16 lanes, the accumulators of the vectorised kernels:
-    /// a pairwise tree (`f32` on x86-64 with AVX-512 or AVX: one vector
-    /// reduction, also a tree). Besides being short, an opaque reduction
+    /// a pairwise tree (`f32` on x86-64: one AVX-512 reduction, or the tree
+    /// in SSE2 registers, the same tree either way). Besides being short, an opaque reduction
     /// keeps the SLP vectoriser on the lane dimension of a block's
     /// accumulators; a tree written in scalar code side by side for the rows
     /// of a block leads it to vectorise across the rows instead, at two to
@@ -281,8 +281,8 @@ fn lane_trees4<T: Copy + AddAssign>(rows: &[[T; 16]; 4]) -> [T; 4] {
     [lane_tree(rows[0]), lane_tree(rows[1]), lane_tree(rows[2]), lane_tree(rows[3])]
 }
 
-/// `f32` [`Scalar::lane_sum`]: one vector reduction with AVX-512 or AVX
-/// on x86-64, the same tree in SSE2 registers on other x86-64 builds (the
+/// `f32` [`Scalar::lane_sum`]: one vector reduction with AVX-512 on
+/// x86-64, the same tree in SSE2 registers on other x86-64 builds (the
 /// default build, whose AVX-512 and AVX2 kernels are compiled inside
 /// `#[target_feature]` functions: written as scalar code, the tree of each
 /// row of a block was interleaved with the others' into shuffles), else
@@ -329,9 +329,10 @@ fn quarter_sums_sse2(x: &[f32; 16]) -> core::arch::x86_64::__m128 {
     }
 }
 
-/// [`lane_sum_f32`] of 16 `f32` in SSE2 registers (x86-64 without AVX):
+/// [`lane_sum_f32`] of 16 `f32` in SSE2 registers (x86-64 without
+/// AVX-512; with AVX the compiler encodes the same operations in VEX form):
 /// the tree of [`lane_tree`], step by step.
-#[cfg(all(target_arch = "x86_64", not(target_feature = "avx512f"), not(target_feature = "avx")))]
+#[cfg(all(target_arch = "x86_64", not(target_feature = "avx512f")))]
 #[inline(always)]
 fn lane_sum_f32_x86(x: &[f32; 16]) -> f32 {
     use core::arch::x86_64::{_mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_movehl_ps, _mm_shuffle_ps};
@@ -377,22 +378,6 @@ fn lane_sum_f32_x86(x: &[f32; 16]) -> f32 {
     // unaligned load reads; the target has AVX-512F (checked by the `cfg`
     // at compile time).
     unsafe { _mm512_reduce_add_ps(_mm512_loadu_ps(x.as_ptr())) }
-}
-
-/// [`lane_sum_f32`] of 16 `f32` with AVX: two `ymm` halves added, then a tree.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx", not(target_feature = "avx512f")))]
-#[inline(always)]
-fn lane_sum_f32_x86(x: &[f32; 16]) -> f32 {
-    use core::arch::x86_64::*;
-    // SAFETY: `x` is 16 initialised `f32` (64 bytes); the two unaligned
-    // loads read its halves. The target has AVX (checked by the `cfg` at
-    // compile time); every other intrinsic is register-only.
-    unsafe {
-        let v = _mm256_add_ps(_mm256_loadu_ps(x.as_ptr()), _mm256_loadu_ps(x.as_ptr().add(8)));
-        let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
-    }
 }
 
 impl_scalar!(f32, 4, "F32", exp_f32, libm::logf, libm::sqrtf, libm::log1pf, libm::fabsf, lane_sum_f32, lane_sums4_f32);
