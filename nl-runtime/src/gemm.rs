@@ -5,8 +5,10 @@
 //! The kernel keeps a block of rows x columns of `C` in registers while `k`
 //! runs: each step loads one row segment of `B` (contiguous) and broadcasts
 //! one scalar of `A` per row, so every load of `B` feeds a fused multiply-add
-//! per row and lane and no horizontal sums are needed. Every size is a const
-//! generic, so a generated model gets a copy specialised to its shapes.
+//! per row and lane and no horizontal sums are needed. The public products
+//! are const-generic (a generated model's shapes are checked in its types);
+//! the kernel under them takes the sizes at run time, one copy per element
+//! type and path (see [`Shape`] for why).
 //!
 //! # Paths
 //!
@@ -90,109 +92,148 @@ const NR: usize = 8;
 /// full `NR` blocks; the last `N % 8` columns go one at a time.
 const NR_TAIL: usize = 8;
 
-/// One `R x C` block of `C (+)= A B` at rows `c[..R]`, columns `n0..n0 + C`.
-/// `a(r, k)` is `A[m0 + r][k]` for the block's first row `m0`.
+/// The shape of one product `C (+)= A B`: `A` `[m, k]` (or, with `ta`,
+/// stored transposed as `[k, m]`), `B` `[k, n]` and `C` `[m, n]`, all
+/// row-major and contiguous; `acc` adds to the old `C` instead of
+/// overwriting it.
+///
+/// The kernels take the sizes at run time: the typed wrappers below
+/// ([`linear_t`] and the two backward products) are const-generic and check
+/// the shapes in their types, but everything under them is one function per
+/// element type and path, not one per product shape. Every block size stays
+/// a constant (the register tiles, the tails); only the trip counts of the
+/// loops around them are run-time values, which costs nothing measurable
+/// next to the multiply-adds of one tile. A copy of the kernel per shape,
+/// path and scalar type (as before) was 37% of the LLVM IR of the test
+/// binary (`cargo llvm-lines --test all`: 425 shapes), most of its build
+/// time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Shape {
+    /// Rows of `A` and `C`.
+    pub m: usize,
+    /// Columns of `A`, rows of `B`.
+    pub k: usize,
+    /// Columns of `B` and `C`.
+    pub n: usize,
+    /// `C += A B` (else `C = A B`).
+    pub acc: bool,
+    /// `A` is stored transposed: `A[i][j]` is `a[j * m + i]` (else
+    /// `a[i * k + j]`).
+    pub ta: bool,
+}
+
+impl Shape {
+    /// Panics unless the operands have the shape's sizes.
+    #[inline]
+    fn check<S>(self, a: &[S], b: &[S], c: &[S]) {
+        let Shape { m, k, n, .. } = self;
+        assert!(
+            a.len() == m * k && b.len() == k * n && c.len() == m * n,
+            "gemm: operands of {}, {}, {} elements for [{m}, {k}] x [{k}, {n}]",
+            a.len(),
+            b.len(),
+            c.len()
+        );
+    }
+}
+
+/// One `R x C` block of `C (+)= A B` at rows `m0..m0 + R`, columns
+/// `n0..n0 + C`, all `k`.
 #[inline(always)]
-fn block<S: Scalar, const R: usize, const C: usize, const K: usize, const N: usize, const ACC: bool>(
-    a: impl Fn(usize, usize) -> S,
-    b: &[[S; N]; K],
+fn block<S: Scalar, const R: usize, const C: usize, const TA: bool>(
+    g: Shape,
+    a: &[S],
+    b: &[S],
+    c: &mut [S],
+    m0: usize,
     n0: usize,
-    c: &mut [[S; N]],
 ) {
+    let (sm, sk) = if TA { (1, g.m) } else { (g.k, 1) };
     let mut acc = [[S::ZERO; C]; R];
-    if ACC {
+    if g.acc {
         for r in 0..R {
-            acc[r].copy_from_slice(&c[r][n0..n0 + C]);
+            let at = (m0 + r) * g.n + n0;
+            acc[r].copy_from_slice(&c[at..at + C]);
         }
     }
-    for k in 0..K {
-        let bk = &b[k][n0..n0 + C];
+    for k in 0..g.k {
+        let bk: &[S; C] = b[k * g.n + n0..][..C].try_into().expect("C elements");
         for r in 0..R {
-            let ar = a(r, k);
+            let ar = a[(m0 + r) * sm + k * sk];
             for j in 0..C {
                 acc[r][j] = ar.mul_add(bk[j], acc[r][j]);
             }
         }
     }
     for r in 0..R {
-        c[r][n0..n0 + C].copy_from_slice(&acc[r]);
+        let at = (m0 + r) * g.n + n0;
+        c[at..at + C].copy_from_slice(&acc[r]);
     }
 }
 
 /// All row blocks of the columns `n0..n0 + C`.
 #[inline(always)]
-fn column_panel<S: Scalar, const C: usize, const M: usize, const K: usize, const N: usize, const ACC: bool>(
-    a: &impl Fn(usize, usize) -> S,
-    b: &[[S; N]; K],
-    n0: usize,
-    c: &mut [[S; N]; M],
-) {
+fn column_panel<S: Scalar, const C: usize, const TA: bool>(g: Shape, a: &[S], b: &[S], c: &mut [S], n0: usize) {
     let mut m0 = 0;
-    while m0 + MR <= M {
-        block::<S, MR, C, K, N, ACC>(|r, k| a(m0 + r, k), b, n0, &mut c[m0..m0 + MR]);
+    while m0 + MR <= g.m {
+        block::<S, MR, C, TA>(g, a, b, c, m0, n0);
         m0 += MR;
     }
-    while m0 < M {
-        block::<S, 1, C, K, N, ACC>(|_, k| a(m0, k), b, n0, &mut c[m0..m0 + 1]);
+    while m0 < g.m {
+        block::<S, 1, C, TA>(g, a, b, c, m0, n0);
         m0 += 1;
     }
 }
 
-/// The portable path: `C = A B` (`ACC = false`) or `C += A B`
-/// (`ACC = true`), `A` given as a function `a(m, k)`, `B` row-major
-/// `[K, N]`, `C` row-major `[M, N]`.
-#[inline(always)]
-fn gemm_portable<S: Scalar, const M: usize, const K: usize, const N: usize, const ACC: bool>(
-    a: impl Fn(usize, usize) -> S,
-    b: &[[S; N]; K],
-    c: &mut [[S; N]; M],
-) {
+/// The portable path: plain Rust the compiler vectorises for the build's
+/// target features. Not inlined: one copy per scalar type and layout of `A`
+/// serves every shape (a microcontroller build keeps two).
+#[inline(never)]
+fn gemm_portable<S: Scalar, const TA: bool>(g: Shape, a: &[S], b: &[S], c: &mut [S]) {
     let mut n0 = 0;
-    while n0 + NR <= N {
-        column_panel::<S, NR, M, K, N, ACC>(&a, b, n0, c);
+    while n0 + NR <= g.n {
+        column_panel::<S, NR, TA>(g, a, b, c, n0);
         n0 += NR;
     }
-    while n0 + NR_TAIL <= N {
-        column_panel::<S, NR_TAIL, M, K, N, ACC>(&a, b, n0, c);
+    while n0 + NR_TAIL <= g.n {
+        column_panel::<S, NR_TAIL, TA>(g, a, b, c, n0);
         n0 += NR_TAIL;
     }
-    while n0 < N {
-        column_panel::<S, 1, M, K, N, ACC>(&a, b, n0, c);
+    while n0 < g.n {
+        column_panel::<S, 1, TA>(g, a, b, c, n0);
         n0 += 1;
     }
 }
 
-/// `C (+)= A B` on `path`: `ACC` accumulates into the old `C`; `A` is both
-/// `a_flat` (`[M, K]` flattened, or with `TA` `A^T` `[K, M]` flattened, for
-/// the SIMD paths) and `a(m, k)` (the same values, for the portable path).
+/// `C (+)= A B` of shape `g` on `path` (see [`Shape`] for the operands'
+/// layout). Panics if the operands do not have the shape's sizes.
 ///
 /// # Safety
 ///
 /// `path.is_supported()`.
-#[inline(always)]
-unsafe fn run<S: Scalar, const M: usize, const K: usize, const N: usize, const ACC: bool, const TA: bool>(
-    path: Path,
-    a_flat: &[S],
-    a: impl Fn(usize, usize) -> S,
-    b: &[[S; N]; K],
-    c: &mut [[S; N]; M],
-) {
+#[inline]
+unsafe fn run<S: Scalar>(path: Path, g: Shape, a: &[S], b: &[S], c: &mut [S]) {
+    g.check(a, b, c);
     #[cfg(target_arch = "x86_64")]
     {
         let done = match path {
             // SAFETY: the path is supported (this function's contract), so
-            // the CPU has AVX-512F; `gemm_avx512` checks the operand sizes.
-            Path::Avx512 => unsafe { x86::gemm_avx512::<S, M, K, N, ACC, TA>(a_flat, b, c) },
+            // the CPU has AVX-512F; the operands' sizes are checked above.
+            Path::Avx512 => unsafe { x86::gemm_avx512::<S>(g, a, b, c) },
             // SAFETY: as above, the CPU has AVX2 and FMA.
-            Path::Avx2 => unsafe { x86::gemm_avx2::<S, M, K, N, ACC, TA>(a_flat, b, c) },
+            Path::Avx2 => unsafe { x86::gemm_avx2::<S>(g, a, b, c) },
             Path::Portable => false,
         };
         if done {
             return;
         }
     }
-    let _ = (path, a_flat);
-    gemm_portable::<S, M, K, N, ACC>(a, b, c);
+    let _ = path;
+    if g.ta {
+        gemm_portable::<S, true>(g, a, b, c);
+    } else {
+        gemm_portable::<S, false>(g, a, b, c);
+    }
 }
 
 /// `dst = src^T`: `src` is `[R, C]`, `dst` is `[C, R]`. Walks 8 x 8 tiles so
@@ -225,8 +266,9 @@ pub fn linear_t<S: Scalar, const T: usize, const O: usize, const I: usize>(
     wt: &[[S; O]; I],
     y: &mut [[S; O]; T],
 ) {
+    let g = Shape { m: T, k: I, n: O, acc: false, ta: false };
     // SAFETY: `path()` is always supported.
-    unsafe { run::<S, T, I, O, false, false>(path(), x.as_flattened(), |m, k| x[m][k], wt, y) };
+    unsafe { run(path(), g, x.as_flattened(), wt.as_flattened(), y.as_flattened_mut()) };
 }
 
 /// Backward of a linear layer to its input: `dX += dY W`, i.e.
@@ -237,8 +279,9 @@ pub fn linear_backward_input_acc<S: Scalar, const T: usize, const O: usize, cons
     w: &[[S; I]; O],
     dx: &mut [[S; I]; T],
 ) {
+    let g = Shape { m: T, k: O, n: I, acc: true, ta: false };
     // SAFETY: `path()` is always supported.
-    unsafe { run::<S, T, O, I, true, false>(path(), dy.as_flattened(), |m, k| dy[m][k], w, dx) };
+    unsafe { run(path(), g, dy.as_flattened(), w.as_flattened(), dx.as_flattened_mut()) };
 }
 
 /// Backward of a linear layer to its weight: `dW += dY^T X`, i.e.
@@ -249,8 +292,9 @@ pub fn linear_backward_weight_acc<S: Scalar, const T: usize, const O: usize, con
     x: &[[S; I]; T],
     dw: &mut [[S; I]; O],
 ) {
+    let g = Shape { m: O, k: T, n: I, acc: true, ta: true };
     // SAFETY: `path()` is always supported.
-    unsafe { run::<S, O, T, I, true, true>(path(), dy.as_flattened(), |m, k| dy[k][m], x, dw) };
+    unsafe { run(path(), g, dy.as_flattened(), x.as_flattened(), dw.as_flattened_mut()) };
 }
 
 #[cfg(test)]
@@ -384,9 +428,12 @@ mod tests {
                 }
                 // SAFETY: `path` is supported (checked above).
                 unsafe {
-                    run::<S, T, I, O, false, false>(path, x.as_flattened(), |m, k| x[m][k], &wt, &mut y);
-                    run::<S, T, O, I, true, false>(path, dy.as_flattened(), |m, k| dy[m][k], &w, &mut dx);
-                    run::<S, O, T, I, true, true>(path, dy.as_flattened(), |m, k| dy[k][m], &x, &mut dw);
+                    let g = Shape { m: T, k: I, n: O, acc: false, ta: false };
+                    run(path, g, x.as_flattened(), wt.as_flattened(), y.as_flattened_mut());
+                    let g = Shape { m: T, k: O, n: I, acc: true, ta: false };
+                    run(path, g, dy.as_flattened(), w.as_flattened(), dx.as_flattened_mut());
+                    let g = Shape { m: O, k: T, n: I, acc: true, ta: true };
+                    run(path, g, dy.as_flattened(), x.as_flattened(), dw.as_flattened_mut());
                 }
             }
             Err(mad) => {
