@@ -8,7 +8,7 @@
 //! per row and lane and no horizontal sums are needed. The public products
 //! are const-generic (a generated model's shapes are checked in its types);
 //! the kernel under them takes the sizes at run time, one copy per element
-//! type and path (see [`Shape`] for why).
+//! type and path (see the docs of its private `Shape` type for why).
 //!
 //! # Paths
 //!
@@ -218,7 +218,8 @@ unsafe fn run<S: Scalar>(path: Path, g: Shape, a: &[S], b: &[S], c: &mut [S]) {
     {
         let done = match path {
             // SAFETY: the path is supported (this function's contract), so
-            // the CPU has AVX-512F; the operands' sizes are checked above.
+            // the CPU has AVX-512F; the operands have the sizes of `g`
+            // (checked above), the other half of the entry points' contract.
             Path::Avx512 => unsafe { x86::gemm_avx512::<S>(g, a, b, c) },
             // SAFETY: as above, the CPU has AVX2 and FMA.
             Path::Avx2 => unsafe { x86::gemm_avx2::<S>(g, a, b, c) },

@@ -481,6 +481,28 @@ unsafe fn kernel<V: Vector, const MR: usize, const NV: usize, const KC: usize, c
     }
 }
 
+/// [`kernel`] with `TA` set from `g.ta`.
+///
+/// # Safety
+///
+/// As [`kernel`].
+#[inline(always)]
+unsafe fn kernel_for<V: Vector, const MR: usize, const NV: usize, const KC: usize>(
+    g: Shape,
+    a: *const V::E,
+    b: *const V::E,
+    c: *mut V::E,
+) {
+    // SAFETY: this function's contract is `kernel`'s.
+    unsafe {
+        if g.ta {
+            kernel::<V, MR, NV, KC, true>(g, a, b, c)
+        } else {
+            kernel::<V, MR, NV, KC, false>(g, a, b, c)
+        }
+    }
+}
+
 /// Rows of `C` per register block, AVX-512 (32 vector registers).
 const MR_512: usize = 6;
 /// Vectors of `C` per register block row, AVX-512.
@@ -513,31 +535,18 @@ fn as_elems<S: Scalar, E: 'static>(a: &[S], b: &[S], c: &mut [S]) -> Option<(*co
 /// (compile time); `as_elems`'s `TypeId` test is what makes the casts sound.
 macro_rules! by_element {
     ($g:ident, $a:ident, $b:ident, $c:ident, $f32:ty, $f64:ty, $mr:expr, $nv:expr, $kc:expr) => {{
-        $g.check($a, $b, $c);
         if const { S::BYTES == 4 } {
             if let Some((a, b, c)) = as_elems::<S, f32>($a, $b, $c) {
-                // SAFETY: the CPU features by the entry point's contract;
-                // `a`, `b`, `c` come from operands of `m * k`, `k * n` and
-                // `m * n` elements (asserted), `c` from the exclusive borrow.
-                unsafe {
-                    if $g.ta {
-                        kernel::<$f32, { $mr }, { $nv }, { $kc }, true>($g, a, b, c)
-                    } else {
-                        kernel::<$f32, { $mr }, { $nv }, { $kc }, false>($g, a, b, c)
-                    }
-                };
+                // SAFETY: the CPU features and the operands' sizes (`m * k`,
+                // `k * n`, `m * n` elements) by the entry point's contract;
+                // `c` from the exclusive borrow.
+                unsafe { kernel_for::<$f32, { $mr }, { $nv }, { $kc }>($g, a, b, c) };
                 return true;
             }
         } else if const { S::BYTES == 8 } {
             if let Some((a, b, c)) = as_elems::<S, f64>($a, $b, $c) {
                 // SAFETY: as for `f32` above.
-                unsafe {
-                    if $g.ta {
-                        kernel::<$f64, { $mr }, { $nv }, { $kc }, true>($g, a, b, c)
-                    } else {
-                        kernel::<$f64, { $mr }, { $nv }, { $kc }, false>($g, a, b, c)
-                    }
-                };
+                unsafe { kernel_for::<$f64, { $mr }, { $nv }, { $kc }>($g, a, b, c) };
                 return true;
             }
         }
@@ -550,8 +559,8 @@ macro_rules! by_element {
 ///
 /// # Safety
 ///
-/// The CPU must have AVX-512F. Panics if the operands' sizes do not match
-/// `g`.
+/// The CPU must have AVX-512F, and the operands the sizes of `g`
+/// ([`Shape::check`](super::Shape), which `run` calls first).
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn gemm_avx512<S: Scalar>(g: Shape, a: &[S], b: &[S], c: &mut [S]) -> bool {
     by_element!(g, a, b, c, Avx512F32, Avx512F64, MR_512, NV_512, KC_512)
@@ -561,8 +570,8 @@ pub(super) unsafe fn gemm_avx512<S: Scalar>(g: Shape, a: &[S], b: &[S], c: &mut 
 ///
 /// # Safety
 ///
-/// The CPU must have AVX2 and FMA. Panics if the operands' sizes do not
-/// match `g`.
+/// The CPU must have AVX2 and FMA, and the operands the sizes of `g` (as
+/// for [`gemm_avx512`]).
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn gemm_avx2<S: Scalar>(g: Shape, a: &[S], b: &[S], c: &mut [S]) -> bool {
     by_element!(g, a, b, c, Avx2F32, Avx2F64, MR_256, NV_256, KC_256)
