@@ -294,21 +294,41 @@ fn attend_row_with<
             }
         }
         ph[n..m].fill(S::from_f64(f64::NEG_INFINITY));
-        let row = &mut ph[..m];
-        let mx = max_lanes(row);
-        for pi in row.iter_mut() {
-            *pi = (*pi - mx).exp();
+    }
+    // The softmax and the output run phase by phase over all heads, not
+    // head after head: each phase has a chain of dependent operations per
+    // head (the maximum and the sum over the keys, the output's
+    // multiply-adds over the keys), and the heads' chains are independent,
+    // so side by side they overlap. Each head's operations and their order
+    // are those of a softmax and an output computed head by head.
+    let mut mx = [S::ZERO; H];
+    for (mh, ph) in mx.iter_mut().zip(p.iter()) {
+        *mh = max_lanes(&ph[..m]);
+    }
+    for (ph, &mh) in p.iter_mut().zip(&mx) {
+        for pi in ph[..m].iter_mut() {
+            *pi = (*pi - mh).exp();
         }
-        let inv = S::ONE / sum_lanes(row);
-        for pi in row.iter_mut() {
-            *pi *= inv;
+    }
+    let mut inv = [S::ZERO; H];
+    for (ih, ph) in inv.iter_mut().zip(p.iter()) {
+        *ih = S::ONE / sum_lanes(&ph[..m]);
+    }
+    for (ph, &ih) in p.iter_mut().zip(&inv) {
+        for pi in ph[..m].iter_mut() {
+            *pi *= ih;
         }
         ph[m..].fill(S::ZERO);
-        let mut oh = [S::ZERO; HD];
-        for (i, &pi) in ph.iter().enumerate().take(n) {
-            axpy(pi, &value(i)[cols.clone()], &mut oh);
+    }
+    // out_h = sum_i p_hi v_i (head h's columns), a multiply-add per key in
+    // order of `i` from zero, for every head at once.
+    out.fill(S::ZERO);
+    for i in 0..n {
+        let v = value(i);
+        for (h, ph) in p.iter().enumerate() {
+            let cols = h * HD..(h + 1) * HD;
+            axpy(ph[i], &v[cols.clone()], &mut out[cols]);
         }
-        out[cols].copy_from_slice(&oh);
     }
 }
 
