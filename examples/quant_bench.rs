@@ -85,6 +85,8 @@ fn bench<const O: usize, const I: usize>(name: &str, runs: usize, min_time: f64)
     quant::quantize_ternary(&w, ts, &mut tq);
     let mut packed = vec![0u8; O * quant::ternary_row_bytes(I)];
     quant::pack_ternary(&tq, O, I, &mut packed).expect("ternary codes");
+    let mut tiles = vec![quant::I8Tile([0; 64]); quant::tiles_len(O, I)];
+    quant::tile_int8(&wq, O, I, &mut tiles);
     let mut xq = vec![0i8; I];
     let a = quant::quantize_act(&x, &mut xq);
     let mut y = vec![0.0f32; O];
@@ -99,6 +101,10 @@ fn bench<const O: usize, const I: usize>(name: &str, runs: usize, min_time: f64)
             quant::matvec_i8_i8_with(p, black_box(&wq), &scales, O, I, black_box(&xq), a, black_box(&mut y))
         });
         report(&shape, "int8 x int8", p.name(), ns, ops);
+        let ns = time_ns(runs, min_time, || {
+            quant::matvec_i8_i8_tiled_with(p, black_box(&tiles), &scales, O, I, black_box(&xq), a, black_box(&mut y))
+        });
+        report(&shape, "int8 tiled", p.name(), ns, ops);
         let ns = time_ns(runs, min_time, || {
             quant::matvec_i8_f32_with(p, black_box(&wq), &scales, O, I, black_box(&x), black_box(&mut y))
         });

@@ -10,7 +10,7 @@
 //!
 //! Each line has the keys of `cargo nl report SPEC` (and of the deploy
 //! targets' lines): `model`, `target`, `weights`, `step_us` (p50/p95/p99/max
-//! of one streaming `try_step_q` on the deployable parameters),
+//! of one streaming `try_step_qp` on the deployable parameters),
 //! `train_step_ms` (p50/p95/max of one optimizer step of `--batch`
 //! sequences on `--threads` workers), `ram_bytes` (`size_of` of Params,
 //! Stream, Workspace, the gradient and AdamW's moments, f32),

@@ -1,7 +1,8 @@
 //! A quick throughput measurement of one model on this machine: training
 //! (one AdamW step of `batch` sequences per unit of work) and streaming
-//! (`try_step_q` on the deployable parameters, one token per call, the
-//! inner loop on: the integer kernels for a quantized model), in tokens per second
+//! (`try_step_qp` on the deployable parameters and their serving copies,
+//! one token per call, the inner loop on: the integer kernels for a
+//! quantized model), in tokens per second
 //! and GFLOP/s from the model's FLOP counts. Each of `runs` timed runs
 //! repeats the unit until `min_seconds` have passed; the median run is
 //! reported. Tokens are uniform random bytes drawn before timing.
@@ -67,7 +68,7 @@ pub fn bench<M: Model>(batch: usize, runs: usize, min_seconds: f64) -> BenchRepo
     let mut serve_unit = || {
         for _ in 0..64 {
             // Tokens are below VOCAB, so the step cannot refuse them.
-            let _ = std::hint::black_box(M::try_step_q(&mut *stream, &q, stream_tokens[at % stream_tokens.len()]));
+            let _ = std::hint::black_box(q.try_step(&mut *stream, stream_tokens[at % stream_tokens.len()]));
             at += 1;
         }
     };

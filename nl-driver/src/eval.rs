@@ -59,22 +59,45 @@ pub fn stream<M: Model>(params: &M::Params<f32>, text: &[u8], mut progress: impl
     (total, predicted)
 }
 
-/// The deployable parameters of `params` ([`Model::quantize`]: a copy for
-/// an f32 model), which every streaming command of this crate serves: a
-/// quantized model streams through its integer kernels, as on a device.
-pub fn deployable<M: Model>(params: &M::Params<f32>) -> Box<M::QParams> {
-    let mut q = boxed_zeroed::<M::QParams>();
-    M::quantize(params, &mut q);
-    q
+/// A model's serving parameters: the deployable parameters
+/// ([`Model::quantize`]: a copy for an f32 model) and their serving copies
+/// ([`Model::pack_q`]: the tiled `int8` matrices), which every streaming
+/// command of this crate serves: a quantized model streams through its
+/// integer kernels, as on a device, with the fastest layout this CPU reads.
+pub struct Deployed<M: Model> {
+    /// The deployable parameters (an exported checkpoint's data).
+    pub q: Box<M::QParams>,
+    /// [`Model::pack_q`] of `q`.
+    pub packed: Box<M::QPacked>,
 }
 
-/// Feeds one byte to a stream on deployable parameters
-/// ([`Model::try_step_q`]) and returns the next-byte logits.
+impl<M: Model> Deployed<M> {
+    /// One streaming step ([`Model::try_step_qp`]).
+    pub fn try_step<'a>(
+        &self,
+        stream: &'a mut M::Stream<f32>,
+        token: u32,
+    ) -> Result<&'a [f32], nl_runtime::TokenError> {
+        M::try_step_qp(stream, &self.q, &self.packed, token)
+    }
+}
+
+/// The serving parameters of `params` (see [`Deployed`]).
+pub fn deployable<M: Model>(params: &M::Params<f32>) -> Deployed<M> {
+    let mut q = boxed_zeroed::<M::QParams>();
+    M::quantize(params, &mut q);
+    let mut packed = boxed_zeroed::<M::QPacked>();
+    M::pack_q(&q, &mut packed);
+    Deployed { q, packed }
+}
+
+/// Feeds one byte to a stream on serving parameters
+/// ([`Deployed::try_step`]) and returns the next-byte logits.
 ///
 /// # Panics
 /// If `M::VOCAB < 256` (the commands check [`crate::require_bytes`] first).
-pub fn step_byte<'a, M: Model>(stream: &'a mut M::Stream<f32>, q: &M::QParams, byte: u8) -> &'a [f32] {
-    match M::try_step_q(stream, q, u32::from(byte)) {
+pub fn step_byte<'a, M: Model>(stream: &'a mut M::Stream<f32>, d: &Deployed<M>, byte: u8) -> &'a [f32] {
+    match d.try_step(stream, u32::from(byte)) {
         Ok(logits) => logits,
         Err(e) => panic!("{e} (a byte-level command on a model whose vocabulary is below 256)"),
     }

@@ -6,8 +6,9 @@
 //! What each number is:
 //!
 //! - `step_us`: p50/p95/p99/max over `tokens` timed calls of
-//!   [`Model::try_step_q`] on the deployable parameters ([`Model::QParams`]:
-//!   the integer kernels for a quantized model, the f32 ones otherwise), the
+//!   [`Model::try_step_qp`] on the deployable parameters ([`Model::QParams`]
+//!   and their serving copies [`Model::QPacked`]: the integer kernels for a
+//!   quantized model, the f32 ones otherwise), the
 //!   inner loop on, one token per call, each call timed alone with
 //!   [`Instant`] (so each sample includes one clock read, about 20 ns on
 //!   Linux x86-64). Tokens are uniform random, drawn before timing; an
@@ -214,7 +215,7 @@ where
     let mut step_us = Vec::with_capacity(cfg.tokens);
     for (i, &t) in toks.iter().enumerate() {
         let t0 = Instant::now();
-        let r = M::try_step_q(&mut *stream, &q, std::hint::black_box(t));
+        let r = q.try_step(&mut *stream, std::hint::black_box(t));
         let dt = t0.elapsed();
         let logits = r.map_err(|e| Error(format!("streaming step refused a token: {e}")))?;
         std::hint::black_box(logits);

@@ -317,6 +317,13 @@ fn emit_model_impl(plan: &Plan) -> TokenStream {
             fn try_step_q<'a>(stream: &'a mut Stream<f32>, q: &QParams, token: u32) -> Result<&'a [f32], ::nl_runtime::TokenError> {
                 stream.try_step_q(q, token).map(|logits| logits.as_slice())
             }
+            type QPacked = QPacked;
+            fn pack_q(q: &QParams, pk: &mut QPacked) {
+                pack_q(q, pk)
+            }
+            fn try_step_qp<'a>(stream: &'a mut Stream<f32>, q: &QParams, pk: &QPacked, token: u32) -> Result<&'a [f32], ::nl_runtime::TokenError> {
+                stream.try_step_qp(q, pk, token).map(|logits| logits.as_slice())
+            }
         }
     } else {
         quote! {
@@ -326,6 +333,11 @@ fn emit_model_impl(plan: &Plan) -> TokenStream {
                 q.as_flat_mut().copy_from_slice(params.as_flat());
             }
             fn try_step_q<'a>(stream: &'a mut Stream<f32>, q: &Params<f32>, token: u32) -> Result<&'a [f32], ::nl_runtime::TokenError> {
+                stream.try_step(q, token).map(|logits| logits.as_slice())
+            }
+            type QPacked = ();
+            fn pack_q(_q: &Params<f32>, _pk: &mut ()) {}
+            fn try_step_qp<'a>(stream: &'a mut Stream<f32>, q: &Params<f32>, _pk: &(), token: u32) -> Result<&'a [f32], ::nl_runtime::TokenError> {
                 stream.try_step(q, token).map(|logits| logits.as_slice())
             }
         }

@@ -86,7 +86,11 @@ pub(crate) fn mv_group(
     x: TokenStream,
     products: &[(&str, TokenStream)],
 ) -> TokenStream {
-    let (owner, owner_i) = if block { (quote! { bp }, quote! { bi }) } else { (quote! { p }, quote! { q.i }) };
+    let (owner, owner_i, owner_k) = if block {
+        (quote! { bp }, quote! { bi }, quote! { bk })
+    } else {
+        (quote! { p }, quote! { q.i }, quote! { pk })
+    };
     let mut int8_in = None;
     let mut body = Vec::new();
     for (f, y) in products {
@@ -114,7 +118,12 @@ pub(crate) fn mv_group(
             },
             (WeightQuant::Int8, ActQuant::Int8) => {
                 int8_in = Some(inp.clone());
-                quote! { ::nl_runtime::quant::matvec_i8_i8(#codes, &#owner.#scale, #out, #inp, &self.qx[..#inp], a, &mut #y); }
+                quote! {
+                    match #owner_k {
+                        Some(k) => ::nl_runtime::quant::matvec_i8_i8_tiled(&k.#fid, &#owner.#scale, #out, #inp, &self.qx[..#inp], a, &mut #y),
+                        None => ::nl_runtime::quant::matvec_i8_i8(#codes, &#owner.#scale, #out, #inp, &self.qx[..#inp], a, &mut #y),
+                    }
+                }
             }
             (WeightQuant::Ternary, ActQuant::Int8) => {
                 int8_in = Some(inp.clone());
@@ -323,6 +332,7 @@ pub(crate) fn qparams(plan: &Plan) -> TokenStream {
     let q_block: Vec<TokenStream> =
         block0.iter().map(|t| copy_or_quantize(t, quote! { pb }, quote! { qf }, quote! { qi })).collect();
     let scheme_name = format!("{}/{}", plan.quant.weights.as_str(), plan.quant.activations.as_str());
+    let packed = qpacked(plan, &block0, &top_after);
     quote! {
         /// One block's f32 tensors (norms, position biases, memory gates) and
         /// the scales of its quantized matrices.
@@ -399,6 +409,8 @@ pub(crate) fn qparams(plan: &Plan) -> TokenStream {
         /// Every tensor of [`QParams`], in struct and file order.
         pub const QTENSORS: &[::nl_runtime::QTensorInfo] = &[#(#entries),*];
 
+        #packed
+
         /// The deployable parameters of `p`: f32 tensors copied, quantized
         /// matrices as codes and scales (`nl_runtime::quant`).
         pub fn quantize(p: &Params<f32>, q: &mut QParams) {
@@ -407,6 +419,76 @@ pub(crate) fn qparams(plan: &Plan) -> TokenStream {
             }
             #(#q_top)*
             q.pad = [0; #padl];
+        }
+    }
+}
+
+/// Whether the plan's integer step reads tiled copies of its matrices
+/// (`QPacked`): `int8` weights with `int8` activations, the products
+/// `nl_runtime::quant::matvec_i8_i8_tiled` computes.
+fn tiled(plan: &Plan) -> bool {
+    plan.quant.weights == WeightQuant::Int8 && plan.quant.activations == ActQuant::Int8
+}
+
+/// `QPacked` (the tiled copies of the `int8` matrices, for a plan that is
+/// [`tiled`]; empty otherwise) and `pack_q`.
+fn qpacked(plan: &Plan, block0: &[&TensorPlan], top: &[&TensorPlan]) -> TokenStream {
+    let on = tiled(plan);
+    // (declarations, pack statements from `src` into `dst`) of the tiled fields of `ts`.
+    let fields = |ts: &[&TensorPlan], src: TokenStream, dst: TokenStream| -> (Vec<TokenStream>, Vec<TokenStream>) {
+        ts.iter()
+            .filter(|t| on && t.quantized)
+            .map(|t| {
+                let id = field(&t.field);
+                let (o, i) = (t.shape[0], t.shape[1]);
+                let (ol, il) = (lit(o), lit(i));
+                let tiles = o.div_ceil(16) * i.div_ceil(4);
+                let n = lit(tiles);
+                let doc = format!(" `{}` [{o}, {i}] as {tiles} tiles of 16 rows by 4 inputs.", t.field);
+                (
+                    quote! { #[doc = #doc] pub #id: [::nl_runtime::quant::I8Tile; #n], },
+                    quote! { ::nl_runtime::quant::tile_int8(#src.#id.as_flattened(), #ol, #il, &mut #dst.#id); },
+                )
+            })
+            .unzip()
+    };
+    let (bd, bp) = fields(block0, quote! { qi }, quote! { kb });
+    let (td, tp) = fields(top, quote! { q.i }, quote! { pk });
+    quote! {
+        /// One block's tiled `int8` matrices (see [`QPacked`]).
+        #[repr(C)]
+        pub struct QPackedBlock {
+            #(#bd)*
+        }
+
+        /// The serving copies of the `int8` matrices, in the tiled layout of
+        /// `nl_runtime::quant::tile_int8` (16 rows by 4 inputs per 64-byte
+        /// tile, the operand of AVX-512 VNNI's `vpdpbusd`), made from the
+        /// deployable parameters by [`pack_q`] and read by
+        /// [`Stream::try_step_qp`]. Empty unless the scheme is `int8`
+        /// weights with `int8` activations. The tiles are the codes of
+        /// [`QParams`] rearranged, not a new rounding: the step gives the
+        /// same bits with or without them.
+        #[repr(C)]
+        pub struct QPacked {
+            /// The blocks, input first.
+            pub blocks: [QPackedBlock; LAYERS],
+            #(#td)*
+        }
+
+        #[doc = " SAFETY: only arrays of `I8Tile` (a `u8` array), for which all-zero bytes are valid."]
+        unsafe impl ::nl_runtime::Zeroable for QPackedBlock {}
+        #[doc = " SAFETY: only arrays of `I8Tile` and of `QPackedBlock`, each valid all-zero."]
+        unsafe impl ::nl_runtime::Zeroable for QPacked {}
+
+        /// Fills `pk` with the tiled copies of `q`'s `int8` matrices (again
+        /// after every change of `q`).
+        #[allow(unused_variables)]
+        pub fn pack_q(q: &QParams, pk: &mut QPacked) {
+            for (qi, kb) in q.i.blocks.iter().zip(pk.blocks.iter_mut()) {
+                #(#bp)*
+            }
+            #(#tp)*
         }
     }
 }

@@ -153,7 +153,7 @@ fn build(plan: &Plan, reader: Reader) -> TokenStream {
     };
     let mem_step = memory::stream_step(plan, reader);
     let bind_b = if reader == Reader::Int {
-        quote! { let (bp, bi, bs) = (&p.blocks[b], &q.i.blocks[b], &mut self.blocks[b]); }
+        quote! { let (bp, bi, bk, bs) = (&p.blocks[b], &q.i.blocks[b], pk.map(|k| &k.blocks[b]), &mut self.blocks[b]); }
     } else {
         quote! { let (bp, bs) = (&p.blocks[b], &mut self.blocks[b]); }
     };
@@ -314,6 +314,23 @@ fn build(plan: &Plan, reader: Reader) -> TokenStream {
                 /// integer kernels of `nl_runtime::quant`. The logits equal
                 /// `try_step`'s on the latent parameters within float rounding.
                 pub fn try_step_q(&mut self, q: &QParams, token: u32) -> Result<&[f32; VOCAB], ::nl_runtime::TokenError> {
+                    self.step_int(q, None, token)
+                }
+
+                /// [`Stream::try_step_q`] reading the tiled copies of the
+                /// `int8` matrices in `pk` ([`pack_q`] of `q`) where the
+                /// tiled kernel is the faster one
+                /// (`nl_runtime::quant::tiles_pay`: AVX-512 VNNI), and `q`'s
+                /// row-major codes elsewhere. The products are exact integer
+                /// sums either way, so the logits are the same bits.
+                pub fn try_step_qp(&mut self, q: &QParams, pk: &QPacked, token: u32) -> Result<&[f32; VOCAB], ::nl_runtime::TokenError> {
+                    let pk = if ::nl_runtime::quant::tiles_pay() { Some(pk) } else { None };
+                    self.step_int(q, pk, token)
+                }
+
+                /// The integer step: the tiled products where `pk` is given.
+                #[allow(unused_variables)]
+                fn step_int(&mut self, q: &QParams, pk: Option<&QPacked>, token: u32) -> Result<&[f32; VOCAB], ::nl_runtime::TokenError> {
                     #[allow(non_camel_case_types, dead_code)]
                     type S = f32;
                     let p = &q.f;

@@ -92,6 +92,8 @@ unsafe impl Zeroable for bool {}
 unsafe impl Zeroable for i8 {}
 // SAFETY: all-zero is the integer 0.
 unsafe impl Zeroable for u8 {}
+// SAFETY: a zero-sized type has no bytes, so "all-zero" is its one value.
+unsafe impl Zeroable for () {}
 // SAFETY: an array has no padding beyond its elements', so all-zero bytes are
 // N all-zero elements, each valid by `T: Zeroable`.
 unsafe impl<T: Zeroable, const N: usize> Zeroable for [T; N] {}
@@ -380,6 +382,24 @@ pub trait Model: 'static {
     fn try_step_q<'a>(
         stream: &'a mut Self::Stream<f32>,
         q: &Self::QParams,
+        token: u32,
+    ) -> Result<&'a [f32], TokenError>;
+    /// Serving copies of the deployable parameters' matrices in the layout
+    /// the fastest integer kernel reads: for `int8` weights with `int8`
+    /// activations the tiles of [`quant::tile_int8`]; empty for other
+    /// schemes, `()` for an f32 model. Made by [`Model::pack_q`], read by
+    /// [`Model::try_step_qp`].
+    type QPacked: Zeroable;
+    /// Fills `pk` from `q` (again after every change of `q`).
+    fn pack_q(q: &Self::QParams, pk: &mut Self::QPacked);
+    /// [`Model::try_step_q`] with the serving copies `pk` ([`Model::pack_q`]
+    /// of `q`), read where their kernel is the faster one
+    /// ([`quant::tiles_pay`]): the same bits as [`Model::try_step_q`], the
+    /// serving step of choice on a machine with the memory for both.
+    fn try_step_qp<'a>(
+        stream: &'a mut Self::Stream<f32>,
+        q: &Self::QParams,
+        pk: &Self::QPacked,
         token: u32,
     ) -> Result<&'a [f32], TokenError>;
     /// Packs the weights of the batched streaming step from `params` (again

@@ -304,14 +304,22 @@ fn integer_step_matches_latent_step<M: Model>() {
     let p = random_params_in::<M, f32>(5, 0.05);
     let mut q = boxed_zeroed::<M::QParams>();
     M::quantize(&p, &mut q);
+    let mut pk = boxed_zeroed::<M::QPacked>();
+    M::pack_q(&q, &mut pk);
     let (mut a, mut b) = (boxed_zeroed::<M::Stream<f32>>(), boxed_zeroed::<M::Stream<f32>>());
+    let mut c = boxed_zeroed::<M::Stream<f32>>();
     M::reset(&mut a);
     M::reset(&mut b);
+    M::reset(&mut c);
     let mut rng = Rng::new(6);
     let mut worst = 0.0f64;
     for _ in 0..3 * M::SEQ {
         let tok = rng.below(M::VOCAB as u64) as u32;
         let x = M::try_step_q(&mut a, &q, tok).map(<[f32]>::to_vec).unwrap_or_default();
+        // The serving copies (tiled int8 matrices, read where VNNI runs)
+        // give the same exact integer sums: the same bits.
+        let z = M::try_step_qp(&mut c, &q, &pk, tok).map(<[f32]>::to_vec).unwrap_or_default();
+        assert_eq!(bits(&z), bits(&x), "{}: try_step_qp differs from try_step_q", M::NAME);
         let y = M::step(&mut b, &p, tok).to_vec();
         let scale = y.iter().fold(1.0f64, |m, v| m.max(f64::from(v.abs())));
         for (u, v) in x.iter().zip(&y) {
@@ -327,6 +335,10 @@ fn integer_step_matches_latent_step<M: Model>() {
 fn stream_matches_training<M: Model>() {
     let rel = max_stream_vs_forward_rel::<M, f64>(4);
     assert!(rel < 1e-9, "{}: stream vs training forward {rel:e}", M::NAME);
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 fn as_bytes<T>(t: &T) -> &[u8] {

@@ -311,6 +311,8 @@ fn every_path_equals_the_references_bit_for_bit() {
             let tscales = vec![ts; out];
 
             let want_i8_i8 = bits(&reference_int(&wq, &scales, out, inp, &xq, a));
+            let mut tiles = vec![I8Tile([0; 64]); tiles_len(out, inp)];
+            tile_int8(&wq, out, inp, &mut tiles);
             let want_t2_i8 = bits(&reference_int(&tq, &tscales, out, inp, &xq, a));
             let want_i8_f32 = bits(&reference_f32(&wq, &scales, out, inp, &x));
             let want_t2_f32 = bits(&reference_f32(&tq, &tscales, out, inp, &x));
@@ -319,6 +321,9 @@ fn every_path_equals_the_references_bit_for_bit() {
                 let what = |k: &str| std::format!("{k} on {} at [{out}x{inp}]", p.name());
                 matvec_i8_i8_with(p, &wq, &scales, out, inp, &xq, a, &mut y);
                 assert_eq!(bits(&y), want_i8_i8, "{}", what("i8_i8"));
+                y.fill(f32::NAN);
+                matvec_i8_i8_tiled_with(p, &tiles, &scales, out, inp, &xq, a, &mut y);
+                assert_eq!(bits(&y), want_i8_i8, "{}", what("i8_i8_tiled"));
                 matvec_t2_i8_with(p, &packed, ts, out, inp, &xq, a, &mut y);
                 assert_eq!(bits(&y), want_t2_i8, "{}", what("t2_i8"));
                 matvec_i8_f32_with(p, &wq, &scales, out, inp, &x, &mut y);
@@ -329,6 +334,8 @@ fn every_path_equals_the_references_bit_for_bit() {
             // The dispatched entry points run one of those paths.
             let mut y = vec![0.0f32; out];
             matvec_i8_i8(&wq, &scales, out, inp, &xq, a, &mut y);
+            assert_eq!(bits(&y), want_i8_i8);
+            matvec_i8_i8_tiled(&tiles, &scales, out, inp, &xq, a, &mut y);
             assert_eq!(bits(&y), want_i8_i8);
             matvec_t2_i8(&packed, ts, out, inp, &xq, a, &mut y);
             assert_eq!(bits(&y), want_t2_i8);
@@ -356,10 +363,15 @@ fn extreme_codes_and_sums() {
             let xq: Vec<i8> = (0..inp).map(|i| if i % 3 == 0 { -127 } else { 127 }).collect();
             let s: Vec<f32> = (0..rows).map(|r| 1.0 / (1 + r) as f32).collect();
             let want = bits(&reference_int(&wq, &s, rows, inp, &xq, 1.0));
+            let mut tiles = vec![I8Tile([0; 64]); tiles_len(rows, inp)];
+            tile_int8(&wq, rows, inp, &mut tiles);
             for p in paths() {
                 let mut y = vec![0.0f32; rows];
                 matvec_i8_i8_with(p, &wq, &s, rows, inp, &xq, 1.0, &mut y);
                 assert_eq!(bits(&y), want, "{}", p.name());
+                let mut y = vec![0.0f32; rows];
+                matvec_i8_i8_tiled_with(p, &tiles, &s, rows, inp, &xq, 1.0, &mut y);
+                assert_eq!(bits(&y), want, "tiled on {}", p.name());
             }
         }
     }
@@ -489,4 +501,60 @@ fn unsupported_path_panics() {
 #[should_panic(expected = "matvec_i8_f32")]
 fn length_mismatch_panics() {
     matvec_i8_f32(&[1, 2], &[1.0], 1, 3, &[1.0, 2.0, 3.0], &mut [0.0]);
+}
+
+#[test]
+fn quantize_act_is_the_same_on_every_path() {
+    let mut rng = Rng(7);
+    let mut cases: Vec<Vec<f32>> = vec![
+        vec![],
+        vec![0.0; 17],
+        vec![127.0, -63.5, 0.5, -0.25, 2.5],
+        vec![f32::NAN, 1.0, -2.0, f32::NAN],
+        vec![f32::INFINITY, 1.0, -3.0],
+        vec![-0.0, 0.0, 1e-30, -1e-30],
+    ];
+    // Exact halves of the scale (ties), and lengths around the lane counts.
+    cases.push((0..70).map(|i| (i as f32 - 35.0) * 0.5).collect());
+    for n in [1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 128, 200] {
+        cases.push((0..n).map(|_| rng.unit() * 8.0 - 4.0).collect());
+    }
+    for x in &cases {
+        let mut want = vec![0i8; x.len()];
+        let wa = quantize_act_portable(x, &mut want);
+        // The portable body against the definition, element by element.
+        for (q, &v) in want.iter().zip(x) {
+            let c = libm::roundf(v / wa);
+            let c = if c.is_nan() { 0.0 } else { c.clamp(-127.0, 127.0) };
+            assert_eq!(*q as f32, c, "{v} / {wa}");
+        }
+        for p in paths() {
+            let mut got = vec![0i8; x.len()];
+            let ga = quantize_act_with(p, x, &mut got);
+            assert_eq!(ga.to_bits(), wa.to_bits(), "scale on {p:?} for {x:?}");
+            assert_eq!(got, want, "codes on {p:?} for {x:?}");
+        }
+    }
+}
+
+#[test]
+fn tiled_layout_by_hand() {
+    // [17, 5]: two row blocks (the second with one row), two groups of
+    // inputs (the second with one column).
+    let (out, inp) = (17, 5);
+    let wq: Vec<i8> = (0..out * inp).map(|i| (i as i32 % 255 - 127) as i8).collect();
+    let mut tiles = vec![I8Tile([7; 64]); tiles_len(out, inp)];
+    assert_eq!(tiles.len(), 4);
+    tile_int8(&wq, out, inp, &mut tiles);
+    let w = |r: usize, c: usize| (i16::from(wq[r * inp + c]) + 128) as u8;
+    // Tile 0: rows 0..16, inputs 0..4.
+    assert_eq!(tiles[0].0[0..4], [w(0, 0), w(0, 1), w(0, 2), w(0, 3)]);
+    assert_eq!(tiles[0].0[60..64], [w(15, 0), w(15, 1), w(15, 2), w(15, 3)]);
+    // Tile 1: rows 0..16, input 4 and three padding columns (code 0 = 128).
+    assert_eq!(tiles[1].0[4..8], [w(1, 4), 128, 128, 128]);
+    // Tile 2: row 16 and 15 padding rows; tile 3: row 16, input 4.
+    assert_eq!(tiles[2].0[0..4], [w(16, 0), w(16, 1), w(16, 2), w(16, 3)]);
+    assert!(tiles[2].0[4..].iter().all(|&b| b == 128));
+    assert_eq!(tiles[3].0[0..4], [w(16, 4), 128, 128, 128]);
+    assert!(tiles[3].0[4..].iter().all(|&b| b == 128));
 }

@@ -18,7 +18,75 @@
 
 use core::arch::x86_64::*;
 
-use super::{dot_i8, dot_t2_i8, finish, ternary_row_bytes};
+use super::{absmax_scale, dot_i8, dot_t2_i8, finish, ternary_row_bytes, I8Tile, INT8_MAX_CODE, TILE_COLS, TILE_ROWS};
+
+// ---------------------------------------------------------------------------
+// Activation quantization.
+
+/// [`quantize_act`](super::quantize_act) with AVX-512: 16 lanes per step,
+/// the last step masked. The same operations as the portable
+/// `quantize_value_f32` on each element, so the same codes: the absmax over
+/// lanes (a maximum of non-negative, non-NaN values does not depend on the
+/// order; a NaN element is skipped, as `absmax` skips it: `vmaxps` returns
+/// its second operand, the running maximum, when the first is NaN), the
+/// quotient `x / a` rounded once (`vdivps`), a NaN quotient replaced by 0,
+/// the clamp to `[-128, 128]`, truncation, the exact fraction, the
+/// half-away-from-zero step and the clamp to `[-127, 127]`.
+///
+/// # Safety
+/// The CPU has AVX-512 F and BW; `xq.len() == x.len()`.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn quantize_act_avx512(x: &[f32], xq: &mut [i8]) -> f32 {
+    debug_assert_eq!(x.len(), xq.len());
+    let n = x.len();
+    let mask = |i: usize| -> __mmask16 {
+        let left = n - i;
+        if left >= 16 {
+            !0
+        } else {
+            (1u16 << left) - 1
+        }
+    };
+    // SAFETY (of every load and store below): at offset `i < n`, `min(16, n - i)`
+    // lanes of `x` (read) and of `xq` (written, equal length) are in bounds;
+    // the other lanes are masked off (neither read, written nor faulted).
+    unsafe {
+        let abs_mask = _mm512_set1_epi32(0x7fff_ffff);
+        let mut m = _mm512_setzero_ps();
+        let mut i = 0;
+        while i < n {
+            let v = _mm512_maskz_loadu_ps(mask(i), x.as_ptr().add(i));
+            let a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), abs_mask));
+            m = _mm512_max_ps(a, m);
+            i += 16;
+        }
+        let a = absmax_scale(_mm512_reduce_max_ps(m));
+        let av = _mm512_set1_ps(a);
+        let (lo, hi) = (_mm512_set1_ps(-128.0), _mm512_set1_ps(128.0));
+        let (half, neg_half) = (_mm512_set1_ps(0.5), _mm512_set1_ps(-0.5));
+        let one = _mm512_set1_epi32(1);
+        let (qmin, qmax) = (_mm512_set1_epi32(-INT8_MAX_CODE), _mm512_set1_epi32(INT8_MAX_CODE));
+        let mut i = 0;
+        while i < n {
+            let k = mask(i);
+            let v = _mm512_maskz_loadu_ps(k, x.as_ptr().add(i));
+            let q = _mm512_div_ps(v, av);
+            // NaN -> 0, then clamp (no NaN left, so max/min are plain).
+            let q = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(q, q), q);
+            let c = _mm512_min_ps(_mm512_max_ps(q, lo), hi);
+            let t = _mm512_cvttps_epi32(c);
+            let frac = _mm512_sub_ps(c, _mm512_cvtepi32_ps(t));
+            let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, half);
+            let down = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(frac, neg_half);
+            let r = _mm512_mask_add_epi32(t, up, t, one);
+            let r = _mm512_mask_sub_epi32(r, down, r, one);
+            let r = _mm512_min_epi32(_mm512_max_epi32(r, qmin), qmax);
+            _mm512_mask_cvtepi32_storeu_epi8(xq.as_mut_ptr().add(i).cast(), k, r);
+            i += 16;
+        }
+        a
+    }
+}
 
 // ---------------------------------------------------------------------------
 // int8 x int8.
@@ -237,6 +305,131 @@ pub(super) unsafe fn i8_i8_avx512vnni(
         let acc = unsafe { rows_i8_vnni::<1>(&wq[r * inp..(r + 1) * inp], inp, xq) };
         y[r] = finish(scales[r], a, acc[0]);
         r += 1;
+    }
+}
+
+/// `int8 x int8` on the tiled layout ([`super::tile_int8`]) with AVX-512
+/// VNNI: per tile one `vpdpbusd` of the tile (unsigned: code + 128) by the
+/// input's four codes broadcast to every lane (signed), so lane `k` of a
+/// 16-row block accumulates `sum_c (Wq[r0 + k][c] + 128) * xq[c]`; `128 *
+/// sum_c xq[c]` is subtracted at the end. The accumulations wrap in `i32`,
+/// which is arithmetic modulo `2^32`, and the true sum fits in `i32` (`in <=
+/// MAX_IN`), so the result is exact. Four row blocks at a time share the
+/// broadcasts, each in two accumulators (even and odd groups of inputs) so
+/// the `vpdpbusd` chains overlap.
+///
+/// # Safety
+/// The CPU has AVX-512 F, BW and VNNI; `tiles.len() == tiles_len(out, inp)`,
+/// `xq.len() == inp`, `scales.len() == y.len() == out`, `inp <= MAX_IN`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn i8_i8_tiled_vnni(
+    tiles: &[I8Tile],
+    scales: &[f32],
+    out: usize,
+    inp: usize,
+    xq: &[i8],
+    a: f32,
+    y: &mut [f32],
+) {
+    let cb = inp.div_ceil(TILE_COLS);
+    let full = inp / TILE_COLS;
+    // The input's last, partial group of four codes, zero-padded, as `i32`
+    // (little-endian bytes, as the tiles' lanes hold them).
+    let mut last = [0u8; TILE_COLS];
+    for (l, &x) in last.iter_mut().zip(&xq[full * TILE_COLS..]) {
+        *l = x as u8;
+    }
+    let last = i32::from_le_bytes(last);
+    let sum_x: i32 = xq.iter().map(|&x| i32::from(x)).sum();
+    let correction = _mm512_set1_epi32(sum_x.wrapping_mul(128));
+    let blocks = out.div_ceil(TILE_ROWS);
+    let scale_a = _mm512_set1_ps(a);
+    let k = Kernel { tiles: tiles.as_ptr(), x: xq.as_ptr(), cb, full, last, correction, scale_a };
+    let mut r = 0;
+    while r + 4 <= blocks {
+        // SAFETY: the features by this function's contract; `r + 4 <= blocks`
+        // and the lengths are those `Kernel::blocks` requires.
+        unsafe { k.blocks::<4>(r, scales, out, y) };
+        r += 4;
+    }
+    while r < blocks {
+        // SAFETY: as above, for the one block `r < blocks`.
+        unsafe { k.blocks::<1>(r, scales, out, y) };
+        r += 1;
+    }
+}
+
+/// The operands of [`i8_i8_tiled_vnni`] shared by its row blocks.
+struct Kernel {
+    /// The tiles (`ceil(out / 16) * cb`).
+    tiles: *const I8Tile,
+    /// The input codes (`inp`).
+    x: *const i8,
+    /// Groups of four inputs, `ceil(inp / 4)`.
+    cb: usize,
+    /// Whole groups of four inputs, `inp / 4`.
+    full: usize,
+    /// The last, partial group zero-padded (when `full < cb`).
+    last: i32,
+    /// `128 * sum(xq)` in every lane.
+    correction: __m512i,
+    /// `a` in every lane.
+    scale_a: __m512,
+}
+
+impl Kernel {
+    /// Row blocks `r..r + G`: sums, correction, scaling, masked store.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and VNNI; `r + G <= ceil(out / 16)`; the
+    /// fields and slices are those [`i8_i8_tiled_vnni`] made from operands
+    /// satisfying its contract: the tiles read, `tiles[(r + g) * cb + c]`
+    /// for `c < cb`, and the input groups read, bytes `4c .. 4c + 4` for
+    /// `c < full` (so below `inp`), are in bounds; the scales read and the
+    /// outputs written are rows `r0 .. r0 + min(16, out - r0)` of slices of
+    /// `out`, the other lanes masked off.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[inline]
+    unsafe fn blocks<const G: usize>(&self, r: usize, scales: &[f32], out: usize, y: &mut [f32]) {
+        // SAFETY: the reads and writes are those the contract lists.
+        unsafe {
+            let group = |c: usize| _mm512_set1_epi32(self.x.add(c * TILE_COLS).cast::<i32>().read_unaligned());
+            let tile = |g: usize, c: usize| _mm512_load_si512(self.tiles.add((r + g) * self.cb + c).cast());
+            let zero = _mm512_setzero_si512();
+            let mut even = [zero; G];
+            let mut odd = [zero; G];
+            let mut c = 0;
+            while c + 2 <= self.full {
+                let (x0, x1) = (group(c), group(c + 1));
+                for g in 0..G {
+                    even[g] = _mm512_dpbusd_epi32(even[g], tile(g, c), x0);
+                    odd[g] = _mm512_dpbusd_epi32(odd[g], tile(g, c + 1), x1);
+                }
+                c += 2;
+            }
+            if c < self.full {
+                let x0 = group(c);
+                for g in 0..G {
+                    even[g] = _mm512_dpbusd_epi32(even[g], tile(g, c), x0);
+                }
+                c += 1;
+            }
+            if c < self.cb {
+                let x1 = _mm512_set1_epi32(self.last);
+                for g in 0..G {
+                    odd[g] = _mm512_dpbusd_epi32(odd[g], tile(g, c), x1);
+                }
+            }
+            for g in 0..G {
+                let sums = _mm512_sub_epi32(_mm512_add_epi32(even[g], odd[g]), self.correction);
+                let r0 = (r + g) * TILE_ROWS;
+                let n = (out - r0).min(TILE_ROWS);
+                let m: __mmask16 = if n == TILE_ROWS { !0 } else { (1u16 << n) - 1 };
+                // `finish` on 16 lanes: the same two IEEE products per row.
+                let s = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, scales.as_ptr().add(r0)), self.scale_a);
+                _mm512_mask_storeu_ps(y.as_mut_ptr().add(r0), m, _mm512_mul_ps(s, _mm512_cvtepi32_ps(sums)));
+            }
+        }
     }
 }
 
