@@ -25,7 +25,7 @@
 //! - [`sample`]: text generation from a prompt;
 //! - [`serve`]: a byte stream in, one JSON line per byte (or chunk) of
 //!   surprise out, in bounded memory;
-//! - [`bench`]: training and streaming tokens per second of one core;
+//! - [`bench`](mod@bench): training and streaming tokens per second of one core;
 //! - [`report`]: per-token and per-step latency percentiles, RAM and flash
 //!   bytes, as one JSON line;
 //! - [`cli`]: the command line over all of it;
