@@ -691,8 +691,16 @@ fn check_operands(
     inp: usize,
     y_len: usize,
 ) {
-    assert!(path.is_supported(), "{name}: the {} path is not supported here", path.name());
+    check_vectors(name, path, x_len, inp, y_len, out);
     assert_matrix_len(name, w_len, out, w_cols);
+}
+
+/// The checks of [`check_operands`] that do not depend on the weights'
+/// layout: the path, the input's and the output's lengths.
+#[inline]
+#[track_caller]
+fn check_vectors(name: &str, path: QuantPath, x_len: usize, inp: usize, y_len: usize, out: usize) {
+    assert!(path.is_supported(), "{name}: the {} path is not supported here", path.name());
     assert_eq!(x_len, inp, "{name}: the input has {x_len} entries, not in = {inp}");
     assert_eq!(y_len, out, "{name}: y has {y_len} entries, not out = {out}");
 }
@@ -839,9 +847,7 @@ pub fn matvec_i8_i8_tiled_with(
         "{name}: tiles has {} entries, not tiles_len({out}, {inp})",
         tiles.len()
     );
-    assert!(path.is_supported(), "{name}: the {} path is not supported on this CPU", path.name());
-    assert_eq!(xq.len(), inp, "{name}: x has {} entries, not in = {inp}", xq.len());
-    assert_eq!(y.len(), out, "{name}: y has {} entries, not out = {out}", y.len());
+    check_vectors(name, path, xq.len(), inp, y.len(), out);
     assert_eq!(scales.len(), out, "{name}: scales has {} entries, not out = {out}", scales.len());
     assert!(inp <= MAX_IN, "{name}: in = {inp} is above MAX_IN = {MAX_IN}");
     #[cfg(target_arch = "x86_64")]

@@ -278,18 +278,12 @@ pub(super) unsafe fn i8_i8_avx512vnni(
     y: &mut [f32],
 ) {
     let mut r = 0;
-    // SAFETY (of the intrinsics in the loop body): the features by this
-    // function's contract; the 16 scales read are `scales[r..r + 16]` and
-    // the 16 outputs written `y[r..r + 16]`, in bounds as `r + 16 <= out`.
     while r + 16 <= out {
         // SAFETY: the features by this function's contract; rows `r..r + 16 <= out` exist.
         let sums = unsafe { rows16_i8_vnni(&wq[r * inp..(r + 16) * inp], inp, xq) };
-        // `finish` on 16 lanes: the same two IEEE products per row
-        // (`vcvtdq2ps` rounds to nearest even, as `as f32` does).
-        unsafe {
-            let s = _mm512_mul_ps(_mm512_loadu_ps(scales.as_ptr().add(r)), _mm512_set1_ps(a));
-            _mm512_storeu_ps(y.as_mut_ptr().add(r), _mm512_mul_ps(s, _mm512_cvtepi32_ps(sums)));
-        }
+        // SAFETY: the features by this function's contract; rows `r..r + 16`
+        // with `r + 16 <= out = scales.len() = y.len()`.
+        unsafe { finish16(sums, scales, _mm512_set1_ps(a), r, 16, y) };
         r += 16;
     }
     while r + 4 <= out {
@@ -305,6 +299,26 @@ pub(super) unsafe fn i8_i8_avx512vnni(
         let acc = unsafe { rows_i8_vnni::<1>(&wq[r * inp..(r + 1) * inp], inp, xq) };
         y[r] = finish(scales[r], a, acc[0]);
         r += 1;
+    }
+}
+
+/// [`finish`] on 16 lanes: `y[r0 + k] = (scales[r0 + k] * a) * (sums[k] as
+/// f32)` for `k < n`, the same two IEEE products per row (`vcvtdq2ps`
+/// rounds to nearest even, as `as f32` does); the lanes from `n` on are
+/// neither read nor written.
+///
+/// # Safety
+/// The CPU has AVX-512 F; `n <= 16` and `r0 + n <= scales.len(), y.len()`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn finish16(sums: __m512i, scales: &[f32], a: __m512, r0: usize, n: usize, y: &mut [f32]) {
+    debug_assert!(n <= 16 && r0 + n <= scales.len() && r0 + n <= y.len());
+    let m: __mmask16 = if n >= 16 { !0 } else { (1u16 << n) - 1 };
+    // SAFETY: lanes `k < n` read `scales[r0 + k]` and write `y[r0 + k]`, in
+    // bounds by the contract; the other lanes are masked off.
+    unsafe {
+        let s = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, scales.as_ptr().add(r0)), a);
+        _mm512_mask_storeu_ps(y.as_mut_ptr().add(r0), m, _mm512_mul_ps(s, _mm512_cvtepi32_ps(sums)));
     }
 }
 
@@ -423,11 +437,7 @@ impl Kernel {
             for g in 0..G {
                 let sums = _mm512_sub_epi32(_mm512_add_epi32(even[g], odd[g]), self.correction);
                 let r0 = (r + g) * TILE_ROWS;
-                let n = (out - r0).min(TILE_ROWS);
-                let m: __mmask16 = if n == TILE_ROWS { !0 } else { (1u16 << n) - 1 };
-                // `finish` on 16 lanes: the same two IEEE products per row.
-                let s = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, scales.as_ptr().add(r0)), self.scale_a);
-                _mm512_mask_storeu_ps(y.as_mut_ptr().add(r0), m, _mm512_mul_ps(s, _mm512_cvtepi32_ps(sums)));
+                finish16(sums, scales, self.scale_a, r0, (out - r0).min(TILE_ROWS), y);
             }
         }
     }
