@@ -237,10 +237,21 @@ unsafe fn run<S: Scalar>(path: Path, g: Shape, a: &[S], b: &[S], c: &mut [S]) {
     }
 }
 
-/// `dst = src^T`: `src` is `[R, C]`, `dst` is `[C, R]`. Walks 8 x 8 tiles so
-/// both sides stay in a few cache lines.
+/// `dst = src^T`: `src` is `[R, C]`, `dst` is `[C, R]`. For `f32` with
+/// both sizes multiples of 16 on the AVX-512 path, 16 x 16 tiles of
+/// shuffles; otherwise it walks 8 x 8 tiles so both sides stay in a few
+/// cache lines. (A copy: the same result on every path.)
 #[inline]
 pub fn transpose<S: Scalar, const R: usize, const C: usize>(src: &[[S; C]; R], dst: &mut [[S; R]; C]) {
+    #[cfg(target_arch = "x86_64")]
+    if R.is_multiple_of(16) && C.is_multiple_of(16) && path() == Path::Avx512 {
+        if let (Some(s), Some(d)) = (as_f32(src.as_flattened()), as_f32_mut(dst.as_flattened_mut())) {
+            // SAFETY: the path is supported, so the CPU has AVX-512F; both
+            // sizes are multiples of 16 and the slices hold `R * C` elements.
+            unsafe { x86::transpose_f32_avx512(s, R, C, d) };
+            return;
+        }
+    }
     const TILE: usize = 8;
     let mut r0 = 0;
     while r0 < R {
@@ -259,6 +270,24 @@ pub fn transpose<S: Scalar, const R: usize, const C: usize>(src: &[[S; C]; R], d
     }
 }
 
+/// The slice as `f32`, if `S` is `f32`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn as_f32<S: Scalar>(x: &[S]) -> Option<&[f32]> {
+    (core::any::TypeId::of::<S>() == core::any::TypeId::of::<f32>())
+        // SAFETY: `S` is `f32` (same `TypeId`): the same type, length and layout.
+        .then(|| unsafe { core::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) })
+}
+
+/// The slice as `f32`, mutable, if `S` is `f32`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn as_f32_mut<S: Scalar>(x: &mut [S]) -> Option<&mut [f32]> {
+    (core::any::TypeId::of::<S>() == core::any::TypeId::of::<f32>())
+        // SAFETY: `S` is `f32` (same `TypeId`), and the borrow is exclusive.
+        .then(|| unsafe { core::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) })
+}
+
 /// `Y = X W^T` with the weight given transposed: `x` `[T, I]`, `wt` = `W^T`
 /// `[I, O]` (see [`transpose`]), `y` `[T, O]`: `y[t][o] = sum_i x[t][i] w[o][i]`.
 #[inline]
@@ -270,6 +299,20 @@ pub fn linear_t<S: Scalar, const T: usize, const O: usize, const I: usize>(
     let g = Shape { m: T, k: I, n: O, acc: false, ta: false };
     // SAFETY: `path()` is always supported.
     unsafe { run(path(), g, x.as_flattened(), wt.as_flattened(), y.as_flattened_mut()) };
+}
+
+/// `C (+)= A B` on flat row-major operands whose sizes are known only at
+/// run time (the memory levels' chunks, see
+/// [`memory`](crate::memory)): `a` is `[m, k]` (with `ta`, stored
+/// transposed as `[k, m]`), `b` `[k, n]`, `c` `[m, n]`; `acc` adds to the old
+/// `c`. The same kernel, path and summation order as the typed products.
+/// Panics unless the operands have those sizes.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn matmul<S: Scalar>(m: usize, k: usize, n: usize, acc: bool, ta: bool, a: &[S], b: &[S], c: &mut [S]) {
+    let g = Shape { m, k, n, acc, ta };
+    // SAFETY: `path()` is always supported.
+    unsafe { run(path(), g, a, b, c) };
 }
 
 /// Backward of a linear layer to its input: `dX += dY W`, i.e.
@@ -524,6 +567,35 @@ mod tests {
         assert_ne!(exact.0, plain.0);
         assert_ne!(exact.1, plain.1);
         assert_ne!(exact.2, plain.2);
+    }
+
+    /// [`transpose`] on every path against the definition `dst[c][r] =
+    /// src[r][c]`, at sizes the shuffle kernel takes (multiples of 16) and
+    /// sizes it leaves to the tile loop.
+    #[test]
+    fn transpose_on_every_path() {
+        fn one<const R: usize, const C: usize>() {
+            let src: [[f32; C]; R] = core::array::from_fn(|r| core::array::from_fn(|c| (r * 1000 + c) as f32));
+            let mut dst = [[0.0f32; R]; C];
+            transpose(&src, &mut dst);
+            for r in 0..R {
+                for c in 0..C {
+                    assert_eq!(dst[c][r], src[r][c], "[{r}][{c}] of {R} x {C}");
+                }
+            }
+        }
+        let mut ran = 0;
+        for p in Path::ALL {
+            let done = crate::dispatch::on_path(p, || {
+                one::<16, 16>();
+                one::<64, 64>();
+                one::<32, 48>();
+                one::<48, 16>();
+                one::<20, 36>();
+            });
+            ran += usize::from(done.is_some());
+        }
+        assert!(ran >= 1);
     }
 
     #[test]

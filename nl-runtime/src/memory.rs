@@ -33,6 +33,15 @@
 //! `G` is not read while it is known to be zero (after a fire, until a token
 //! that does not fire). The arithmetic is that of the formulas; only the
 //! summation order (lanes, then a tree) and fused multiply-adds differ.
+//!
+//! That is the path of a period-1 level (a fire at every token). A level
+//! with a longer period, or frozen, trains in the chunk-wise matrix form of
+//! the `chunked` submodule (docs/model.md, "How the training pass computes
+//! the memory"): between fires its `M` is frozen, so a chunk's surprises,
+//! reads and accumulation are matrix products. The training forward's key,
+//! value and query projections are one matrix product each, for every
+//! level; the streaming step computes the same quantities one token at a
+//! time.
 
 // Index loops are kept where they read like the formulas.
 #![allow(clippy::needless_range_loop)]
@@ -288,6 +297,25 @@ pub struct LevelTrace<S, const T: usize, const D: usize> {
     pub m_hist: [[[S; D]; D]; T],
     /// `S` after the `j`-th fire (titans), like `m_hist`.
     pub s_hist: [[[S; D]; D]; T],
+    /// The start state's `M^T` (levels on the chunk-wise path, whose history
+    /// slots hold `M^T` and `S^T`: see the `chunked` module).
+    pub mt: [[S; D]; D],
+    /// The start state's `S^T` (chunk-wise path, titans).
+    pub st: [[S; D]; D],
+    /// Chunk-wise path: `G^T` during the forward, `dG` in the backward.
+    pub gt: [[S; D]; D],
+    /// Chunk-wise path: `W^T` during the forward, `dW` in the backward (titans).
+    pub wt: [[S; D]; D],
+    /// Chunk-wise backward: the chunk's memory `M`, row-major.
+    pub m_row: [[S; D]; D],
+    /// Chunk-wise backward scratch: `K dG^T`, then `diag(theta) K dG^T`.
+    pub xa: [[S; D]; T],
+    /// Chunk-wise backward scratch: `scale dy_t`.
+    pub xb: [[S; D]; T],
+    /// Chunk-wise backward scratch: `d theta_t`.
+    pub d_theta: [S; T],
+    /// Chunk-wise backward scratch: `d eta_t` through the write term (titans).
+    pub d_eta: [S; T],
     /// Backward scratch: gradient of `k_t` then of `kr_t`.
     pub dk: [[S; D]; T],
     /// Backward scratch: gradient of `v_t`.
@@ -1098,8 +1126,13 @@ fn forward_body<S: Scalar, R: Rule, const T: usize, const D: usize>(
     scale: S,
     y: &mut [[S; D]; T],
 ) {
+    // kr = Wk m, v = Wv m, qr = Wq m for the whole sequence: X W^T, each
+    // weight transposed into `m_row` (free until the backward) first.
+    for (w, out) in [(p.wk, &mut tr.k), (p.wv, &mut tr.v), (p.wq, &mut tr.q)] {
+        crate::gemm::transpose(w, &mut tr.m_row);
+        crate::gemm::linear_t(m_in, &tr.m_row, out);
+    }
     for t in 0..T {
-        project(p, &m_in[t], &mut tr.k[t], &mut tr.v[t], &mut tr.q[t]);
         if normalize_keys {
             tr.k_norm[t] = normalize(&mut tr.k[t]);
             tr.q_norm[t] = normalize(&mut tr.q[t]);
@@ -1112,6 +1145,10 @@ fn forward_body<S: Scalar, R: Rule, const T: usize, const D: usize>(
         tr.theta[t] = theta;
         tr.theta_pre[t] = theta_pre;
         tr.eta[t] = eta;
+    }
+    if chunked::applies(period, frozen) {
+        chunked::forward::<S, R, T, D>(period, frozen, start, end, tr, scale, y);
+        return;
     }
     // The memory (and momentum) after each fire is written straight into
     // the next history slot, which the tokens after it read; `end` gets
@@ -1318,6 +1355,11 @@ fn backward_body<S: Scalar, R: Rule, const T: usize, const D: usize>(
     g: &mut LevelGrads<'_, S, D>,
     dm_in: &mut [[S; D]; T],
 ) {
+    if chunked::applies(period, frozen) {
+        chunked::backward::<S, R, T, D>(p, period, normalize_keys, frozen, start, tr, adj, scale, dy, g);
+        projections_backward(p, m_in, tr, g, dm_in);
+        return;
+    }
     for r in adj.dm.iter_mut().chain(adj.dg.iter_mut()).chain(adj.ds.iter_mut()).chain(adj.dw.iter_mut()) {
         r.fill(S::ZERO);
     }
@@ -1394,7 +1436,19 @@ fn backward_body<S: Scalar, R: Rule, const T: usize, const D: usize>(
             f -= 1;
         }
     }
-    // kr = Wk m, v = Wv m, qr = Wq m
+    projections_backward(p, m_in, tr, g, dm_in);
+}
+
+/// The backward of the projections `kr = Wk m`, `v = Wv m`, `qr = Wq m`,
+/// from the gradients in `tr.dk`, `tr.dv`, `tr.dq`.
+#[inline(always)]
+fn projections_backward<S: Scalar, const T: usize, const D: usize>(
+    p: &LevelParams<'_, S, D>,
+    m_in: &[[S; D]; T],
+    tr: &LevelTrace<S, T, D>,
+    g: &mut LevelGrads<'_, S, D>,
+    dm_in: &mut [[S; D]; T],
+) {
     linear_backward_weight_acc(&tr.dk, m_in, g.wk);
     linear_backward_weight_acc(&tr.dv, m_in, g.wv);
     linear_backward_weight_acc(&tr.dq, m_in, g.wq);
@@ -1424,6 +1478,8 @@ fn gate_backward<S: Scalar, const D: usize>(
         dv[i] += d * w[D + i];
     }
 }
+
+mod chunked;
 
 #[cfg(all(test, feature = "alloc"))]
 mod tests {
@@ -1790,7 +1846,11 @@ mod tests {
             step::<f64, R, D>(&p, period, normalize_keys, frozen, &m_in[t], &mut st, &mut sc, scale, &mut yt);
             assert!(max_diff(&yt, &y[t]) < tol, "step y at {t}");
         }
-        assert!(*st == *end, "streamed state");
+        // The training forward's matrix products sum in another order.
+        for (a, b) in [(&st.m, &end.m), (&st.g, &end.g), (&st.s, &end.s), (&st.w, &end.w)] {
+            assert!(max_diff(&flat(a), &flat(b)) < tol, "streamed state");
+        }
+        assert_eq!(st.n, end.n);
 
         // Backward.
         let grads = |back: &dyn Fn(&mut LevelGrads<'_, f64, D>, &mut [[f64; D]; T])| -> Vec<f64> {
@@ -1861,7 +1921,7 @@ mod tests {
         for path in crate::dispatch::Path::ALL {
             let done = crate::dispatch::on_path(path, || {
                 let mut seed = 1;
-                for period in [1, 3] {
+                for period in [1, 3, 8] {
                     for (normalize_keys, frozen, carried) in
                         [(true, false, false), (true, false, true), (false, false, true), (true, true, true)]
                     {

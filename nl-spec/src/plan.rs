@@ -32,8 +32,8 @@
 //! input `u`, the attention's `q`, `k`, `v`, probabilities (`T h W`) and
 //! output, the MLP's `mid`, `w`, `up`, `gate_pre`, `act`, the norms'
 //! statistics, the packed transposed weights, and per memory level its
-//! trace (`7 T d + 6 T` plus the history `2 T d^2`: `M` and `S` after each
-//! fire) and start and end states (`4 d^2` each); the residual stream
+//! trace (`9 T d + 8 T + 5 d^2` plus the history `2 T d^2`: `M` and `S`
+//! after each fire) and start and end states (`4 d^2` each); the residual stream
 //! `(layers + 1) T d`, logits and their gradient (`2 T V`) and one backward
 //! scratch shared by the blocks come once. `Stream` holds per block the
 //! attention ring (`2 W d`) and the levels' states, and one token's vectors.
@@ -525,7 +525,7 @@ pub fn footprint(spec: &Spec) -> Footprint {
     state.f32s(4 * d * d);
     state.field(8, 8);
     let mut trace = Layout::default();
-    trace.f32s(7 * t * d + 6 * t + 2 * t * d * d);
+    trace.f32s(9 * t * d + 8 * t + 2 * t * d * d + 5 * d * d);
 
     // Workspace: the blocks first (8-aligned memory states lead them).
     let mut bw = Layout::default();
