@@ -120,11 +120,40 @@ pub(crate) fn scratch_fields(plan: &Plan) -> TokenStream {
     if plan.memory.is_none() {
         return quote! {};
     }
+    let chunk = crate::opt(
+        plan.has_periodic_levels(),
+        quote! {
+            /// The chunk-wise training pass of the levels with a period above
+            /// 1 (forward and backward, shared by the levels and blocks).
+            pub chunk: ::nl_runtime::memory::ChunkScratch<S, SEQ, D>,
+        },
+    );
     quote! {
         /// Gradient of the memory read `y`.
         pub dy: [[S; D]; SEQ],
         /// The backward's adjoint of the inner-loop state.
         pub adjoint: ::nl_runtime::memory::LevelAdjoint<S, D>,
+        #chunk
+    }
+}
+
+/// The type of `block_forward`'s `chunk` argument: the shared
+/// [`ChunkScratch`](nl_runtime::memory::ChunkScratch) when a level has a
+/// period above 1, else `()`.
+pub(crate) fn chunk_type(plan: &Plan) -> TokenStream {
+    if plan.has_periodic_levels() {
+        quote! { &mut ::nl_runtime::memory::ChunkScratch<S, SEQ, D> }
+    } else {
+        quote! { () }
+    }
+}
+
+/// `block_forward`'s `chunk` argument at the call (see [`chunk_type`]).
+pub(crate) fn chunk_arg(plan: &Plan) -> TokenStream {
+    if plan.has_periodic_levels() {
+        quote! { &mut ws.sc.chunk }
+    } else {
+        quote! { () }
     }
 }
 
@@ -166,10 +195,15 @@ pub(crate) fn forward(plan: &Plan) -> TokenStream {
     let rule = rule_type(plan);
     let scale = scale(plan);
     let norm = normalize(plan);
+    let chunk = if plan.has_periodic_levels() {
+        quote! { Some(&mut *chunk) }
+    } else {
+        quote! { None }
+    };
     let levels = per_level(plan, |l, lp, period| {
         quote! {
             ::nl_runtime::memory::forward::<S, #rule, SEQ, D>(
-                &#lp, #period, #norm, freeze_memory, &#m_in, &bw.start[#l], &mut bw.end[#l], &mut bw.trace[#l], #scale, &mut bw.y,
+                &#lp, #period, #norm, freeze_memory, &#m_in, &bw.start[#l], &mut bw.end[#l], &mut bw.trace[#l], #chunk, #scale, &mut bw.y,
             );
         }
     });
@@ -203,6 +237,11 @@ pub(crate) fn backward(plan: &Plan) -> TokenStream {
     let scale = scale(plan);
     let norm = normalize(plan);
     let titans = titans(plan);
+    let chunk = if plan.has_periodic_levels() {
+        quote! { Some(&mut sc.chunk) }
+    } else {
+        quote! { None }
+    };
     let levels = per_level(plan, |l, lp, period| {
         let f = |n: &str| format_ident!("mem{}_{}", l, n);
         let (wk, wv, wq, wa, ba, wt, bt) =
@@ -223,7 +262,7 @@ pub(crate) fn backward(plan: &Plan) -> TokenStream {
                     #eta
                 };
                 ::nl_runtime::memory::backward::<S, #rule, SEQ, D>(
-                    &#lp, #period, #norm, freeze_memory, &#m_in, &bw.start[#l], &mut bw.trace[#l], &mut sc.adjoint, #scale, &sc.dy, &mut lg, &mut sc.dh,
+                    &#lp, #period, #norm, freeze_memory, &#m_in, &bw.start[#l], &mut bw.trace[#l], #chunk, &mut sc.adjoint, #scale, &sc.dy, &mut lg, &mut sc.dh,
                 );
             }
         }

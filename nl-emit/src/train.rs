@@ -349,6 +349,7 @@ pub(crate) fn train(plan: &Plan) -> TokenStream {
     } else {
         quote! { () }
     };
+    let chunk_arg = memory::chunk_arg(plan);
     let (ws_tok, p_tok) = (quote! { ws }, quote! { p });
     let final_norm =
         parts::norm_seq(plan, "norm_f", &p_tok, &ws_tok, "nf", quote! { &ws.xs[LAYERS] }, quote! { &mut ws.xf });
@@ -422,7 +423,7 @@ pub(crate) fn train(plan: &Plan) -> TokenStream {
             k::embed(&p.embed, &tokens[..SEQ], &mut ws.xs[0]);
             for b in 0..LAYERS {
                 let (done, rest) = ws.xs.split_at_mut(b + 1);
-                block_forward(&p.blocks[b], &mut ws.blocks[b], &done[b], &mut rest[0], #freeze, #rope_arg, #attn_arg);
+                block_forward(&p.blocks[b], &mut ws.blocks[b], &done[b], &mut rest[0], #freeze, #rope_arg, #attn_arg, #chunk_arg);
             }
             #final_norm
             #xf_q
@@ -665,6 +666,7 @@ fn block_forward(plan: &Plan) -> TokenStream {
     } else {
         quote! { () }
     };
+    let chunk_ty = memory::chunk_type(plan);
     quote! {
         /// One block's training forward: `out` from its input `x`, keeping
         /// in `bw` what its backward reads.
@@ -677,6 +679,7 @@ fn block_forward(plan: &Plan) -> TokenStream {
             freeze_memory: bool,
             rope: #rope_ty,
             attn: #attn_ty,
+            chunk: #chunk_ty,
         ) {
             // u = N_a(x)
             #norm_a

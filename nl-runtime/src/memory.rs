@@ -35,7 +35,7 @@
 //! summation order (lanes, then a tree) and fused multiply-adds differ.
 //!
 //! That is the path of a period-1 level (a fire at every token). A level
-//! with a longer period, or frozen, trains in the chunk-wise matrix form of
+//! with a longer period (frozen or not) trains in the chunk-wise matrix form of
 //! the `chunked` submodule (docs/model.md, "How the training pass computes
 //! the memory"): between fires its `M` is frozen, so a chunk's surprises,
 //! reads and accumulation are matrix products. The training forward's key,
@@ -297,25 +297,6 @@ pub struct LevelTrace<S, const T: usize, const D: usize> {
     pub m_hist: [[[S; D]; D]; T],
     /// `S` after the `j`-th fire (titans), like `m_hist`.
     pub s_hist: [[[S; D]; D]; T],
-    /// The start state's `M^T` (levels on the chunk-wise path, whose history
-    /// slots hold `M^T` and `S^T`: see the `chunked` module).
-    pub mt: [[S; D]; D],
-    /// The start state's `S^T` (chunk-wise path, titans).
-    pub st: [[S; D]; D],
-    /// Chunk-wise path: `G^T` during the forward, `dG` in the backward.
-    pub gt: [[S; D]; D],
-    /// Chunk-wise path: `W^T` during the forward, `dW` in the backward (titans).
-    pub wt: [[S; D]; D],
-    /// Chunk-wise backward: the chunk's memory `M`, row-major.
-    pub m_row: [[S; D]; D],
-    /// Chunk-wise backward scratch: `K dG^T`, then `diag(theta) K dG^T`.
-    pub xa: [[S; D]; T],
-    /// Chunk-wise backward scratch: `scale dy_t`.
-    pub xb: [[S; D]; T],
-    /// Chunk-wise backward scratch: `d theta_t`.
-    pub d_theta: [S; T],
-    /// Chunk-wise backward scratch: `d eta_t` through the write term (titans).
-    pub d_eta: [S; T],
     /// Backward scratch: gradient of `k_t` then of `kr_t`.
     pub dk: [[S; D]; T],
     /// Backward scratch: gradient of `v_t`.
@@ -326,6 +307,36 @@ pub struct LevelTrace<S, const T: usize, const D: usize> {
 
 // SAFETY: arrays of `S: Scalar` only: all-zero bytes are valid values.
 unsafe impl<S: Scalar, const T: usize, const D: usize> Zeroable for LevelTrace<S, T, D> {}
+
+/// Scratch of the chunk-wise training pass of levels with `period > 1`
+/// (the `chunked` submodule): one per model, shared by every such level
+/// of every block (a level's forward and its backward each use it from
+/// start to end, and rewrite what they read), so a model whose levels all
+/// have period 1 does not carry it.
+#[repr(C)]
+pub struct ChunkScratch<S, const T: usize, const D: usize> {
+    /// The start state's `M^T`.
+    pub mt: [[S; D]; D],
+    /// The start state's `S^T` (titans).
+    pub st: [[S; D]; D],
+    /// `G^T` during the forward, `dG` in the backward.
+    pub gt: [[S; D]; D],
+    /// `W^T` during the forward, `dW` in the backward (titans).
+    pub wt: [[S; D]; D],
+    /// The backward's memory of the chunk, row-major.
+    pub m_row: [[S; D]; D],
+    /// Backward: `K dG^T`, then `diag(theta) K dG^T`.
+    pub xa: [[S; D]; T],
+    /// Backward: `scale dy_t`.
+    pub xb: [[S; D]; T],
+    /// Backward: `d theta_t`.
+    pub d_theta: [S; T],
+    /// Backward: `d eta_t` through the write term (titans).
+    pub d_eta: [S; T],
+}
+
+// SAFETY: arrays of `S: Scalar` only: all-zero bytes are valid values.
+unsafe impl<S: Scalar, const T: usize, const D: usize> Zeroable for ChunkScratch<S, T, D> {}
 
 /// Normalises `z` in place to `z / sqrt(|z|^2 + eps)` and returns the divisor.
 #[inline(always)]
@@ -1108,7 +1119,7 @@ crate::dispatch::dispatched! {
     /// state in `end` and what the backward needs in `tr` (the memory, and
     /// momentum, after each fire).
     #[allow(clippy::too_many_arguments)]
-    pub fn forward[S: Scalar, R: Rule, const T: usize, const D: usize][S, R, T, D](p: &LevelParams<'_, S, D>, period: u64, normalize_keys: bool, frozen: bool, m_in: &[[S; D]; T], start: &LevelState<S, D>, end: &mut LevelState<S, D>, tr: &mut LevelTrace<S, T, D>, scale: S, y: &mut [[S; D]; T]) = forward_body;
+    pub fn forward[S: Scalar, R: Rule, const T: usize, const D: usize][S, R, T, D](p: &LevelParams<'_, S, D>, period: u64, normalize_keys: bool, frozen: bool, m_in: &[[S; D]; T], start: &LevelState<S, D>, end: &mut LevelState<S, D>, tr: &mut LevelTrace<S, T, D>, chunk: Option<&mut ChunkScratch<S, T, D>>, scale: S, y: &mut [[S; D]; T]) = forward_body;
 }
 
 /// The body of [`forward`], compiled once per [`Path`](crate::dispatch::Path).
@@ -1123,14 +1134,16 @@ fn forward_body<S: Scalar, R: Rule, const T: usize, const D: usize>(
     start: &LevelState<S, D>,
     end: &mut LevelState<S, D>,
     tr: &mut LevelTrace<S, T, D>,
+    chunk: Option<&mut ChunkScratch<S, T, D>>,
     scale: S,
     y: &mut [[S; D]; T],
 ) {
     // kr = Wk m, v = Wv m, qr = Wq m for the whole sequence: X W^T, each
-    // weight transposed into `m_row` (free until the backward) first.
+    // weight transposed first into the first history slot (written only
+    // after the projections, by the first fire).
     for (w, out) in [(p.wk, &mut tr.k), (p.wv, &mut tr.v), (p.wq, &mut tr.q)] {
-        crate::gemm::transpose(w, &mut tr.m_row);
-        crate::gemm::linear_t(m_in, &tr.m_row, out);
+        crate::gemm::transpose(w, &mut tr.m_hist[0]);
+        crate::gemm::linear_t(m_in, &tr.m_hist[0], out);
     }
     for t in 0..T {
         if normalize_keys {
@@ -1146,8 +1159,9 @@ fn forward_body<S: Scalar, R: Rule, const T: usize, const D: usize>(
         tr.theta_pre[t] = theta_pre;
         tr.eta[t] = eta;
     }
-    if chunked::applies(period, frozen) {
-        chunked::forward::<S, R, T, D>(period, frozen, start, end, tr, scale, y);
+    if chunked::applies(period) {
+        let c = chunk.expect("memory::forward: a level with period > 1 needs a ChunkScratch");
+        chunked::forward::<S, R, T, D>(period, frozen, start, end, tr, c, scale, y);
         return;
     }
     // The memory (and momentum) after each fire is written straight into
@@ -1335,7 +1349,7 @@ crate::dispatch::dispatched! {
     /// contributes `scale * M q`). Adds the parameter gradients into `g` and the
     /// gradient with respect to the input into `dm_in`.
     #[allow(clippy::too_many_arguments)]
-    pub fn backward[S: Scalar, R: Rule, const T: usize, const D: usize][S, R, T, D](p: &LevelParams<'_, S, D>, period: u64, normalize_keys: bool, frozen: bool, m_in: &[[S; D]; T], start: &LevelState<S, D>, tr: &mut LevelTrace<S, T, D>, adj: &mut LevelAdjoint<S, D>, scale: S, dy: &[[S; D]; T], g: &mut LevelGrads<'_, S, D>, dm_in: &mut [[S; D]; T]) = backward_body;
+    pub fn backward[S: Scalar, R: Rule, const T: usize, const D: usize][S, R, T, D](p: &LevelParams<'_, S, D>, period: u64, normalize_keys: bool, frozen: bool, m_in: &[[S; D]; T], start: &LevelState<S, D>, tr: &mut LevelTrace<S, T, D>, chunk: Option<&mut ChunkScratch<S, T, D>>, adj: &mut LevelAdjoint<S, D>, scale: S, dy: &[[S; D]; T], g: &mut LevelGrads<'_, S, D>, dm_in: &mut [[S; D]; T]) = backward_body;
 }
 
 /// The body of [`backward`], compiled once per [`Path`](crate::dispatch::Path).
@@ -1349,14 +1363,16 @@ fn backward_body<S: Scalar, R: Rule, const T: usize, const D: usize>(
     m_in: &[[S; D]; T],
     start: &LevelState<S, D>,
     tr: &mut LevelTrace<S, T, D>,
+    chunk: Option<&mut ChunkScratch<S, T, D>>,
     adj: &mut LevelAdjoint<S, D>,
     scale: S,
     dy: &[[S; D]; T],
     g: &mut LevelGrads<'_, S, D>,
     dm_in: &mut [[S; D]; T],
 ) {
-    if chunked::applies(period, frozen) {
-        chunked::backward::<S, R, T, D>(p, period, normalize_keys, frozen, start, tr, adj, scale, dy, g);
+    if chunked::applies(period) {
+        let c = chunk.expect("memory::backward: a level with period > 1 needs a ChunkScratch");
+        chunked::backward::<S, R, T, D>(p, period, normalize_keys, frozen, start, tr, c, adj, scale, dy, g);
         projections_backward(p, m_in, tr, g, dm_in);
         return;
     }
@@ -1757,9 +1773,25 @@ mod tests {
         }
     }
 
+    /// Every element of the scratch set to NaN.
+    fn scribble<const T: usize, const D: usize>(c: &mut ChunkScratch<f64, T, D>) {
+        for m in [&mut c.mt, &mut c.st, &mut c.gt, &mut c.wt, &mut c.m_row] {
+            m.as_flattened_mut().fill(f64::NAN);
+        }
+        c.xa.as_flattened_mut().fill(f64::NAN);
+        c.xb.as_flattened_mut().fill(f64::NAN);
+        c.d_theta.fill(f64::NAN);
+        c.d_eta.fill(f64::NAN);
+    }
+
     fn max_diff(a: &[f64], b: &[f64]) -> f64 {
         assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs() / (1.0 + y.abs())).fold(0.0, f64::max)
+        // NaN anywhere is an infinite difference (`f64::max` would drop it).
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+            .map(|e| if e.is_nan() { f64::INFINITY } else { e })
+            .fold(0.0, f64::max)
     }
 
     fn flat<const D: usize>(m: &[[f64; D]]) -> Vec<f64> {
@@ -1813,7 +1845,24 @@ mod tests {
         let mut end = crate::boxed_zeroed::<LevelState<f64, D>>();
         let mut tr = crate::boxed_zeroed::<LevelTrace<f64, T, D>>();
         let mut y = [[0.5; D]; T];
-        forward::<f64, R, T, D>(&p, period, normalize_keys, frozen, &m_in, &start, &mut end, &mut tr, scale, &mut y);
+        let mut chunk = crate::boxed_zeroed::<ChunkScratch<f64, T, D>>();
+        forward::<f64, R, T, D>(
+            &p,
+            period,
+            normalize_keys,
+            frozen,
+            &m_in,
+            &start,
+            &mut end,
+            &mut tr,
+            Some(&mut chunk),
+            scale,
+            &mut y,
+        );
+        // The scratch is shared by the levels: another level's pass runs
+        // between this one's forward and backward. NaN everywhere shows
+        // the backward reads nothing the forward left in it.
+        scribble(&mut chunk);
         let mut ref_end = crate::boxed_zeroed::<LevelState<f64, D>>();
         let mut ref_tr = crate::boxed_zeroed::<LevelTrace<f64, T, D>>();
         let mut ref_y = [[0.5; D]; T];
@@ -1877,6 +1926,7 @@ mod tests {
         };
         let tr = core::cell::RefCell::new(tr);
         let ref_tr = core::cell::RefCell::new(ref_tr);
+        let chunk = core::cell::RefCell::new(chunk);
         let mut adj = crate::boxed_zeroed::<LevelAdjoint<f64, D>>();
         let adj = core::cell::RefCell::new(&mut *adj);
         let got = grads(&|g, dm_in| {
@@ -1888,6 +1938,7 @@ mod tests {
                 &m_in,
                 &start,
                 &mut tr.borrow_mut(),
+                Some(&mut chunk.borrow_mut()),
                 &mut adj.borrow_mut(),
                 scale,
                 &dy,
@@ -1974,7 +2025,20 @@ mod tests {
         let mut end = crate::boxed_zeroed::<LevelState<f32, D>>();
         let mut tr = crate::boxed_zeroed::<LevelTrace<f32, T, D>>();
         let mut y = [[0.5; D]; T];
-        forward::<f32, R, T, D>(&p, period, normalize_keys, false, &m_in, &start, &mut end, &mut tr, 0.7, &mut y);
+        let mut chunk = crate::boxed_zeroed::<ChunkScratch<f32, T, D>>();
+        forward::<f32, R, T, D>(
+            &p,
+            period,
+            normalize_keys,
+            false,
+            &m_in,
+            &start,
+            &mut end,
+            &mut tr,
+            Some(&mut chunk),
+            0.7,
+            &mut y,
+        );
         let mut out: Vec<f32> = y.as_flattened().to_vec();
         for m in [&end.m, &end.g, &end.s, &end.w] {
             out.extend_from_slice(m.as_flattened());
@@ -2012,6 +2076,7 @@ mod tests {
             &m_in,
             &start,
             &mut tr,
+            Some(&mut chunk),
             &mut adj,
             0.7,
             &dy,

@@ -32,10 +32,11 @@
 //! input `u`, the attention's `q`, `k`, `v`, probabilities (`T h W`) and
 //! output, the MLP's `mid`, `w`, `up`, `gate_pre`, `act`, the norms'
 //! statistics, the packed transposed weights, and per memory level its
-//! trace (`9 T d + 8 T + 5 d^2` plus the history `2 T d^2`: `M` and `S`
-//! after each fire) and start and end states (`4 d^2` each); the residual stream
+//! trace (`7 T d + 6 T` plus the history `2 T d^2`: `M` and `S` after each
+//! fire) and start and end states (`4 d^2` each); the residual stream
 //! `(layers + 1) T d`, logits and their gradient (`2 T V`) and one backward
-//! scratch shared by the blocks come once. `Stream` holds per block the
+//! scratch shared by the blocks come once (with, when a level has a period
+//! above 1, the chunk-wise memory path's scratch, `5 d^2 + 2 T d + 2 T`). `Stream` holds per block the
 //! attention ring (`2 W d`) and the levels' states, and one token's vectors.
 //! The memory history dominates as soon as `d_model` is more than a few
 //! times `vocab / seq_len`: a spec whose workspace exceeds its
@@ -344,6 +345,12 @@ impl Plan {
         self.memory.as_ref().map_or(0, |m| m.periods.len())
     }
 
+    /// Whether a memory level has a period above 1 (see
+    /// [`Spec::has_periodic_levels`]).
+    pub fn has_periodic_levels(&self) -> bool {
+        self.memory.as_ref().is_some_and(|m| m.periods.iter().any(|&p| p > 1))
+    }
+
     /// The tensor with checkpoint name `name`.
     pub fn tensor(&self, name: &str) -> Option<&TensorPlan> {
         self.tensors.iter().find(|t| t.name == name)
@@ -525,7 +532,7 @@ pub fn footprint(spec: &Spec) -> Footprint {
     state.f32s(4 * d * d);
     state.field(8, 8);
     let mut trace = Layout::default();
-    trace.f32s(9 * t * d + 8 * t + 2 * t * d * d + 5 * d * d);
+    trace.f32s(7 * t * d + 6 * t + 2 * t * d * d);
 
     // Workspace: the blocks first (8-aligned memory states lead them).
     let mut bw = Layout::default();
@@ -591,6 +598,9 @@ pub fn footprint(spec: &Spec) -> Footprint {
     }
     if lv > 0 {
         ws.f32s(t * d + 4 * d * d); // dy, adjoint
+    }
+    if spec.has_periodic_levels() {
+        ws.f32s(5 * d * d + 2 * t * d + 2 * t); // chunk (nl_runtime::memory::ChunkScratch)
     }
     if acts && !spec.tie_embeddings {
         ws.f32s(t * d); // xfq

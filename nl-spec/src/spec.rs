@@ -766,6 +766,13 @@ impl Spec {
         self.memory.as_ref().map_or(0, |m| m.periods.len())
     }
 
+    /// Whether a memory level has a period above 1: such levels train in
+    /// the chunk-wise matrix form, whose scratch (`ChunkScratch`) the
+    /// generated workspace then holds once.
+    pub fn has_periodic_levels(&self) -> bool {
+        self.memory.as_ref().is_some_and(|m| m.periods.iter().any(|&p| p > 1))
+    }
+
     /// Parameter count implied by the sizes (the plan lists the tensors).
     pub fn param_count(&self) -> usize {
         let d = self.d_model;

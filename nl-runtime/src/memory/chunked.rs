@@ -1,5 +1,5 @@
 //! The training pass of a level whose memory is frozen between fires
-//! (`period > 1`, or a frozen level) in matrix form: the chunk-wise form of
+//! (`period > 1`) in matrix form: the chunk-wise form of
 //! docs/model.md, "Periodic levels as matrix products".
 //!
 //! Between two fires a level's `M` does not change, so for the tokens of a
@@ -27,8 +27,10 @@
 //! works on `G^T`, `W^T`, and the adjoints `dM^T`, `dG^T`, `dS^T`, `dW^T`
 //! (elementwise steps are the same in either layout). Three products need
 //! `M`, `dG` or `dW` row-major; the backward transposes those once per
-//! chunk. The start state is transposed once per sequence and the end
-//! state back.
+//! chunk. The start state is transposed once per sequence (in the forward
+//! and again in the backward) and the end state back. The transposed
+//! copies, accumulators and backward buffers are a [`ChunkScratch`], one
+//! per model, shared by its periodic levels.
 //!
 //! Rounding: the products sum over the width in a different order than
 //! the per-token path and the streaming step (a left fold instead of lane
@@ -40,12 +42,13 @@ use super::*;
 use crate::gemm::{matmul, transpose};
 
 /// Whether a level runs this chunk-wise path: its memory is frozen between
-/// fires for more than one token (`period > 1`), or for the whole sequence
-/// (`frozen`). A period-1 level fires at every token: there is nothing to
-/// batch, and the fused per-token path serves it.
+/// fires for more than one token (`period > 1`; frozen or not). A period-1
+/// level fires at every token: there is nothing to batch, and the fused
+/// per-token path serves it (also when frozen, so a model whose levels all
+/// have period 1 needs no [`ChunkScratch`]).
 #[inline(always)]
-pub(super) fn applies(period: u64, frozen: bool) -> bool {
-    period > 1 || frozen
+pub(super) fn applies(period: u64) -> bool {
+    period > 1
 }
 
 /// Rows `s..s + n` of a `[T][D]` trace array, flat.
@@ -105,10 +108,12 @@ pub(super) fn forward<S: Scalar, R: Rule, const T: usize, const D: usize>(
     start: &LevelState<S, D>,
     end: &mut LevelState<S, D>,
     tr: &mut LevelTrace<S, T, D>,
+    c: &mut ChunkScratch<S, T, D>,
     scale: S,
     y: &mut [[S; D]; T],
 ) {
-    let LevelTrace { k, v, q, r, alpha, theta, eta, m_hist, s_hist, mt, st, gt, wt, dk, dv, dq, .. } = tr;
+    let LevelTrace { k, v, q, r, alpha, theta, eta, m_hist, s_hist, dk, dv, dq, .. } = tr;
+    let ChunkScratch { mt, st, gt, wt, .. } = c;
     transpose(&start.m, mt);
     if R::MOMENTUM {
         transpose(&start.s, st);
@@ -245,37 +250,20 @@ pub(super) fn backward<S: Scalar, R: Rule, const T: usize, const D: usize>(
     frozen: bool,
     start: &LevelState<S, D>,
     tr: &mut LevelTrace<S, T, D>,
+    c: &mut ChunkScratch<S, T, D>,
     adj: &mut LevelAdjoint<S, D>,
     scale: S,
     dy: &[[S; D]; T],
     g: &mut LevelGrads<'_, S, D>,
 ) {
-    let LevelTrace {
-        k,
-        v,
-        q,
-        k_norm,
-        q_norm,
-        r,
-        alpha,
-        theta,
-        theta_pre,
-        eta,
-        m_hist,
-        s_hist,
-        mt,
-        st,
-        gt,
-        wt,
-        m_row,
-        xa,
-        xb,
-        d_theta,
-        d_eta,
-        dk,
-        dv,
-        dq,
-    } = tr;
+    let LevelTrace { k, v, q, k_norm, q_norm, r, alpha, theta, theta_pre, eta, m_hist, s_hist, dk, dv, dq } = tr;
+    let ChunkScratch { mt, st, gt, wt, m_row, xa, xb, d_theta, d_eta } = c;
+    // The start state transposed again (the scratch is shared by the
+    // levels, so the forward's copy is gone).
+    transpose(&start.m, mt);
+    if R::MOMENTUM {
+        transpose(&start.s, st);
+    }
     let LevelAdjoint { dm, dg, ds, dw } = adj;
     for x in dm.iter_mut().chain(dg.iter_mut()).chain(ds.iter_mut()).chain(dw.iter_mut()) {
         x.fill(S::ZERO);
