@@ -245,10 +245,8 @@ unsafe fn run<S: Scalar>(path: Path, g: Shape, a: &[S], b: &[S], c: &mut [S]) {
 pub fn transpose<S: Scalar, const R: usize, const C: usize>(src: &[[S; C]; R], dst: &mut [[S; R]; C]) {
     #[cfg(target_arch = "x86_64")]
     if R.is_multiple_of(16) && C.is_multiple_of(16) && path() == Path::Avx512 {
-        if let (Some(s), Some(d)) = (as_f32(src.as_flattened()), as_f32_mut(dst.as_flattened_mut())) {
-            // SAFETY: the path is supported, so the CPU has AVX-512F; both
-            // sizes are multiples of 16 and the slices hold `R * C` elements.
-            unsafe { x86::transpose_f32_avx512(s, R, C, d) };
+        // SAFETY: the path is supported, so the CPU has AVX-512F.
+        if unsafe { x86::transpose_avx512(src.as_flattened(), R, C, dst.as_flattened_mut()) } {
             return;
         }
     }
@@ -270,24 +268,6 @@ pub fn transpose<S: Scalar, const R: usize, const C: usize>(src: &[[S; C]; R], d
     }
 }
 
-/// The slice as `f32`, if `S` is `f32`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn as_f32<S: Scalar>(x: &[S]) -> Option<&[f32]> {
-    (core::any::TypeId::of::<S>() == core::any::TypeId::of::<f32>())
-        // SAFETY: `S` is `f32` (same `TypeId`): the same type, length and layout.
-        .then(|| unsafe { core::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) })
-}
-
-/// The slice as `f32`, mutable, if `S` is `f32`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn as_f32_mut<S: Scalar>(x: &mut [S]) -> Option<&mut [f32]> {
-    (core::any::TypeId::of::<S>() == core::any::TypeId::of::<f32>())
-        // SAFETY: `S` is `f32` (same `TypeId`), and the borrow is exclusive.
-        .then(|| unsafe { core::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) })
-}
-
 /// `Y = X W^T` with the weight given transposed: `x` `[T, I]`, `wt` = `W^T`
 /// `[I, O]` (see [`transpose`]), `y` `[T, O]`: `y[t][o] = sum_i x[t][i] w[o][i]`.
 #[inline]
@@ -296,9 +276,7 @@ pub fn linear_t<S: Scalar, const T: usize, const O: usize, const I: usize>(
     wt: &[[S; O]; I],
     y: &mut [[S; O]; T],
 ) {
-    let g = Shape { m: T, k: I, n: O, acc: false, ta: false };
-    // SAFETY: `path()` is always supported.
-    unsafe { run(path(), g, x.as_flattened(), wt.as_flattened(), y.as_flattened_mut()) };
+    matmul(T, I, O, false, false, x.as_flattened(), wt.as_flattened(), y.as_flattened_mut());
 }
 
 /// `C (+)= A B` on flat row-major operands whose sizes are known only at
@@ -323,9 +301,7 @@ pub fn linear_backward_input_acc<S: Scalar, const T: usize, const O: usize, cons
     w: &[[S; I]; O],
     dx: &mut [[S; I]; T],
 ) {
-    let g = Shape { m: T, k: O, n: I, acc: true, ta: false };
-    // SAFETY: `path()` is always supported.
-    unsafe { run(path(), g, dy.as_flattened(), w.as_flattened(), dx.as_flattened_mut()) };
+    matmul(T, O, I, true, false, dy.as_flattened(), w.as_flattened(), dx.as_flattened_mut());
 }
 
 /// Backward of a linear layer to its weight: `dW += dY^T X`, i.e.
@@ -336,9 +312,7 @@ pub fn linear_backward_weight_acc<S: Scalar, const T: usize, const O: usize, con
     x: &[[S; I]; T],
     dw: &mut [[S; I]; O],
 ) {
-    let g = Shape { m: O, k: T, n: I, acc: true, ta: true };
-    // SAFETY: `path()` is always supported.
-    unsafe { run(path(), g, dy.as_flattened(), x.as_flattened(), dw.as_flattened_mut()) };
+    matmul(O, T, I, true, true, dy.as_flattened(), x.as_flattened(), dw.as_flattened_mut());
 }
 
 #[cfg(test)]

@@ -1117,7 +1117,9 @@ crate::dispatch::dispatched! {
     /// The training forward of one level over a sequence: from input `m_in`
     /// and start state `start`, adds `scale * y^l_t` into `y`, leaves the final
     /// state in `end` and what the backward needs in `tr` (the memory, and
-    /// momentum, after each fire).
+    /// momentum, after each fire). `chunk` is the chunk-wise path's scratch,
+    /// which a level with `period > 1` needs (panics on `None` then); a
+    /// period-1 level does not read it.
     #[allow(clippy::too_many_arguments)]
     pub fn forward[S: Scalar, R: Rule, const T: usize, const D: usize][S, R, T, D](p: &LevelParams<'_, S, D>, period: u64, normalize_keys: bool, frozen: bool, m_in: &[[S; D]; T], start: &LevelState<S, D>, end: &mut LevelState<S, D>, tr: &mut LevelTrace<S, T, D>, chunk: Option<&mut ChunkScratch<S, T, D>>, scale: S, y: &mut [[S; D]; T]) = forward_body;
 }
@@ -1347,7 +1349,8 @@ crate::dispatch::dispatched! {
     /// update of the sequence (the start state is a constant). `dy` is the
     /// gradient of the loss with respect to the combined read `y` (this level
     /// contributes `scale * M q`). Adds the parameter gradients into `g` and the
-    /// gradient with respect to the input into `dm_in`.
+    /// gradient with respect to the input into `dm_in`. `chunk` as for
+    /// [`forward`] (its contents need not be what the forward left).
     #[allow(clippy::too_many_arguments)]
     pub fn backward[S: Scalar, R: Rule, const T: usize, const D: usize][S, R, T, D](p: &LevelParams<'_, S, D>, period: u64, normalize_keys: bool, frozen: bool, m_in: &[[S; D]; T], start: &LevelState<S, D>, tr: &mut LevelTrace<S, T, D>, chunk: Option<&mut ChunkScratch<S, T, D>>, adj: &mut LevelAdjoint<S, D>, scale: S, dy: &[[S; D]; T], g: &mut LevelGrads<'_, S, D>, dm_in: &mut [[S; D]; T]) = backward_body;
 }

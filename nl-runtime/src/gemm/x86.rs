@@ -517,10 +517,17 @@ const KC_512: usize = 64;
 /// Steps of `k` per pass over a column panel, AVX2 (`KC * NV * 32` bytes).
 const KC_256: usize = 256;
 
+/// Whether `S` is `E` (by `TypeId`): what makes the entry points' casts of
+/// `S` pointers to `E` pointers sound.
+#[inline(always)]
+fn is<S: Scalar, E: 'static>() -> bool {
+    TypeId::of::<S>() == TypeId::of::<E>()
+}
+
 /// The operands as element pointers, if `S` is `E` (by `TypeId`).
 #[inline(always)]
 fn as_elems<S: Scalar, E: 'static>(a: &[S], b: &[S], c: &mut [S]) -> Option<(*const E, *const E, *mut E)> {
-    if TypeId::of::<S>() == TypeId::of::<E>() {
+    if is::<S, E>() {
         // `S` and `E` are the same type, so these are pointers to `E` with
         // the provenance of the whole operands.
         Some((a.as_ptr().cast(), b.as_ptr().cast(), c.as_mut_ptr().cast()))
@@ -577,8 +584,9 @@ pub(super) unsafe fn gemm_avx2<S: Scalar>(g: Shape, a: &[S], b: &[S], c: &mut [S
     by_element!(g, a, b, c, Avx2F32, Avx2F64, MR_256, NV_256, KC_256)
 }
 
-/// `dst = src^T` for `f32` with AVX-512F, on whole 16 x 16 tiles: `src` is
-/// `[rows, cols]`, `dst` `[cols, rows]`, both multiples of 16. Each tile is
+/// `dst = src^T` with AVX-512F on whole 16 x 16 tiles, if `S` is `f32`
+/// (else `false`, having done nothing): `src` is `[rows, cols]`, `dst`
+/// `[cols, rows]`, both multiples of 16 (asserted). Each tile is
 /// 16 row loads, four rounds of 16 shuffles and 16 stores (a quarter of a
 /// cycle per element, against about one for the scalar tile loop).
 ///
@@ -590,18 +598,23 @@ pub(super) unsafe fn gemm_avx2<S: Scalar>(g: Shape, a: &[S], b: &[S], c: &mut [S
 ///
 /// # Safety
 ///
-/// The CPU must have AVX-512F; `rows` and `cols` are multiples of 16 and
-/// `src`, `dst` hold `rows * cols` elements (asserted).
+/// The CPU must have AVX-512F.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn transpose_f32_avx512(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+pub(super) unsafe fn transpose_avx512<S: Scalar>(src: &[S], rows: usize, cols: usize, dst: &mut [S]) -> bool {
     assert!(rows.is_multiple_of(16) && cols.is_multiple_of(16) && src.len() == rows * cols && dst.len() == rows * cols);
+    if !is::<S, f32>() {
+        return false;
+    }
+    // `S` is `f32`: the same elements, with the provenance of the slices.
+    let (src, dst) = (src.as_ptr().cast::<f32>(), dst.as_mut_ptr().cast::<f32>());
     for r0 in (0..rows).step_by(16) {
         for c0 in (0..cols).step_by(16) {
             // SAFETY: rows `r0..r0 + 16`, columns `c0..c0 + 16` of `src`
-            // and the transposed tile of `dst` are in bounds (the caller's
-            // contract); the CPU has AVX-512F.
+            // and the transposed tile of `dst` are in bounds (the sizes
+            // asserted above); the CPU has AVX-512F (this function's
+            // contract).
             unsafe {
-                let p = src.as_ptr().add(r0 * cols + c0);
+                let p = src.add(r0 * cols + c0);
                 let r: [__m512; 16] = core::array::from_fn(|i| _mm512_loadu_ps(p.add(i * cols)));
                 let mut u = [[_mm512_setzero_ps(); 4]; 4];
                 for g in 0..4 {
@@ -616,7 +629,7 @@ pub(super) unsafe fn transpose_f32_avx512(src: &[f32], rows: usize, cols: usize,
                     u[g][2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
                     u[g][3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
                 }
-                let q = dst.as_mut_ptr().add(c0 * rows + r0);
+                let q = dst.add(c0 * rows + r0);
                 for c in 0..4 {
                     let v0 = _mm512_shuffle_f32x4::<0x44>(u[0][c], u[1][c]);
                     let v1 = _mm512_shuffle_f32x4::<0xEE>(u[0][c], u[1][c]);
@@ -635,4 +648,5 @@ pub(super) unsafe fn transpose_f32_avx512(src: &[f32], rows: usize, cols: usize,
             }
         }
     }
+    true
 }
