@@ -136,7 +136,8 @@ pub(crate) fn workspace(plan: &Plan) -> TokenStream {
             },
         );
         quote! {
-            /// Gradient of `mid`.
+            /// Gradient of `mid` without a residual stream (with one it
+            /// accumulates in `dx`).
             pub dmid: [[S; D]; SEQ],
             /// Gradient of the MLP input `w`.
             pub dw: [[S; D]; SEQ],
@@ -380,15 +381,13 @@ pub(crate) fn train(plan: &Plan) -> TokenStream {
             quote! { &mut ws.sc.dx },
         );
         quote! {
-            k::zero(&mut ws.sc.dxf);
-            mm::linear_backward_input_acc(&ws.dlogits, &p.#unembed, &mut ws.sc.dxf);
+            mm::linear_backward_input(&ws.dlogits, &p.#unembed, &mut ws.sc.dxf);
             k::zero(&mut ws.sc.dx);
             #back
         }
     } else {
         quote! {
-            k::zero(&mut ws.sc.dx);
-            mm::linear_backward_input_acc(&ws.dlogits, &p.#unembed, &mut ws.sc.dx);
+            mm::linear_backward_input(&ws.dlogits, &p.#unembed, &mut ws.sc.dx);
         }
     };
     quote! {
@@ -707,16 +706,8 @@ fn block_backward(plan: &Plan) -> TokenStream {
     let norm = plan.norm != Norm::None;
     let rope = plan.positions == Positions::Rope;
     let (bp, bg, bw) = (quote! { bp }, quote! { bg }, quote! { bw });
-    let copy = |dst: TokenStream, src: TokenStream| {
-        quote! {
-            for t in 0..SEQ {
-                for i in 0..D {
-                    #dst[t][i] = #src[t][i];
-                }
-            }
-        }
-    };
-    // The gradient of the attention branch's output z: sc.dmid with an MLP, sc.dx without.
+    // The gradient of the attention branch's output z: sc.dmid with an MLP
+    // and no residual stream, sc.dx otherwise.
     let (mlp_back, dz) = if plan.mlp.is_some() {
         let gated = parts::gated(plan);
         let w = if norm {
@@ -734,10 +725,13 @@ fn block_backward(plan: &Plan) -> TokenStream {
             quote! { sc.dup.as_flattened_mut() },
             quote! { sc.dgate.as_flattened_mut() },
         );
-        let dmid_init = if plan.residual {
-            copy(quote! { sc.dmid }, quote! { sc.dx })
+        // d mid: with a residual stream, the gradient at the output (already
+        // in sc.dx, which then accumulates the MLP branch in place); without
+        // one, the MLP branch alone, in sc.dmid.
+        let (dmid, dmid_init) = if plan.residual {
+            (quote! { sc.dx }, quote! {})
         } else {
-            quote! { k::zero(&mut sc.dmid); }
+            (quote! { sc.dmid }, quote! { k::zero(&mut sc.dmid); })
         };
         let (gate_w, gate_in) = if gated {
             (
@@ -757,13 +751,13 @@ fn block_backward(plan: &Plan) -> TokenStream {
                 "nm",
                 quote! { &bw.mid },
                 quote! { &sc.dw },
-                quote! { &mut sc.dmid },
+                quote! { &mut #dmid },
             )
         } else {
             quote! {
                 for t in 0..SEQ {
                     for i in 0..D {
-                        sc.dmid[t][i] += sc.dw[t][i];
+                        #dmid[t][i] += sc.dw[t][i];
                     }
                 }
             }
@@ -772,18 +766,16 @@ fn block_backward(plan: &Plan) -> TokenStream {
             quote! {
                 // out = [mid +] W_down act
                 mm::linear_backward_weight_acc(&sc.dx, &#act_in, &mut bg.mlp_w_down);
-                k::zero(&mut sc.dact);
-                mm::linear_backward_input_acc(&sc.dx, &bp.mlp_w_down, &mut sc.dact);
+                mm::linear_backward_input(&sc.dx, &bp.mlp_w_down, &mut sc.dact);
                 #dmid_init
                 #act_back
                 mm::linear_backward_weight_acc(&sc.dup, &#w, &mut bg.mlp_w_up);
                 #gate_w
-                k::zero(&mut sc.dw);
-                mm::linear_backward_input_acc(&sc.dup, &bp.mlp_w_up, &mut sc.dw);
+                mm::linear_backward_input(&sc.dup, &bp.mlp_w_up, &mut sc.dw);
                 #gate_in
                 #into_mid
             },
-            quote! { sc.dmid },
+            dmid,
         )
     } else {
         (quote! {}, quote! { sc.dx })
@@ -801,10 +793,10 @@ fn block_backward(plan: &Plan) -> TokenStream {
     };
     // After z's backward, sc.dx becomes the gradient at the block input:
     // the residual path's share (the whole of d mid), or nothing.
-    let dx_in = match (plan.residual, plan.mlp.is_some()) {
-        (true, true) => copy(quote! { sc.dx }, quote! { sc.dmid }),
-        (true, false) => quote! {},
-        (false, _) => quote! { k::zero(&mut sc.dx); },
+    let dx_in = if plan.residual {
+        quote! {}
+    } else {
+        quote! { k::zero(&mut sc.dx); }
     };
     let compose_back = if mag {
         quote! {
@@ -822,20 +814,27 @@ fn block_backward(plan: &Plan) -> TokenStream {
     } else {
         quote! {}
     };
+    // The matrix-product form overwrites dq, dk, dv; the row kernels add.
     let attend_back = if gemm_attention(plan) {
         quote! {
-            ::nl_runtime::attn::attention_backward_acc::<S, SEQ, D, HEADS, HEAD_DIM, WINDOW>(
+            ::nl_runtime::attn::attention_backward::<S, SEQ, D, HEADS, HEAD_DIM, WINDOW>(
                 &bw.q, &bw.k, &bw.v, &bw.p, &sc.da, &mut sc.dq, &mut sc.dk, &mut sc.dv, &mut sc.attn,
             );
         }
     } else if plan.positions == Positions::Bias {
         quote! {
+            k::zero(&mut sc.dq);
+            k::zero(&mut sc.dk);
+            k::zero(&mut sc.dv);
             k::attention_bias_backward_acc::<S, SEQ, D, HEADS, HEAD_DIM, WINDOW>(
                 &bw.q, &bw.k, &bw.v, &bw.p, &sc.da, &mut sc.dq, &mut sc.dk, &mut sc.dv, &mut bg.attn_pos_bias,
             );
         }
     } else {
         quote! {
+            k::zero(&mut sc.dq);
+            k::zero(&mut sc.dk);
+            k::zero(&mut sc.dv);
             k::attention_backward_acc::<S, SEQ, D, HEADS, HEAD_DIM, WINDOW>(
                 &bw.q, &bw.k, &bw.v, &bw.p, &sc.da, &mut sc.dq, &mut sc.dk, &mut sc.dv,
             );
@@ -904,22 +903,17 @@ fn block_backward(plan: &Plan) -> TokenStream {
             #mlp_back
             // z = Wo o
             mm::linear_backward_weight_acc(&#dz, &#o, &mut bg.attn_wo);
-            k::zero(&mut #d_o);
-            mm::linear_backward_input_acc(&#dz, &bp.attn_wo, &mut #d_o);
+            mm::linear_backward_input(&#dz, &bp.attn_wo, &mut #d_o);
             #dx_in
             #compose_back
             // attention
-            k::zero(&mut sc.dq);
-            k::zero(&mut sc.dk);
-            k::zero(&mut sc.dv);
             #attend_back
             #unrotate
             // q, k, v = W h
             mm::linear_backward_weight_acc(&sc.dq, &#h, &mut bg.attn_wq);
             mm::linear_backward_weight_acc(&sc.dk, &#h, &mut bg.attn_wk);
             mm::linear_backward_weight_acc(&sc.dv, &#h, &mut bg.attn_wv);
-            k::zero(&mut sc.dh);
-            mm::linear_backward_input_acc(&sc.dq, &bp.attn_wq, &mut sc.dh);
+            mm::linear_backward_input(&sc.dq, &bp.attn_wq, &mut sc.dh);
             mm::linear_backward_input_acc(&sc.dk, &bp.attn_wk, &mut sc.dh);
             mm::linear_backward_input_acc(&sc.dv, &bp.attn_wv, &mut sc.dh);
             #mal_back

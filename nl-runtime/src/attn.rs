@@ -4,12 +4,21 @@
 //! kernels of [`gemm`](crate::gemm) instead of one dot product or `axpy` per
 //! (query, key) pair.
 //!
-//! Each product covers the whole `T x T` square of (query, key) pairs; the
-//! pairs outside the window (the future, and keys more than `W - 1` back)
-//! get probability exactly 0, so they add exact zeros to every sum. That
-//! wastes the masked part of the square (half of it when `W = T`), which is
-//! why the generated code uses these kernels only when `2 W >= T` and the
-//! row kernels of [`kernels`](crate::kernels) otherwise.
+//! The products run in blocks of [`BLOCK`] queries (and, for `dV` and `dK`,
+//! of as many keys). A query block covers the keys from the start of the
+//! key block holding its first query's window start up to its last query:
+//! the later keys are in none of its windows, so their products are
+//! skipped (3/8 of the `T x T` square at `T = W = 128`). The covered pairs
+//! outside a window (the future inside the diagonal block, and keys more
+//! than `W - 1` back) get probability exactly 0 and add exact zeros to every
+//! sum. The waste left is the diagonal blocks' upper halves and, with a
+//! short window, the keys before it in its first block; the generated code
+//! uses these kernels only when `2 W >= T` and the row kernels of
+//! [`kernels`](crate::kernels) otherwise.
+//!
+//! The heads' columns of `q`, `k`, `v`, the output and the gradients are
+//! read and written in place, as strided operands; only the transposed keys
+//! (forward) or values (backward) and the two squares are in the scratch.
 //!
 //! The math is that of [`kernels::attention`](crate::kernels::attention)
 //! and its backward; the probabilities are kept by position (see
@@ -27,30 +36,20 @@ use crate::gemm as mm;
 const LANES: usize = 16;
 use crate::{Scalar, Zeroable};
 
-/// Per-head buffers of [`attention`] and [`attention_backward_acc`] for
-/// sequences of `T` positions and heads of `HD` columns: `9 T HD + 2 T^2`
-/// values, shared by every head and block (each call overwrites them).
+/// Per-head buffers of [`attention`] and [`attention_backward`] for
+/// sequences of `T` positions and heads of `HD` columns: `2 T HD + 2 T^2`
+/// values, shared by every head and block (each call overwrites them). The
+/// products read and write the heads' columns of `q`, `k`, `v` and the
+/// outputs in place (as strided sub-matrices); only the operands they need
+/// transposed, and the squares, live here.
 #[repr(C)]
 pub struct AttnScratch<S, const T: usize, const HD: usize> {
-    /// The head's queries, `[T, HD]`.
-    pub qh: [[S; HD]; T],
-    /// The head's keys, `[T, HD]`.
-    pub kh: [[S; HD]; T],
-    /// The head's keys transposed, `[HD, T]`.
-    pub kt: [[S; T]; HD],
-    /// The head's values, `[T, HD]`.
-    pub vh: [[S; HD]; T],
-    /// The head's values transposed, `[HD, T]`.
-    pub vt: [[S; T]; HD],
-    /// The head's output (forward) or its gradient (backward), `[T, HD]`.
-    pub oh: [[S; HD]; T],
-    /// Gradient of the head's queries.
-    pub dqh: [[S; HD]; T],
-    /// Gradient of the head's keys.
-    pub dkh: [[S; HD]; T],
-    /// Gradient of the head's values.
-    pub dvh: [[S; HD]; T],
-    /// Scores, then probabilities, by position: `s[t][tau]` (0 outside the window).
+    /// The head's keys (forward) or values (backward), `[T, HD]`.
+    pub xh: [[S; HD]; T],
+    /// `xh` transposed, `[HD, T]`.
+    pub xt: [[S; T]; HD],
+    /// Scores, then probabilities, by position: `s[t][tau]` (0 outside the
+    /// window; only the blocks the products cover are written).
     pub s: [[S; T]; T],
     /// Gradient of the probabilities, then of the scores, by position.
     pub ds: [[S; T]; T],
@@ -102,12 +101,12 @@ fn sum_tree<S: Scalar>(x: &[S]) -> S {
     S::lane_sum(lanes)
 }
 
-/// The softmax of one row of scores over the window `lo..=t`, in place:
-/// the scaled scores inside, `-inf` outside (whose `e^-inf` is exactly 0),
-/// then the maximum, `e^(x - max)` and the normalisation, each a pass over
-/// the whole row (fixed length, so they vectorise without remainders).
+/// The softmax of one row of scores over the window `lo..=t` (indices into
+/// `row`), in place: the scaled scores inside, `-inf` outside (whose
+/// `e^-inf` is exactly 0), then the maximum, `e^(x - max)` and the
+/// normalisation, each a pass over the whole row.
 #[inline(always)]
-fn softmax_row<S: Scalar, const T: usize>(row: &mut [S; T], lo: usize, t: usize, scale: S) {
+fn softmax_row<S: Scalar>(row: &mut [S], lo: usize, t: usize, scale: S) {
     let neg_inf = S::from_f64(f64::NEG_INFINITY);
     for (tau, x) in row.iter_mut().enumerate() {
         *x = if tau >= lo && tau <= t { *x * scale } else { neg_inf };
@@ -122,35 +121,75 @@ fn softmax_row<S: Scalar, const T: usize>(row: &mut [S; T], lo: usize, t: usize,
     }
 }
 
-/// Copies the columns `h HD .. (h + 1) HD` of `x` into `out` (`[T, HD]`)
-/// and, transposed, into `out_t` (`[HD, T]`).
+/// Queries (and keys) per block of the `T x T` squares: the products run
+/// block by block and skip the blocks no query of the block attends to.
+const BLOCK: usize = 32;
+
+/// Row block `i`: its queries `r0..r1` and the keys `c0..r1` its products
+/// cover, `c0` the start of the block holding the first query's window
+/// start (so every covered pair is in whole key blocks).
 #[inline(always)]
-fn split_head<S: Scalar, const T: usize, const D: usize, const HD: usize>(
-    x: &[[S; D]; T],
-    h: usize,
-    out: &mut [[S; HD]; T],
-    out_t: Option<&mut [[S; T]; HD]>,
-) {
-    for t in 0..T {
-        out[t].copy_from_slice(&x[t][h * HD..(h + 1) * HD]);
-    }
-    if let Some(ot) = out_t {
-        mm::transpose(out, ot);
-    }
+fn query_block<const T: usize, const W: usize>(i: usize) -> (usize, usize, usize) {
+    let r0 = i * BLOCK;
+    let r1 = (r0 + BLOCK).min(T);
+    let c0 = (r0 + 1).saturating_sub(W) / BLOCK * BLOCK;
+    (r0, r1, c0)
 }
 
-/// Adds `src` (`[T, HD]`) into the columns `h HD .. (h + 1) HD` of `dst`.
+/// Key block `j`: its keys `c0..c1` and the queries `c0..q1` of the row
+/// blocks whose products cover it (those from block `j` on whose key range
+/// starts at or before `c0`).
 #[inline(always)]
-fn add_head<S: Scalar, const T: usize, const D: usize, const HD: usize>(
-    src: &[[S; HD]; T],
+fn key_block<const T: usize, const W: usize>(j: usize) -> (usize, usize, usize) {
+    let c0 = j * BLOCK;
+    let c1 = (c0 + BLOCK).min(T);
+    let mut q1 = c1;
+    let mut i = j + 1;
+    while i * BLOCK < T && query_block::<T, W>(i).2 <= c0 {
+        q1 = query_block::<T, W>(i).1;
+        i += 1;
+    }
+    (c0, c1, q1)
+}
+
+/// Columns `h HD .. (h + 1) HD` of `x`, transposed, into `out_t`
+/// (`[HD, T]`), through `tmp`.
+#[inline(always)]
+fn head_transposed<S: Scalar, const T: usize, const D: usize, const HD: usize>(
+    x: &[[S; D]; T],
     h: usize,
-    dst: &mut [[S; D]; T],
+    tmp: &mut [[S; HD]; T],
+    out_t: &mut [[S; T]; HD],
 ) {
     for t in 0..T {
-        for (d, s) in dst[t][h * HD..(h + 1) * HD].iter_mut().zip(&src[t]) {
-            *d += *s;
-        }
+        tmp[t].copy_from_slice(&x[t][h * HD..(h + 1) * HD]);
     }
+    mm::transpose(tmp, out_t);
+}
+
+/// Head `h`'s columns of a `[T, D]` matrix from row `r` on, as a strided
+/// operand (rows `D` apart).
+#[inline(always)]
+fn head<S, const T: usize, const D: usize>(x: &[[S; D]; T], r: usize, col: usize) -> (&[S], usize) {
+    (&x.as_flattened()[r * D + col..], D)
+}
+
+/// [`head`] for writing.
+#[inline(always)]
+fn head_mut<S, const T: usize, const D: usize>(x: &mut [[S; D]; T], r: usize, col: usize) -> (&mut [S], usize) {
+    (&mut x.as_flattened_mut()[r * D + col..], D)
+}
+
+/// Block `(r, c)` of a `T x T` square, as a strided operand (rows `T` apart).
+#[inline(always)]
+fn square<S, const T: usize>(x: &[[S; T]; T], r: usize, c: usize) -> (&[S], usize) {
+    (&x.as_flattened()[r * T + c..], T)
+}
+
+/// [`square`] for writing.
+#[inline(always)]
+fn square_mut<S, const T: usize>(x: &mut [[S; T]; T], r: usize, c: usize) -> (&mut [S], usize) {
+    (&mut x.as_flattened_mut()[r * T + c..], T)
 }
 
 crate::dispatch::dispatched! {
@@ -162,9 +201,11 @@ crate::dispatch::dispatched! {
     /// (zeros past the window's `min(t + 1, W)` positions). This is not the
     /// offset layout of the row kernels: a row is one contiguous copy.
     ///
-    /// Per head: `S = Q_h K_h^T` (one product, every pair), the softmax of each
-    /// row over its window (maximum, `e^(s - max)`, the sum of the row in 16
-    /// lanes by position, one reciprocal), then `O_h = P V_h` (one product).
+    /// Per head and block of [`BLOCK`] queries: `S = Q_h K_h^T` over the
+    /// keys the block's windows reach (one product), the softmax of each row
+    /// over its window (maximum, `e^(s - max)`, the sum of the row in 16
+    /// lanes by position, one reciprocal), then `O_h = P V_h` (one product,
+    /// written straight into the head's columns of `out`).
     pub fn attention[S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize][S, T, D, H, HD, W](q: &[[S; D]; T], k: &[[S; D]; T], v: &[[S; D]; T], p: &mut [[[S; W]; H]; T], out: &mut [[S; D]; T], sc: &mut AttnScratch<S, T, HD>) = attention_body;
 }
 
@@ -182,41 +223,60 @@ fn attention_body<S: Scalar, const T: usize, const D: usize, const H: usize, con
     const { assert!(W >= 1 && W <= T, "the window must be in 1..=T") };
     let scale = S::ONE / S::from_usize(HD).sqrt();
     for h in 0..H {
-        split_head(q, h, &mut sc.qh, None);
-        split_head(k, h, &mut sc.kh, Some(&mut sc.kt));
-        split_head(v, h, &mut sc.vh, None);
-        mm::linear_t(&sc.qh, &sc.kt, &mut sc.s);
-        for t in 0..T {
-            let lo = (t + 1).saturating_sub(W);
-            softmax_row(&mut sc.s[t], lo, t, scale);
-            let n = t + 1 - lo;
-            let ph = &mut p[t][h];
-            ph[..n].copy_from_slice(&sc.s[t][lo..=t]);
-            ph[n..].fill(S::ZERO);
-        }
-        mm::linear_t(&sc.s, &sc.vh, &mut sc.oh);
-        for t in 0..T {
-            out[t][h * HD..(h + 1) * HD].copy_from_slice(&sc.oh[t]);
+        let col = h * HD;
+        head_transposed(k, h, &mut sc.xh, &mut sc.xt);
+        for i in 0..T.div_ceil(BLOCK) {
+            let (r0, r1, c0) = query_block::<T, W>(i);
+            let (rows, keys) = (r1 - r0, r1 - c0);
+            // S[r0..r1][c0..r1] = Q_h[r0..r1] K_h^T[.., c0..r1]
+            mm::matmul_strided(
+                (rows, HD, keys),
+                false,
+                false,
+                head(q, r0, col),
+                (&sc.xt.as_flattened()[c0..], T),
+                square_mut(&mut sc.s, r0, c0),
+            );
+            for t in r0..r1 {
+                let lo = (t + 1).saturating_sub(W);
+                softmax_row(&mut sc.s[t][c0..r1], lo - c0, t - c0, scale);
+                let n = t + 1 - lo;
+                let ph = &mut p[t][h];
+                ph[..n].copy_from_slice(&sc.s[t][lo..=t]);
+                ph[n..].fill(S::ZERO);
+            }
+            // O_h[r0..r1] = P[r0..r1][c0..r1] V_h[c0..r1]
+            mm::matmul_strided(
+                (rows, keys, HD),
+                false,
+                false,
+                square(&sc.s, r0, c0),
+                head(v, c0, col),
+                head_mut(out, r0, col),
+            );
         }
     }
 }
 
 crate::dispatch::dispatched! {
-    /// Backward of [`attention`]: from `da` (gradient of the output) adds the
-    /// gradients of `q`, `k` and `v` into `dq`, `dk`, `dv`, reading the
+    /// Backward of [`attention`]: from `da` (gradient of the output) writes
+    /// the gradients of `q`, `k` and `v` into `dq`, `dk`, `dv` (overwriting
+    /// them: every element belongs to one head's products), reading the
     /// probabilities `p` the forward kept.
     ///
-    /// Per head, with `P` rebuilt by position from `p`: `dP = dO_h V_h^T`,
-    /// `dV_h = P^T dO_h`, `dS = P * (dP - rowsum(P * dP)) / sqrt(HD)` (zero
-    /// outside the window, where `P` is), `dQ_h = dS K_h`, `dK_h = dS^T Q_h`.
+    /// Per head, block by block as in the forward, with `P` rebuilt by
+    /// position from `p`: `dP = dO_h V_h^T`, `dS = P * (dP - rowsum(P * dP))
+    /// / sqrt(HD)` (zero outside the window, where `P` is), `dQ_h = dS K_h`;
+    /// then per block of keys `dV_h = P^T dO_h` and `dK_h = dS^T Q_h` over
+    /// the queries whose blocks reached them.
     #[allow(clippy::too_many_arguments)]
-    pub fn attention_backward_acc[S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize][S, T, D, H, HD, W](q: &[[S; D]; T], k: &[[S; D]; T], v: &[[S; D]; T], p: &[[[S; W]; H]; T], da: &[[S; D]; T], dq: &mut [[S; D]; T], dk: &mut [[S; D]; T], dv: &mut [[S; D]; T], sc: &mut AttnScratch<S, T, HD>) = attention_backward_acc_body;
+    pub fn attention_backward[S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize][S, T, D, H, HD, W](q: &[[S; D]; T], k: &[[S; D]; T], v: &[[S; D]; T], p: &[[[S; W]; H]; T], da: &[[S; D]; T], dq: &mut [[S; D]; T], dk: &mut [[S; D]; T], dv: &mut [[S; D]; T], sc: &mut AttnScratch<S, T, HD>) = attention_backward_body;
 }
 
-/// The body of [`attention_backward_acc`], compiled once per [`Path`](crate::dispatch::Path).
+/// The body of [`attention_backward`], compiled once per [`Path`](crate::dispatch::Path).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn attention_backward_acc_body<
+fn attention_backward_body<
     S: Scalar,
     const T: usize,
     const D: usize,
@@ -238,37 +298,68 @@ fn attention_backward_acc_body<
     const { assert!(W >= 1 && W <= T, "the window must be in 1..=T") };
     let scale = S::ONE / S::from_usize(HD).sqrt();
     for h in 0..H {
-        for t in 0..T {
-            let lo = (t + 1).saturating_sub(W);
-            let row = &mut sc.s[t];
-            row[..lo].fill(S::ZERO);
-            row[lo..=t].copy_from_slice(&p[t][h][..t + 1 - lo]);
-            row[t + 1..].fill(S::ZERO);
-        }
-        split_head(q, h, &mut sc.qh, None);
-        split_head(k, h, &mut sc.kh, None);
-        split_head(v, h, &mut sc.vh, Some(&mut sc.vt));
-        split_head(da, h, &mut sc.oh, None);
-        // dP = dO V^T; dV = P^T dO.
-        mm::linear_t(&sc.oh, &sc.vt, &mut sc.ds);
-        crate::kernels::zero(&mut sc.dvh);
-        mm::linear_backward_weight_acc(&sc.s, &sc.oh, &mut sc.dvh);
-        // dS = P (dP - sum) scale, over the window (zero elsewhere).
-        for t in 0..T {
-            let (pr, dr) = (&sc.s[t], &mut sc.ds[t]);
-            let sum = crate::kernels::dot(pr, dr);
-            for (d, &pi) in dr.iter_mut().zip(pr) {
-                *d = pi * (*d - sum) * scale;
+        let col = h * HD;
+        head_transposed(v, h, &mut sc.xh, &mut sc.xt);
+        for i in 0..T.div_ceil(BLOCK) {
+            let (r0, r1, c0) = query_block::<T, W>(i);
+            let (rows, keys) = (r1 - r0, r1 - c0);
+            // P over the block's keys, by position (0 outside the window).
+            for t in r0..r1 {
+                let lo = (t + 1).saturating_sub(W);
+                let row = &mut sc.s[t];
+                row[c0..lo].fill(S::ZERO);
+                row[lo..=t].copy_from_slice(&p[t][h][..t + 1 - lo]);
+                row[t + 1..r1].fill(S::ZERO);
             }
+            // dP = dO_h V_h^T over the block.
+            mm::matmul_strided(
+                (rows, HD, keys),
+                false,
+                false,
+                head(da, r0, col),
+                (&sc.xt.as_flattened()[c0..], T),
+                square_mut(&mut sc.ds, r0, c0),
+            );
+            // dS = P (dP - sum) scale (zero where P is).
+            for t in r0..r1 {
+                let (pr, dr) = (&sc.s[t][c0..r1], &mut sc.ds[t][c0..r1]);
+                let sum = crate::kernels::dot_slice(pr, dr);
+                for (d, &pi) in dr.iter_mut().zip(pr) {
+                    *d = pi * (*d - sum) * scale;
+                }
+            }
+            // dQ_h[r0..r1] = dS K_h[c0..r1].
+            mm::matmul_strided(
+                (rows, keys, HD),
+                false,
+                false,
+                square(&sc.ds, r0, c0),
+                head(k, c0, col),
+                head_mut(dq, r0, col),
+            );
         }
-        // dQ = dS K; dK = dS^T Q.
-        crate::kernels::zero(&mut sc.dqh);
-        mm::linear_backward_input_acc(&sc.ds, &sc.kh, &mut sc.dqh);
-        crate::kernels::zero(&mut sc.dkh);
-        mm::linear_backward_weight_acc(&sc.ds, &sc.qh, &mut sc.dkh);
-        add_head(&sc.dqh, h, dq);
-        add_head(&sc.dkh, h, dk);
-        add_head(&sc.dvh, h, dv);
+        // By key block: dV_h = P^T dO_h, dK_h = dS^T Q_h over the queries
+        // whose blocks covered it (the transposed squares read in place).
+        for j in 0..T.div_ceil(BLOCK) {
+            let (c0, c1, q1) = key_block::<T, W>(j);
+            let (keys, queries) = (c1 - c0, q1 - c0);
+            mm::matmul_strided(
+                (keys, queries, HD),
+                false,
+                true,
+                square(&sc.s, c0, c0),
+                head(da, c0, col),
+                head_mut(dv, c0, col),
+            );
+            mm::matmul_strided(
+                (keys, queries, HD),
+                false,
+                true,
+                square(&sc.ds, c0, c0),
+                head(q, c0, col),
+                head_mut(dk, c0, col),
+            );
+        }
     }
 }
 
@@ -282,6 +373,15 @@ mod tests {
         core::array::from_fn(|_| core::array::from_fn(|_| amp * (2.0 * rng.next_f64() - 1.0)))
     }
 
+    /// Fills the scratch with NaN, which any read of a stale value carries
+    /// into the results.
+    fn scribble<const T: usize, const HD: usize>(sc: &mut AttnScratch<f64, T, HD>) {
+        sc.xh.as_flattened_mut().fill(f64::NAN);
+        sc.xt.as_flattened_mut().fill(f64::NAN);
+        sc.s.as_flattened_mut().fill(f64::NAN);
+        sc.ds.as_flattened_mut().fill(f64::NAN);
+    }
+
     /// The gemm form against the row kernels, forward and backward, in f64,
     /// with a window shorter than the sequence and one equal to it.
     fn check<const T: usize, const W: usize>(seed: u64) {
@@ -293,6 +393,7 @@ mod tests {
         let da = random::<T, D>(&mut rng, 1.0);
         let g0 = random::<T, D>(&mut rng, 1.0);
         let mut sc = boxed_zeroed::<AttnScratch<f64, T, HD>>();
+        scribble(&mut sc);
         let (mut p, mut out) = ([[[7.0; W]; H]; T], [[7.0; D]; T]);
         attention::<f64, T, D, H, HD, W>(&q, &k, &v, &mut p, &mut out, &mut sc);
         let (mut pw, mut ow) = ([[[0.0; W]; H]; T], [[0.0; D]; T]);
@@ -310,9 +411,13 @@ mod tests {
                 assert!((out[t][j] - ow[t][j]).abs() < 1e-13, "out[{t}][{j}]");
             }
         }
+        // The backward may read only what it writes itself.
+        scribble(&mut sc);
+        // Overwritten: the old values must not leak in.
         let (mut dq, mut dk, mut dv) = (g0, g0, g0);
-        attention_backward_acc::<f64, T, D, H, HD, W>(&q, &k, &v, &p, &da, &mut dq, &mut dk, &mut dv, &mut sc);
-        let (mut wq, mut wk, mut wv) = (g0, g0, g0);
+        attention_backward::<f64, T, D, H, HD, W>(&q, &k, &v, &p, &da, &mut dq, &mut dk, &mut dv, &mut sc);
+        let zero = [[0.0; D]; T];
+        let (mut wq, mut wk, mut wv) = (zero, zero, zero);
         crate::kernels::attention_backward_acc::<f64, T, D, H, HD, W>(&q, &k, &v, &pw, &da, &mut wq, &mut wk, &mut wv);
         for t in 0..T {
             for j in 0..D {
@@ -329,5 +434,11 @@ mod tests {
         check::<9, 9>(52);
         check::<20, 17>(53);
         check::<1, 1>(54);
+        // More than one block of the squares: whole windows, a window that
+        // drops whole key blocks, and sizes that are not multiples of it.
+        check::<96, 96>(55);
+        check::<100, 40>(56);
+        check::<77, 33>(57);
+        check::<70, 64>(58);
     }
 }

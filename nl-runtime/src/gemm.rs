@@ -94,8 +94,9 @@ const NR_TAIL: usize = 8;
 
 /// The shape of one product `C (+)= A B`: `A` `[m, k]` (or, with `ta`,
 /// stored transposed as `[k, m]`), `B` `[k, n]` and `C` `[m, n]`, all
-/// row-major and contiguous; `acc` adds to the old `C` instead of
-/// overwriting it.
+/// row-major, rows `lda`, `ldb`, `ldc` elements apart (contiguous for
+/// every product but the attention's blocks); `acc` adds to the old `C`
+/// instead of overwriting it.
 ///
 /// The kernels take the sizes at run time: the typed wrappers below
 /// ([`linear_t`] and the two backward products) are const-generic and check
@@ -117,19 +118,41 @@ pub(crate) struct Shape {
     pub n: usize,
     /// `C += A B` (else `C = A B`).
     pub acc: bool,
-    /// `A` is stored transposed: `A[i][j]` is `a[j * m + i]` (else
-    /// `a[i * k + j]`).
+    /// `A` is stored transposed: `A[i][j]` is `a[j * lda + i]` (else
+    /// `a[i * lda + j]`).
     pub ta: bool,
+    /// Elements between the starts of consecutive stored rows of `A` (`k`,
+    /// or `m` with `ta`, when contiguous).
+    pub lda: usize,
+    /// Elements between rows of `B` (`n` when contiguous).
+    pub ldb: usize,
+    /// Elements between rows of `C` (`n` when contiguous).
+    pub ldc: usize,
 }
 
 impl Shape {
-    /// Panics unless the operands have the shape's sizes.
+    /// The shape of contiguous operands.
+    #[inline]
+    fn dense(m: usize, k: usize, n: usize, acc: bool, ta: bool) -> Shape {
+        Shape { m, k, n, acc, ta, lda: if ta { m } else { k }, ldb: n, ldc: n }
+    }
+
+    /// Panics unless the operands hold the shape's rows at its strides
+    /// (each stride at least its row's length). Empty shapes are refused:
+    /// every product here has at least one row, column and step.
     #[inline]
     fn check<S>(self, a: &[S], b: &[S], c: &[S]) {
-        let Shape { m, k, n, .. } = self;
+        let Shape { m, k, n, ta, lda, ldb, ldc, .. } = self;
+        let (a_rows, a_cols) = if ta { (k, m) } else { (m, k) };
+        let fits = |len: usize, rows: usize, cols: usize, ld: usize| ld >= cols && len >= (rows - 1) * ld + cols;
         assert!(
-            a.len() == m * k && b.len() == k * n && c.len() == m * n,
-            "gemm: operands of {}, {}, {} elements for [{m}, {k}] x [{k}, {n}]",
+            m >= 1
+                && k >= 1
+                && n >= 1
+                && fits(a.len(), a_rows, a_cols, lda)
+                && fits(b.len(), k, n, ldb)
+                && fits(c.len(), m, n, ldc),
+            "gemm: operands of {}, {}, {} elements (strides {lda}, {ldb}, {ldc}) for [{m}, {k}] x [{k}, {n}]",
             a.len(),
             b.len(),
             c.len()
@@ -148,16 +171,16 @@ fn block<S: Scalar, const R: usize, const C: usize, const TA: bool>(
     m0: usize,
     n0: usize,
 ) {
-    let (sm, sk) = if TA { (1, g.m) } else { (g.k, 1) };
+    let (sm, sk) = if TA { (1, g.lda) } else { (g.lda, 1) };
     let mut acc = [[S::ZERO; C]; R];
     if g.acc {
         for r in 0..R {
-            let at = (m0 + r) * g.n + n0;
+            let at = (m0 + r) * g.ldc + n0;
             acc[r].copy_from_slice(&c[at..at + C]);
         }
     }
     for k in 0..g.k {
-        let bk: &[S; C] = b[k * g.n + n0..][..C].try_into().expect("C elements");
+        let bk: &[S; C] = b[k * g.ldb + n0..][..C].try_into().expect("C elements");
         for r in 0..R {
             let ar = a[(m0 + r) * sm + k * sk];
             for j in 0..C {
@@ -166,7 +189,7 @@ fn block<S: Scalar, const R: usize, const C: usize, const TA: bool>(
         }
     }
     for r in 0..R {
-        let at = (m0 + r) * g.n + n0;
+        let at = (m0 + r) * g.ldc + n0;
         c[at..at + C].copy_from_slice(&acc[r]);
     }
 }
@@ -288,7 +311,28 @@ pub fn linear_t<S: Scalar, const T: usize, const O: usize, const I: usize>(
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub(crate) fn matmul<S: Scalar>(m: usize, k: usize, n: usize, acc: bool, ta: bool, a: &[S], b: &[S], c: &mut [S]) {
-    let g = Shape { m, k, n, acc, ta };
+    assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n, "gemm: operands of other sizes than the shape's");
+    // SAFETY: `path()` is always supported.
+    unsafe { run(path(), Shape::dense(m, k, n, acc, ta), a, b, c) };
+}
+
+/// [`matmul`] on sub-matrices: row `i` of the stored `A` (`[m, k]`, or
+/// `[k, m]` with `ta`) starts at `a[i * lda]`, row `i` of `B` (`[k, n]`) at
+/// `b[i * ldb]`, row `i` of `C` (`[m, n]`) at `c[i * ldc]`; the elements
+/// between rows are neither read nor written. The attention uses it for the
+/// blocks of its `T x T` squares (see [`attn`](crate::attn)). Panics unless
+/// the operands hold those rows.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn matmul_strided<S: Scalar>(
+    (m, k, n): (usize, usize, usize),
+    acc: bool,
+    ta: bool,
+    (a, lda): (&[S], usize),
+    (b, ldb): (&[S], usize),
+    (c, ldc): (&mut [S], usize),
+) {
+    let g = Shape { m, k, n, acc, ta, lda, ldb, ldc };
     // SAFETY: `path()` is always supported.
     unsafe { run(path(), g, a, b, c) };
 }
@@ -302,6 +346,18 @@ pub fn linear_backward_input_acc<S: Scalar, const T: usize, const O: usize, cons
     dx: &mut [[S; I]; T],
 ) {
     matmul(T, O, I, true, false, dy.as_flattened(), w.as_flattened(), dx.as_flattened_mut());
+}
+
+/// [`linear_backward_input_acc`] that overwrites `dx` instead of adding to
+/// it: `dX = dY W` (the same fold, from `+0.0`), which saves zeroing `dx`
+/// first and reading it back.
+#[inline]
+pub fn linear_backward_input<S: Scalar, const T: usize, const O: usize, const I: usize>(
+    dy: &[[S; O]; T],
+    w: &[[S; I]; O],
+    dx: &mut [[S; I]; T],
+) {
+    matmul(T, O, I, false, false, dy.as_flattened(), w.as_flattened(), dx.as_flattened_mut());
 }
 
 /// Backward of a linear layer to its weight: `dW += dY^T X`, i.e.
@@ -446,11 +502,11 @@ mod tests {
                 }
                 // SAFETY: `path` is supported (checked above).
                 unsafe {
-                    let g = Shape { m: T, k: I, n: O, acc: false, ta: false };
+                    let g = Shape::dense(T, I, O, false, false);
                     run(path, g, x.as_flattened(), wt.as_flattened(), y.as_flattened_mut());
-                    let g = Shape { m: T, k: O, n: I, acc: true, ta: false };
+                    let g = Shape::dense(T, O, I, true, false);
                     run(path, g, dy.as_flattened(), w.as_flattened(), dx.as_flattened_mut());
-                    let g = Shape { m: O, k: T, n: I, acc: true, ta: true };
+                    let g = Shape::dense(O, T, I, true, true);
                     run(path, g, dy.as_flattened(), x.as_flattened(), dw.as_flattened_mut());
                 }
             }
@@ -527,6 +583,63 @@ mod tests {
     #[test]
     fn every_path_is_bit_exact_f64() {
         all_shapes::<f64>();
+    }
+
+    /// Sub-matrix products ([`Shape`] with strides wider than the rows, at
+    /// offsets into larger buffers, `A` plain and transposed, overwriting
+    /// and accumulating) on every path against the reference fold with
+    /// exact FMAs (or the portable path's own multiply-add), bit for bit;
+    /// the elements between and around the rows must keep their values.
+    #[test]
+    fn strided_products_on_every_path() {
+        fn one<S: Exact>(path: Path, (m, k, n): (usize, usize, usize), acc: bool, ta: bool) -> bool {
+            if !path.is_supported() {
+                return false;
+            }
+            let mad: fn(S, S, S) -> S = if path == Path::Portable { <S as Scalar>::mul_add } else { <S as Exact>::fma };
+            let (a_rows, a_cols) = if ta { (k, m) } else { (m, k) };
+            let (lda, ldb, ldc) = (a_cols + 3, n + 5, n + 2);
+            let (oa, ob, oc) = (7, 1, 4);
+            let a = &fill_s::<S, 1, 8192>(11)[0][..oa + a_rows * lda];
+            let b = &fill_s::<S, 1, 8192>(12)[0][..ob + k * ldb];
+            let c_all = fill_s::<S, 1, 8192>(13)[0];
+            let c0 = &c_all[..oc + m * ldc];
+            let mut want = c_all;
+            for i in 0..m {
+                for j in 0..n {
+                    let mut s = if acc { c0[oc + i * ldc + j] } else { S::ZERO };
+                    for kk in 0..k {
+                        let av = if ta { a[oa + kk * lda + i] } else { a[oa + i * lda + kk] };
+                        s = mad(av, b[ob + kk * ldb + j], s);
+                    }
+                    want[oc + i * ldc + j] = s;
+                }
+            }
+            let mut got = c_all;
+            let g = Shape { m, k, n, acc, ta, lda, ldb, ldc };
+            // SAFETY: `path` is supported (checked above).
+            unsafe { run(path, g, &a[oa..], &b[ob..], &mut got[oc..c0.len()]) };
+            for (e, (g, w)) in got.iter().zip(&want).enumerate() {
+                let (g, w) = (g.to_f64(), w.to_f64());
+                assert!(
+                    g.to_bits() == w.to_bits(),
+                    "{} {} [{m}, {k}, {n}] acc {acc} ta {ta}: c[{e}] {g:e} != {w:e}",
+                    path.name(),
+                    S::DTYPE
+                );
+            }
+            true
+        }
+        let mut ran = 0;
+        for path in Path::ALL {
+            for shape in [(32, 32, 96), (32, 96, 32), (7, 13, 37), (13, 70, 5), (1, 1, 1), (20, 261, 19)] {
+                for (acc, ta) in [(false, false), (true, false), (false, true), (true, true)] {
+                    ran += usize::from(one::<f32>(path, shape, acc, ta));
+                    ran += usize::from(one::<f64>(path, shape, acc, ta));
+                }
+            }
+        }
+        assert!(ran >= 48, "the portable path runs everywhere");
     }
 
     /// The data is such that rounding the product separately changes

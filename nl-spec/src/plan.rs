@@ -585,7 +585,7 @@ pub fn footprint(spec: &Spec) -> Footprint {
     // Backward scratch: dx, da, dq, dk, dv, dh.
     ws.f32s(6 * t * d);
     if attention_as_gemm(t, w, spec.positions) {
-        ws.f32s(9 * t * (d / h) + 2 * t * t); // attn (nl_runtime::attn::AttnScratch)
+        ws.f32s(2 * t * (d / h) + 2 * t * t); // attn (nl_runtime::attn::AttnScratch)
     }
     if mag {
         ws.f32s(t * d);

@@ -429,7 +429,8 @@ unsafe fn k_chunks<V: Vector, const NV: usize, const MR: usize, const KC: usize>
 /// # Safety
 ///
 /// The [`Vector`] contract's CPU features for `V`; `a`, `b`, `c` valid for
-/// `m * k`, `k * n` and `m * n` elements (`c` for writes, unaliased).
+/// the rows of `A`, `B` and `C` at `g`'s strides ([`Shape::check`](super::Shape),
+/// `c` for writes, unaliased).
 #[inline(always)]
 unsafe fn kernel<V: Vector, const MR: usize, const NV: usize, const KC: usize, const TA: bool>(
     g: Shape,
@@ -438,14 +439,14 @@ unsafe fn kernel<V: Vector, const MR: usize, const NV: usize, const KC: usize, c
     c: *mut V::E,
 ) {
     const { assert!(MR >= 1 && MR <= 8 && NV >= 1 && NV <= 8 && KC >= 1) };
-    let Shape { m, k, n, acc, .. } = g;
+    let Shape { m, k, n, acc, lda, ldb, ldc, .. } = g;
     // A constant stride of 1 along `k` (or along the rows, with `TA`) keeps
     // the broadcasts' addresses in the inner loop at fixed offsets from one
     // pointer; both strides at run time cost several integer instructions
     // per step of `k` (15% more instructions for micro's training with AVX2,
     // counted by callgrind).
-    let (sm, sk) = if TA { (1, m) } else { (k, 1) };
-    let at = |n0: usize| Operands { a, sm, sk, b: b.wrapping_add(n0), ldb: n, c: c.wrapping_add(n0), ldc: n };
+    let (sm, sk) = if TA { (1, lda) } else { (lda, 1) };
+    let at = |n0: usize| Operands { a, sm, sk, b: b.wrapping_add(n0), ldb, c: c.wrapping_add(n0), ldc };
     let width = NV * V::LANES;
     let n0 = n / width * width;
     // The columns after the full panels: `tail_nv` vectors, the last with
@@ -544,9 +545,9 @@ macro_rules! by_element {
     ($g:ident, $a:ident, $b:ident, $c:ident, $f32:ty, $f64:ty, $mr:expr, $nv:expr, $kc:expr) => {{
         if const { S::BYTES == 4 } {
             if let Some((a, b, c)) = as_elems::<S, f32>($a, $b, $c) {
-                // SAFETY: the CPU features and the operands' sizes (`m * k`,
-                // `k * n`, `m * n` elements) by the entry point's contract;
-                // `c` from the exclusive borrow.
+                // SAFETY: the CPU features and the operands' rows at the
+                // shape's strides by the entry point's contract; `c` from
+                // the exclusive borrow.
                 unsafe { kernel_for::<$f32, { $mr }, { $nv }, { $kc }>($g, a, b, c) };
                 return true;
             }
@@ -566,7 +567,7 @@ macro_rules! by_element {
 ///
 /// # Safety
 ///
-/// The CPU must have AVX-512F, and the operands the sizes of `g`
+/// The CPU must have AVX-512F, and the operands the rows of `g` at its strides
 /// ([`Shape::check`](super::Shape), which `run` calls first).
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn gemm_avx512<S: Scalar>(g: Shape, a: &[S], b: &[S], c: &mut [S]) -> bool {
@@ -577,7 +578,7 @@ pub(super) unsafe fn gemm_avx512<S: Scalar>(g: Shape, a: &[S], b: &[S], c: &mut 
 ///
 /// # Safety
 ///
-/// The CPU must have AVX2 and FMA, and the operands the sizes of `g` (as
+/// The CPU must have AVX2 and FMA, and the operands the rows of `g` (as
 /// for [`gemm_avx512`]).
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn gemm_avx2<S: Scalar>(g: Shape, a: &[S], b: &[S], c: &mut [S]) -> bool {
