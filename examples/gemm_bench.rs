@@ -6,6 +6,7 @@
 //! cargo run --release --example gemm_bench
 //! RUSTFLAGS="-C target-cpu=native" cargo run --release --example gemm_bench
 //! cargo run --release --example gemm_bench -- --runs 9 --min-time 0.2
+//! cargo run --release --example gemm_bench -- --sets 16
 //! ```
 //!
 //! Each row is one of the three products of a linear layer `Y = X W^T`
@@ -21,6 +22,14 @@
 //! The rows show where the training pass's matrix time goes and how close
 //! each shape comes to the peak; the model-level figure (`bench`) adds
 //! everything between the products.
+//!
+//! By default every call reads the same operands, which then sit in the
+//! L1 and L2 caches. `--sets N` keeps `N` copies of each layer's operands
+//! and takes them in turn: with a total beyond the core's L2 cache (16
+//! copies of the `[128, 128]` layer are 3 MiB) every call fetches its
+//! operands from further out, as the training pass does (a training step
+//! of `deep` touches several MiB: weights, their gradients, the kept
+//! activations).
 
 use std::hint::black_box;
 use std::process::ExitCode;
@@ -36,6 +45,8 @@ mod fma_probe;
 struct Cfg {
     runs: usize,
     min_time: f64,
+    /// Copies of each layer's operands, taken in turn.
+    sets: usize,
 }
 
 /// The median of the timed runs' rates (GFLOP/s) of `f`, `flops` per call.
@@ -66,40 +77,73 @@ fn fill<const R: usize, const C: usize>(m: &mut [[f32; C]; R], rng: &mut Rng) {
     }
 }
 
+/// One set of a linear layer's operands.
+struct Operands<const T: usize, const O: usize, const I: usize> {
+    x: Box<[[f32; I]; T]>,
+    w: Box<[[f32; I]; O]>,
+    wt: Box<[[f32; O]; I]>,
+    dy: Box<[[f32; O]; T]>,
+    y: Box<[[f32; O]; T]>,
+    dx: Box<[[f32; I]; T]>,
+    dw: Box<[[f32; I]; O]>,
+}
+
+impl<const T: usize, const O: usize, const I: usize> Operands<T, O, I> {
+    fn new(rng: &mut Rng) -> Self {
+        let mut o = Operands {
+            x: boxed_zeroed(),
+            w: boxed_zeroed(),
+            wt: boxed_zeroed(),
+            dy: boxed_zeroed(),
+            y: boxed_zeroed(),
+            dx: boxed_zeroed(),
+            dw: boxed_zeroed(),
+        };
+        fill(&mut o.x, rng);
+        fill(&mut o.w, rng);
+        fill(&mut o.dy, rng);
+        transpose(&o.w, &mut o.wt);
+        o
+    }
+}
+
 /// Times the three products of a `[T, I] -> [T, O]` linear layer; returns
-/// one [`Row`] per product.
+/// one [`Row`] per product. With `cfg.sets > 1` each call takes the next
+/// of that many copies of the operands, so they come from as far down the
+/// cache hierarchy as the copies' total size sends them.
 fn layer<const T: usize, const O: usize, const I: usize>(cfg: &Cfg, what: &'static str) -> Vec<Row> {
     let mut rng = Rng::new(7);
-    let mut x = boxed_zeroed::<[[f32; I]; T]>();
-    let mut w = boxed_zeroed::<[[f32; I]; O]>();
-    let mut dy = boxed_zeroed::<[[f32; O]; T]>();
-    fill(&mut x, &mut rng);
-    fill(&mut w, &mut rng);
-    fill(&mut dy, &mut rng);
-    let mut wt = boxed_zeroed::<[[f32; O]; I]>();
-    transpose(&w, &mut wt);
-    let mut y = boxed_zeroed::<[[f32; O]; T]>();
-    let mut dx = boxed_zeroed::<[[f32; I]; T]>();
-    let mut dw = boxed_zeroed::<[[f32; I]; O]>();
+    let mut sets: Vec<Operands<T, O, I>> = (0..cfg.sets).map(|_| Operands::new(&mut rng)).collect();
     let flops = 2.0 * (T * O * I) as f64;
-    let fwd = rate(cfg, flops, || linear_t(black_box(&*x), black_box(&*wt), black_box(&mut *y)));
+    let mut next = 0usize;
+    let mut pick = move |n: usize| {
+        next = (next + 1) % n;
+        next
+    };
+    let n = sets.len();
+    let fwd = rate(cfg, flops, || {
+        let o = &mut sets[pick(n)];
+        linear_t(black_box(&*o.x), black_box(&*o.wt), black_box(&mut *o.y))
+    });
     // The accumulating products grow their outputs run after run; reset
     // them now and then so the values stay ordinary floats (the reset is
     // timed: one pass over the output per 64 products, about 1% of them).
     let mut calls = 0u32;
     let dxr = rate(cfg, flops, || {
         calls += 1;
-        if calls.is_multiple_of(64) {
-            dx.as_flattened_mut().fill(0.0);
+        let o = &mut sets[pick(n)];
+        if calls.is_multiple_of(64 * n as u32) {
+            o.dx.as_flattened_mut().fill(0.0);
         }
-        linear_backward_input_acc(black_box(&*dy), black_box(&*w), black_box(&mut *dx))
+        linear_backward_input_acc(black_box(&*o.dy), black_box(&*o.w), black_box(&mut *o.dx))
     });
     let dwr = rate(cfg, flops, || {
         calls += 1;
-        if calls.is_multiple_of(64) {
-            dw.as_flattened_mut().fill(0.0);
+        let o = &mut sets[pick(n)];
+        if calls.is_multiple_of(64 * n as u32) {
+            o.dw.as_flattened_mut().fill(0.0);
         }
-        linear_backward_weight_acc(black_box(&*dy), black_box(&*x), black_box(&mut *dw))
+        linear_backward_weight_acc(black_box(&*o.dy), black_box(&*o.x), black_box(&mut *o.dw))
     });
     vec![
         Row { what, product: "fwd", shape: [T, I, O], gflops: fwd },
@@ -118,7 +162,7 @@ struct Row {
 }
 
 fn parse() -> Result<Cfg, String> {
-    let mut cfg = Cfg { runs: 5, min_time: 0.1 };
+    let mut cfg = Cfg { runs: 5, min_time: 0.1, sets: 1 };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -135,8 +179,18 @@ fn parse() -> Result<Cfg, String> {
                     .filter(|&t: &f64| t.is_finite() && t > 0.0)
                     .ok_or(format!("--min-time: not a positive number of seconds: {v}"))?;
             }
+            "--sets" => {
+                let v = value("--sets")?;
+                cfg.sets = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| (1..=4096).contains(&n))
+                    .ok_or(format!("--sets: not a count in 1..=4096: {v}"))?;
+            }
             "--help" | "-h" => {
-                return Err("usage: gemm_bench [--runs N (default 5)] [--min-time SECONDS (default 0.1)]".into())
+                return Err("usage: gemm_bench [--runs N (default 5)] [--min-time SECONDS (default 0.1)] \
+                            [--sets N (default 1: copies of the operands, taken in turn)]"
+                    .into())
             }
             other => return Err(format!("unknown argument {other:?} (--help lists them)")),
         }
@@ -159,13 +213,18 @@ fn main() -> ExitCode {
     }
     println!("kernel path: {} (NL_KERNELS can force a lower one)", path().name());
     println!("median of {} runs of >= {} s", cfg.runs, cfg.min_time);
+    if cfg.sets > 1 {
+        println!("operands: {} copies per layer, taken in turn (see --help)", cfg.sets);
+    }
     let mut rows = Vec::new();
     // deep.toml: T = 128, d_model 128, heads 4 x 32, mlp 256, vocab 256.
     rows.extend(layer::<128, 128, 128>(&cfg, "attention q/k/v/o"));
     rows.extend(layer::<128, 256, 128>(&cfg, "mlp gate/up, unembed"));
     rows.extend(layer::<128, 128, 256>(&cfg, "mlp down"));
-    rows.extend(layer::<128, 128, 32>(&cfg, "scores Q K^T (a head)"));
-    rows.extend(layer::<128, 32, 128>(&cfg, "P V (a head)"));
+    // The attention's products run per head in blocks of 32 queries
+    // (nl_runtime::attn); the last block's, over all 128 keys:
+    rows.extend(layer::<32, 128, 32>(&cfg, "scores (32 queries)"));
+    rows.extend(layer::<32, 32, 128>(&cfg, "P V (32 queries)"));
     println!("{:<24} {:>7} {:>16} {:>9} {:>7}", "layer", "product", "[m, k, n]", "GFLOP/s", "% peak");
     for r in &rows {
         let pct = peak.as_ref().map_or("-".to_string(), |p| format!("{:.1}%", 100.0 * r.gflops / p.best));
