@@ -94,13 +94,23 @@ fn rotate<S: Scalar, const T: usize, const D: usize, const HD: usize, const HALF
 ) {
     const { assert!(HD == 2 * HALF && HD > 0 && D.is_multiple_of(HD), "RoPE needs HD = 2 HALF dividing D") };
     for t in 0..T {
-        let c = &cos[t];
+        // Column `j` of a head is `fma(x, m1[j], y * m2[j])` with `(x, y)`
+        // its pair: `(c, -s)` on the first of the pair, `(s, c)` on the
+        // second (the formulas above, operation for operation). Spreading
+        // the row's table over the head's columns once lets the columns run
+        // as whole vectors (pair swaps are lane shuffles), not a gather and
+        // scatter per pair.
+        let mut m1 = [S::ZERO; HD];
+        let mut m2 = [S::ZERO; HD];
+        for i in 0..HALF {
+            let (c, s) = (cos[t][i], if INVERSE { -sin[t][i] } else { sin[t][i] });
+            (m1[2 * i], m2[2 * i]) = (c, -s);
+            (m1[2 * i + 1], m2[2 * i + 1]) = (s, c);
+        }
         for head in x[t].chunks_exact_mut(HD) {
-            for i in 0..HALF {
-                let s = if INVERSE { -sin[t][i] } else { sin[t][i] };
-                let (x0, x1) = (head[2 * i], head[2 * i + 1]);
-                head[2 * i] = x0.mul_add(c[i], -(x1 * s));
-                head[2 * i + 1] = x0.mul_add(s, x1 * c[i]);
+            let h: [S; HD] = head.try_into().expect("HD columns");
+            for j in 0..HD {
+                head[j] = h[j & !1].mul_add(m1[j], h[j | 1] * m2[j]);
             }
         }
     }
