@@ -157,10 +157,13 @@ pub(crate) fn workspace(plan: &Plan) -> TokenStream {
             pub freeze_memory: bool,
         },
     );
-    let p_doc = if gemm_attention(plan) {
-        " Attention probabilities: `p[t][head][j]` weighs position `max(0, t + 1 - WINDOW) + j`."
+    let (p_doc, p_ty) = if gemm_attention(plan) {
+        (
+            " Attention probabilities, one `[query][key]` square per head: `p[head][t][tau]` weighs position `tau` (written over the blocks the training products cover, see `nl_runtime::attn`).",
+            quote! { [[[S; SEQ]; SEQ]; HEADS] },
+        )
     } else {
-        " Attention probabilities: `p[t][head][i]` weighs position `t - i`."
+        (" Attention probabilities: `p[t][head][i]` weighs position `t - i`.", quote! { [[[S; WINDOW]; HEADS]; SEQ] })
     };
     let attn_scratch = opt(
         gemm_attention(plan),
@@ -220,7 +223,7 @@ pub(crate) fn workspace(plan: &Plan) -> TokenStream {
             /// Attention values.
             pub v: [[S; D]; SEQ],
             #[doc = #p_doc]
-            pub p: [[[S; WINDOW]; HEADS]; SEQ],
+            pub p: #p_ty,
             /// Attention output `a_t`.
             pub a: [[S; D]; SEQ],
             #o_field

@@ -37,21 +37,20 @@ const LANES: usize = 16;
 use crate::{Scalar, Zeroable};
 
 /// Per-head buffers of [`attention`] and [`attention_backward`] for
-/// sequences of `T` positions and heads of `HD` columns: `2 T HD + 2 T^2`
+/// sequences of `T` positions and heads of `HD` columns: `2 T HD + T^2`
 /// values, shared by every head and block (each call overwrites them). The
 /// products read and write the heads' columns of `q`, `k`, `v` and the
-/// outputs in place (as strided sub-matrices); only the operands they need
-/// transposed, and the squares, live here.
+/// outputs, and the probabilities' squares, in place (as strided
+/// sub-matrices); only the operands they need transposed, and the
+/// gradient's square, live here.
 #[repr(C)]
 pub struct AttnScratch<S, const T: usize, const HD: usize> {
     /// The head's keys (forward) or values (backward), `[T, HD]`.
     pub xh: [[S; HD]; T],
     /// `xh` transposed, `[HD, T]`.
     pub xt: [[S; T]; HD],
-    /// Scores, then probabilities, by position: `s[t][tau]` (0 outside the
-    /// window; only the blocks the products cover are written).
-    pub s: [[S; T]; T],
-    /// Gradient of the probabilities, then of the scores, by position.
+    /// Gradient of the probabilities, then of the scores, by position
+    /// (only the blocks the products cover are written).
     pub ds: [[S; T]; T],
 }
 
@@ -197,16 +196,18 @@ crate::dispatch::dispatched! {
     /// [`kernels::attention`](crate::kernels::attention): row `t` attends to
     /// positions `max(0, t - W + 1) ..= t`, head `h` on columns
     /// `h HD .. (h + 1) HD`, logits `q.k / sqrt(HD)`; the probabilities go to
-    /// `p` in position order: `p[t][h][j]` weighs position `max(0, t + 1 - W) + j`
-    /// (zeros past the window's `min(t + 1, W)` positions). This is not the
-    /// offset layout of the row kernels: a row is one contiguous copy.
+    /// `p` as one `[query][key]` square per head: `p[h][t][tau]` weighs
+    /// position `tau` for query `t`, written over the blocks the products
+    /// cover (0 there outside the window; the blocks no window reaches are
+    /// not written, and [`attention_backward`] does not read them). This is
+    /// not the offset layout of the row kernels.
     ///
     /// Per head and block of [`BLOCK`] queries: `S = Q_h K_h^T` over the
     /// keys the block's windows reach (one product), the softmax of each row
     /// over its window (maximum, `e^(s - max)`, the sum of the row in 16
     /// lanes by position, one reciprocal), then `O_h = P V_h` (one product,
     /// written straight into the head's columns of `out`).
-    pub fn attention[S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize][S, T, D, H, HD, W](q: &[[S; D]; T], k: &[[S; D]; T], v: &[[S; D]; T], p: &mut [[[S; W]; H]; T], out: &mut [[S; D]; T], sc: &mut AttnScratch<S, T, HD>) = attention_body;
+    pub fn attention[S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize][S, T, D, H, HD, W](q: &[[S; D]; T], k: &[[S; D]; T], v: &[[S; D]; T], p: &mut [[[S; T]; T]; H], out: &mut [[S; D]; T], sc: &mut AttnScratch<S, T, HD>) = attention_body;
 }
 
 /// The body of [`attention`], compiled once per [`Path`](crate::dispatch::Path).
@@ -215,7 +216,7 @@ fn attention_body<S: Scalar, const T: usize, const D: usize, const H: usize, con
     q: &[[S; D]; T],
     k: &[[S; D]; T],
     v: &[[S; D]; T],
-    p: &mut [[[S; W]; H]; T],
+    p: &mut [[[S; T]; T]; H],
     out: &mut [[S; D]; T],
     sc: &mut AttnScratch<S, T, HD>,
 ) {
@@ -235,22 +236,18 @@ fn attention_body<S: Scalar, const T: usize, const D: usize, const H: usize, con
                 false,
                 head(q, r0, col),
                 (&sc.xt.as_flattened()[c0..], T),
-                square_mut(&mut sc.s, r0, c0),
+                square_mut(&mut p[h], r0, c0),
             );
             for t in r0..r1 {
                 let lo = (t + 1).saturating_sub(W);
-                softmax_row(&mut sc.s[t][c0..r1], lo - c0, t - c0, scale);
-                let n = t + 1 - lo;
-                let ph = &mut p[t][h];
-                ph[..n].copy_from_slice(&sc.s[t][lo..=t]);
-                ph[n..].fill(S::ZERO);
+                softmax_row(&mut p[h][t][c0..r1], lo - c0, t - c0, scale);
             }
             // O_h[r0..r1] = P[r0..r1][c0..r1] V_h[c0..r1]
             mm::matmul_strided(
                 (rows, keys, HD),
                 false,
                 false,
-                square(&sc.s, r0, c0),
+                square(&p[h], r0, c0),
                 head(v, c0, col),
                 head_mut(out, r0, col),
             );
@@ -270,7 +267,7 @@ crate::dispatch::dispatched! {
     /// then per block of keys `dV_h = P^T dO_h` and `dK_h = dS^T Q_h` over
     /// the queries whose blocks reached them.
     #[allow(clippy::too_many_arguments)]
-    pub fn attention_backward[S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize][S, T, D, H, HD, W](q: &[[S; D]; T], k: &[[S; D]; T], v: &[[S; D]; T], p: &[[[S; W]; H]; T], da: &[[S; D]; T], dq: &mut [[S; D]; T], dk: &mut [[S; D]; T], dv: &mut [[S; D]; T], sc: &mut AttnScratch<S, T, HD>) = attention_backward_body;
+    pub fn attention_backward[S: Scalar, const T: usize, const D: usize, const H: usize, const HD: usize, const W: usize][S, T, D, H, HD, W](q: &[[S; D]; T], k: &[[S; D]; T], v: &[[S; D]; T], p: &[[[S; T]; T]; H], da: &[[S; D]; T], dq: &mut [[S; D]; T], dk: &mut [[S; D]; T], dv: &mut [[S; D]; T], sc: &mut AttnScratch<S, T, HD>) = attention_backward_body;
 }
 
 /// The body of [`attention_backward`], compiled once per [`Path`](crate::dispatch::Path).
@@ -287,7 +284,7 @@ fn attention_backward_body<
     q: &[[S; D]; T],
     k: &[[S; D]; T],
     v: &[[S; D]; T],
-    p: &[[[S; W]; H]; T],
+    p: &[[[S; T]; T]; H],
     da: &[[S; D]; T],
     dq: &mut [[S; D]; T],
     dk: &mut [[S; D]; T],
@@ -303,14 +300,6 @@ fn attention_backward_body<
         for i in 0..T.div_ceil(BLOCK) {
             let (r0, r1, c0) = query_block::<T, W>(i);
             let (rows, keys) = (r1 - r0, r1 - c0);
-            // P over the block's keys, by position (0 outside the window).
-            for t in r0..r1 {
-                let lo = (t + 1).saturating_sub(W);
-                let row = &mut sc.s[t];
-                row[c0..lo].fill(S::ZERO);
-                row[lo..=t].copy_from_slice(&p[t][h][..t + 1 - lo]);
-                row[t + 1..r1].fill(S::ZERO);
-            }
             // dP = dO_h V_h^T over the block.
             mm::matmul_strided(
                 (rows, HD, keys),
@@ -322,7 +311,7 @@ fn attention_backward_body<
             );
             // dS = P (dP - sum) scale (zero where P is).
             for t in r0..r1 {
-                let (pr, dr) = (&sc.s[t][c0..r1], &mut sc.ds[t][c0..r1]);
+                let (pr, dr) = (&p[h][t][c0..r1], &mut sc.ds[t][c0..r1]);
                 let sum = crate::kernels::dot_slice(pr, dr);
                 for (d, &pi) in dr.iter_mut().zip(pr) {
                     *d = pi * (*d - sum) * scale;
@@ -347,7 +336,7 @@ fn attention_backward_body<
                 (keys, queries, HD),
                 false,
                 true,
-                square(&sc.s, c0, c0),
+                square(&p[h], c0, c0),
                 head(da, c0, col),
                 head_mut(dv, c0, col),
             );
@@ -378,7 +367,6 @@ mod tests {
     fn scribble<const T: usize, const HD: usize>(sc: &mut AttnScratch<f64, T, HD>) {
         sc.xh.as_flattened_mut().fill(f64::NAN);
         sc.xt.as_flattened_mut().fill(f64::NAN);
-        sc.s.as_flattened_mut().fill(f64::NAN);
         sc.ds.as_flattened_mut().fill(f64::NAN);
     }
 
@@ -394,17 +382,25 @@ mod tests {
         let g0 = random::<T, D>(&mut rng, 1.0);
         let mut sc = boxed_zeroed::<AttnScratch<f64, T, HD>>();
         scribble(&mut sc);
-        let (mut p, mut out) = ([[[7.0; W]; H]; T], [[7.0; D]; T]);
+        // Unwritten blocks of the squares stay NaN: the backward must not
+        // read them.
+        let mut p = boxed_zeroed::<[[[f64; T]; T]; H]>();
+        p.as_flattened_mut().as_flattened_mut().fill(f64::NAN);
+        let mut out = [[7.0; D]; T];
         attention::<f64, T, D, H, HD, W>(&q, &k, &v, &mut p, &mut out, &mut sc);
         let (mut pw, mut ow) = ([[[0.0; W]; H]; T], [[0.0; D]; T]);
         crate::kernels::attention::<f64, T, D, H, HD, W>(&q, &k, &v, &mut pw, &mut ow);
         for t in 0..T {
-            let n = (t + 1).min(W);
+            let lo = (t + 1).saturating_sub(W);
             for h in 0..H {
-                for j in 0..W {
+                for tau in lo..=t {
                     // Position order here, offset order in the row kernels.
-                    let want = if j < n { pw[t][h][n - 1 - j] } else { 0.0 };
-                    assert!((p[t][h][j] - want).abs() < 1e-14, "p[{t}][{h}][{j}]");
+                    let want = pw[t][h][t - tau];
+                    assert!((p[h][t][tau] - want).abs() < 1e-14, "p[{h}][{t}][{tau}]");
+                }
+                // The future inside the diagonal block: exactly 0.
+                for tau in t + 1..(t / BLOCK * BLOCK + BLOCK).min(T) {
+                    assert_eq!(p[h][t][tau], 0.0, "p[{h}][{t}][{tau}]");
                 }
             }
             for j in 0..D {

@@ -453,7 +453,7 @@ mod tests {
         const W: usize = 40;
         let mut out = std::vec::Vec::new();
         let (q, k, v, da) = (rows::<S, T, D>(3), rows::<S, T, D>(4), rows::<S, T, D>(5), rows::<S, T, D>(6));
-        let mut p = [[[S::ZERO; W]; H]; T];
+        let mut p = crate::boxed_zeroed::<[[[S; T]; T]; H]>();
         let mut o = [[S::ZERO; D]; T];
         let (mut dq, mut dk, mut dv) = ([[S::ZERO; D]; T], [[S::ZERO; D]; T], [[S::ZERO; D]; T]);
         let mut sc = crate::boxed_zeroed::<attn::AttnScratch<S, T, HD>>();

@@ -551,7 +551,9 @@ pub fn footprint(spec: &Spec) -> Footprint {
     if mal {
         bw.f32s(t * d); // h
     }
-    bw.f32s(3 * t * d + t * h * w + t * d); // q, k, v, p, a
+    // q, k, v, p (a square per head in the matrix-product form), a
+    let p_len = if attention_as_gemm(t, w, spec.positions) { h * t * t } else { t * h * w };
+    bw.f32s(3 * t * d + p_len + t * d);
     if mag {
         bw.f32s(t * d); // o
     }
@@ -585,7 +587,7 @@ pub fn footprint(spec: &Spec) -> Footprint {
     // Backward scratch: dx, da, dq, dk, dv, dh.
     ws.f32s(6 * t * d);
     if attention_as_gemm(t, w, spec.positions) {
-        ws.f32s(2 * t * (d / h) + 2 * t * t); // attn (nl_runtime::attn::AttnScratch)
+        ws.f32s(2 * t * (d / h) + t * t); // attn (nl_runtime::attn::AttnScratch)
     }
     if mag {
         ws.f32s(t * d);
