@@ -16,9 +16,10 @@
 //! uses these kernels only when `2 W >= T` and the row kernels of
 //! [`kernels`](crate::kernels) otherwise.
 //!
-//! The heads' columns of `q`, `k`, `v`, the output and the gradients are
-//! read and written in place, as strided operands; only the transposed keys
-//! (forward) or values (backward) and the two squares are in the scratch.
+//! The heads' columns of `q`, `k`, `v`, the output and the gradients, and
+//! the probabilities' squares, are read and written in place, as strided
+//! operands; only the transposed keys (forward) or values (backward) and
+//! the square of the scores' gradient are in the scratch.
 //!
 //! The math is that of [`kernels::attention`](crate::kernels::attention)
 //! and its backward; the probabilities are kept by position (see

@@ -311,7 +311,13 @@ pub fn linear_t<S: Scalar, const T: usize, const O: usize, const I: usize>(
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub(crate) fn matmul<S: Scalar>(m: usize, k: usize, n: usize, acc: bool, ta: bool, a: &[S], b: &[S], c: &mut [S]) {
-    assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n, "gemm: operands of other sizes than the shape's");
+    assert!(
+        a.len() == m * k && b.len() == k * n && c.len() == m * n,
+        "gemm: operands of {}, {}, {} elements for [{m}, {k}] x [{k}, {n}]",
+        a.len(),
+        b.len(),
+        c.len()
+    );
     // SAFETY: `path()` is always supported.
     unsafe { run(path(), Shape::dense(m, k, n, acc, ta), a, b, c) };
 }
@@ -322,7 +328,6 @@ pub(crate) fn matmul<S: Scalar>(m: usize, k: usize, n: usize, acc: bool, ta: boo
 /// between rows are neither read nor written. The attention uses it for the
 /// blocks of its `T x T` squares (see [`attn`](crate::attn)). Panics unless
 /// the operands hold those rows.
-#[allow(clippy::too_many_arguments)]
 #[inline]
 pub(crate) fn matmul_strided<S: Scalar>(
     (m, k, n): (usize, usize, usize),
