@@ -127,12 +127,14 @@ fn layer<const T: usize, const O: usize, const I: usize>(cfg: &Cfg, what: &'stat
     });
     // The accumulating products grow their outputs run after run; reset
     // them now and then so the values stay ordinary floats (the reset is
-    // timed: one pass over the output per 64 products, about 1% of them).
-    let mut calls = 0u32;
+    // timed: one pass over each output per 64 of its products, about 1% of
+    // them). The sets are taken in turn, so the `n` calls of every 64th
+    // round reset each set once.
+    let mut calls = 0usize;
     let dxr = rate(cfg, flops, || {
         calls += 1;
         let o = &mut sets[pick(n)];
-        if calls.is_multiple_of(64 * n as u32) {
+        if calls % (64 * n) < n {
             o.dx.as_flattened_mut().fill(0.0);
         }
         linear_backward_input_acc(black_box(&*o.dy), black_box(&*o.w), black_box(&mut *o.dx))
@@ -140,7 +142,7 @@ fn layer<const T: usize, const O: usize, const I: usize>(cfg: &Cfg, what: &'stat
     let dwr = rate(cfg, flops, || {
         calls += 1;
         let o = &mut sets[pick(n)];
-        if calls.is_multiple_of(64 * n as u32) {
+        if calls % (64 * n) < n {
             o.dw.as_flattened_mut().fill(0.0);
         }
         linear_backward_weight_acc(black_box(&*o.dy), black_box(&*o.x), black_box(&mut *o.dw))

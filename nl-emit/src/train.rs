@@ -135,10 +135,16 @@ pub(crate) fn workspace(plan: &Plan) -> TokenStream {
                 pub dgate: [[S; HIDDEN]; SEQ],
             },
         );
+        // With a residual stream, d mid accumulates in `dx` (no buffer).
+        let dmid = opt(
+            !plan.residual,
+            quote! {
+                /// Gradient of `mid`.
+                pub dmid: [[S; D]; SEQ],
+            },
+        );
         quote! {
-            /// Gradient of `mid` without a residual stream (with one it
-            /// accumulates in `dx`).
-            pub dmid: [[S; D]; SEQ],
+            #dmid
             /// Gradient of the MLP input `w`.
             pub dw: [[S; D]; SEQ],
             /// Gradient of `act`.

@@ -234,7 +234,6 @@ fn attention_body<S: Scalar, const T: usize, const D: usize, const H: usize, con
             mm::matmul_strided(
                 (rows, HD, keys),
                 false,
-                false,
                 head(q, r0, col),
                 (&sc.xt.as_flattened()[c0..], T),
                 square_mut(&mut p[h], r0, c0),
@@ -246,7 +245,6 @@ fn attention_body<S: Scalar, const T: usize, const D: usize, const H: usize, con
             // O_h[r0..r1] = P[r0..r1][c0..r1] V_h[c0..r1]
             mm::matmul_strided(
                 (rows, keys, HD),
-                false,
                 false,
                 square(&p[h], r0, c0),
                 head(v, c0, col),
@@ -262,8 +260,8 @@ crate::dispatch::dispatched! {
     /// them: every element belongs to one head's products), reading the
     /// probabilities `p` the forward kept.
     ///
-    /// Per head, block by block as in the forward, with `P` rebuilt by
-    /// position from `p`: `dP = dO_h V_h^T`, `dS = P * (dP - rowsum(P * dP))
+    /// Per head, block by block as in the forward, with `P` read from `p`'s
+    /// blocks in place: `dP = dO_h V_h^T`, `dS = P * (dP - rowsum(P * dP))
     /// / sqrt(HD)` (zero outside the window, where `P` is), `dQ_h = dS K_h`;
     /// then per block of keys `dV_h = P^T dO_h` and `dK_h = dS^T Q_h` over
     /// the queries whose blocks reached them.
@@ -305,7 +303,6 @@ fn attention_backward_body<
             mm::matmul_strided(
                 (rows, HD, keys),
                 false,
-                false,
                 head(da, r0, col),
                 (&sc.xt.as_flattened()[c0..], T),
                 square_mut(&mut sc.ds, r0, c0),
@@ -322,7 +319,6 @@ fn attention_backward_body<
             mm::matmul_strided(
                 (rows, keys, HD),
                 false,
-                false,
                 square(&sc.ds, r0, c0),
                 head(k, c0, col),
                 head_mut(dq, r0, col),
@@ -335,7 +331,6 @@ fn attention_backward_body<
             let (keys, queries) = (c1 - c0, q1 - c0);
             mm::matmul_strided(
                 (keys, queries, HD),
-                false,
                 true,
                 square(&p[h], c0, c0),
                 head(da, c0, col),
@@ -343,7 +338,6 @@ fn attention_backward_body<
             );
             mm::matmul_strided(
                 (keys, queries, HD),
-                false,
                 true,
                 square(&sc.ds, c0, c0),
                 head(q, c0, col),

@@ -322,22 +322,21 @@ pub(crate) fn matmul<S: Scalar>(m: usize, k: usize, n: usize, acc: bool, ta: boo
     unsafe { run(path(), Shape::dense(m, k, n, acc, ta), a, b, c) };
 }
 
-/// [`matmul`] on sub-matrices: row `i` of the stored `A` (`[m, k]`, or
-/// `[k, m]` with `ta`) starts at `a[i * lda]`, row `i` of `B` (`[k, n]`) at
-/// `b[i * ldb]`, row `i` of `C` (`[m, n]`) at `c[i * ldc]`; the elements
-/// between rows are neither read nor written. The attention uses it for the
-/// blocks of its `T x T` squares (see [`attn`](crate::attn)). Panics unless
-/// the operands hold those rows.
+/// `C = A B` ([`matmul`] without `acc`) on sub-matrices: row `i` of the
+/// stored `A` (`[m, k]`, or `[k, m]` with `ta`) starts at `a[i * lda]`, row
+/// `i` of `B` (`[k, n]`) at `b[i * ldb]`, row `i` of `C` (`[m, n]`) at
+/// `c[i * ldc]`; the elements between rows are neither read nor written.
+/// The attention uses it for the blocks of its `T x T` squares (see
+/// [`attn`](crate::attn)). Panics unless the operands hold those rows.
 #[inline]
 pub(crate) fn matmul_strided<S: Scalar>(
     (m, k, n): (usize, usize, usize),
-    acc: bool,
     ta: bool,
     (a, lda): (&[S], usize),
     (b, ldb): (&[S], usize),
     (c, ldc): (&mut [S], usize),
 ) {
-    let g = Shape { m, k, n, acc, ta, lda, ldb, ldc };
+    let g = Shape { m, k, n, acc: false, ta, lda, ldb, ldc };
     // SAFETY: `path()` is always supported.
     unsafe { run(path(), g, a, b, c) };
 }

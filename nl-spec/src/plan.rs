@@ -596,7 +596,9 @@ pub fn footprint(spec: &Spec) -> Footprint {
         ws.f32s(t * d); // dxf
     }
     if mlp {
-        ws.f32s(2 * t * d + t * hid * if swiglu { 3 } else { 2 }); // dmid, dw, dact, dup, dgate
+        // [dmid (no residual stream: with one it accumulates in dx),] dw, dact, dup, dgate
+        let dmid = if spec.residual { 0 } else { t * d };
+        ws.f32s(dmid + t * d + t * hid * if swiglu { 3 } else { 2 });
     }
     if lv > 0 {
         ws.f32s(t * d + 4 * d * d); // dy, adjoint
